@@ -1,0 +1,120 @@
+"""δ-mem configuration: a frozen, validated dataclass with a versioned JSON form.
+
+Defaults follow the spec (`deltamem-algorithm.md` §14): rank 8, α 16, rank-wise gates with bias −1.5,
+tanh+L2-normalised q/k, standard coupled update, corrections on q and o, `base_slice_fixed` init, all layers.
+Presets: `tsw()` (token writes), `ssw()` (one write per chat message, the message mean), `msw()` (4 state heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+FORMAT_VERSION = 1
+
+GRANULARITIES = ("token", "message_mean")
+UPDATE_MODES = ("standard", "lambda_outside", "no_lambda")
+OUTPUT_INITS = ("zero", "random", "base_slice", "base_slice_fixed")
+DELTA_HEADS = ("q", "o")  # k/v corrections would enter the KV cache; the paper's released runs use q,o only
+
+
+@dataclass(frozen=True)
+class DeltaMemConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    num_state_heads: int = 1
+    write_granularity: str = "token"
+    beta_bias_init: float = -1.5
+    rankwise_gates: bool = True
+    normalize_qk: bool = True
+    state_update_mode: str = "standard"
+    delta_heads: tuple[str, ...] = ("q", "o")
+    output_init: str = "base_slice_fixed"
+    base_slice_ref_width: int = 8
+    online_gain: float = 0.05
+    target_layers: tuple[int, ...] = ()  # () = every decoder layer
+    write_system: bool = False  # write system-prompt tokens into the state (design.md §3: off)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(f"invalid DeltaMemConfig: {msg}")
+
+        if not isinstance(self.rank, int) or self.rank < 1 or self.rank > 256:
+            bad(f"rank must be an int in [1, 256], got {self.rank!r}")
+        if not isinstance(self.num_state_heads, int) or not 1 <= self.num_state_heads <= 64:
+            bad(f"num_state_heads must be an int in [1, 64], got {self.num_state_heads!r}")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            bad(f"alpha must be > 0, got {self.alpha!r}")
+        if self.write_granularity not in GRANULARITIES:
+            bad(f"write_granularity must be one of {GRANULARITIES}, got {self.write_granularity!r}")
+        if self.state_update_mode not in UPDATE_MODES:
+            bad(f"state_update_mode must be one of {UPDATE_MODES}, got {self.state_update_mode!r}")
+        if self.output_init not in OUTPUT_INITS:
+            bad(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
+        heads = tuple(self.delta_heads)
+        if not heads or len(set(heads)) != len(heads) or any(h not in DELTA_HEADS for h in heads):
+            bad(f"delta_heads must be a non-empty subset of {DELTA_HEADS}, got {self.delta_heads!r}")
+        if any(not isinstance(i, int) or i < 0 for i in self.target_layers):
+            bad(f"target_layers must be non-negative ints, got {self.target_layers!r}")
+        if self.online_gain < 0 or self.base_slice_ref_width < 1:
+            bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
+        object.__setattr__(self, "delta_heads", heads)
+        object.__setattr__(self, "target_layers", tuple(sorted(set(self.target_layers))))
+
+    # --- derived sizes -------------------------------------------------------------------------
+    @property
+    def scaling(self) -> float:
+        """s = α / r (uses rank, not H·r, as the reference code does)."""
+        return float(self.alpha) / self.rank
+
+    @property
+    def read_dim(self) -> int:
+        """R = H·r, the length of a layer's read vector."""
+        return self.rank * self.num_state_heads
+
+    @property
+    def num_gates(self) -> int:
+        """G = H·r with rank-wise gates, else H."""
+        return self.read_dim if self.rankwise_gates else self.num_state_heads
+
+    # --- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["delta_heads"] = list(self.delta_heads)
+        d["target_layers"] = list(self.target_layers)
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeltaMemConfig:
+        d = dict(d)
+        version = d.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"DeltaMemConfig format_version {version} is newer than supported ({FORMAT_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown DeltaMemConfig keys: {sorted(unknown)}")
+        for key in ("delta_heads", "target_layers"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> DeltaMemConfig:
+        return DeltaMemConfig.from_dict({**self.to_dict(), **changes})
+
+
+def tsw(**kw: Any) -> DeltaMemConfig:
+    """Token-State Write: one delta-rule step per token (the paper's default)."""
+    return DeltaMemConfig(write_granularity="token", num_state_heads=1, **kw)
+
+
+def ssw(**kw: Any) -> DeltaMemConfig:
+    """Sequence-State Write: one step per chat message, from the mean of its tokens' attention inputs."""
+    return DeltaMemConfig(write_granularity="message_mean", num_state_heads=1, **kw)
+
+
+def msw(**kw: Any) -> DeltaMemConfig:
+    """Multi-State Write: token writes into 4 parallel 8×8 states per layer."""
+    return DeltaMemConfig(write_granularity="token", num_state_heads=kw.pop("num_state_heads", 4), **kw)

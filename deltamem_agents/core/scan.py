@@ -1,0 +1,195 @@
+"""Gated delta-rule scan used by δ-mem (naive reference and exact chunked form).
+
+Each of ``N`` independent sequences (batch x state-heads, flattened by the caller)
+carries a state ``S ∈ R^{r×r}`` (rows ``i`` = value dims, cols ``j`` = key dims).
+Per step ``t`` with per-row keep ``κ_t``, erase ``ε_t``, write ``ω_t`` (all ``[r]``),
+key ``k_t`` (already normalised), value ``v_t``, query ``q_t`` and validity ``m_t``::
+
+    read_t = (S_{t-1} q_t) * m_t                                  # read before write
+    S_t    = diag(κ_t) S_{t-1} - diag(ε_t) (S_{t-1} k_t) k_tᵀ + diag(ω_t) v_t k_tᵀ   if m_t
+    S_t    = S_{t-1}                                                                else
+
+Standard δ-mem uses ``κ = 1-β`` and ``ε = ω = β``; the scan takes them generally.
+
+Shapes: ``q, k, v, keep, erase, write``: ``[N, T, r]``; ``state``: ``[N, r, r]``;
+``mask``: ``[N, T]`` bool or ``None`` (all valid). Returns ``reads [N, T, r]`` and the
+final state ``[N, r, r]``. Everything is computed in float32 with autocast disabled,
+is differentiable w.r.t. every input (plain torch ops + autograd) and is
+device-agnostic.
+
+Chunked form (exact; rows are independent). Row ``i`` of the state is a row vector
+``s``; with ``u_t = ω_t v_t - ε_t (s_{t-1}·k_t)``, ``s_t = κ_t s_{t-1} + u_t k_tᵀ``. For
+a chunk of length ``C`` from ``s_0``, with ``L_t = Σ_{m≤t} log κ_m`` and ``G_t = e^{L_t}``::
+
+    (I + M) u = ω⊙v - ε⊙G_{t-1}⊙(s_0·k_t),  M[t,j] = ε_t e^{L_{t-1}-L_j} (k_t·k_j), j<t
+    read_t    = G_{t-1} (s_0·q_t) + Σ_{j<t} e^{L_{t-1}-L_j} (k_j·q_t) u_j
+    s_C       = G_C s_0 + Σ_j e^{L_C-L_j} u_j k_jᵀ
+
+The unit-lower-triangular solve is split into ``s_0``-independent parts (solved for
+all chunks at once), so ``u = a - W s_0``; only the chunk-start states are propagated
+sequentially (``s_C = s_0 P + c``), then all reads are computed in parallel.
+Decay factors are ``exp`` of segment sums of ``log κ`` (= differences of log-cumsums,
+computed as masked cumulative sums so no cancellation and no quotients); the upper
+triangle is set to ``-inf`` before ``exp``; ``log κ`` is floored at ``-60`` so κ=0 is
+safe (the chunked form therefore requires ``keep ≥ 0``; the gradient w.r.t. κ below
+``e^-60`` is 0).
+
+Default ``chunk_size=32``: measured on CPU (2 threads, r=8, T=4096) it is the fastest
+of {16, 32, 64, 128} for forward and forward+backward at N=1 and N=30 (16 pays more
+sequential chunk steps, 64/128 pay O(C²) work and memory per row), with relative
+error ~1e-7 against a float64 reference for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["scan", "scan_naive", "scan_chunked", "scan_states"]
+
+_LOG_KEEP_FLOOR = -60.0
+_NAIVE_MAX_T = 8
+
+
+def _prep(
+    tensors: tuple[Tensor, ...], state: Tensor, mask: Tensor | None
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    """Cast to float32 and build a bool mask ``[N, T]`` (all True if ``None``)."""
+    ts = tuple(t.to(torch.float32) for t in tensors)
+    n, t_len = ts[0].shape[:2]
+    if mask is None:
+        m = torch.ones(n, t_len, dtype=torch.bool, device=ts[0].device)
+    else:
+        m = mask.to(device=ts[0].device, dtype=torch.bool)
+    return ts, state.to(torch.float32), m
+
+
+def _step(S: Tensor, k: Tensor, v: Tensor, kp: Tensor, er: Tensor, wr: Tensor) -> Tensor:
+    """One delta-rule update. S: [N, r, r]; k, v, kp, er, wr: [N, r]."""
+    sk = torch.einsum("nij,nj->ni", S, k)                                  # [N, r]
+    upd = (wr * v - er * sk).unsqueeze(-1) * k.unsqueeze(-2)               # [N, r, r]
+    return kp.unsqueeze(-1) * S + upd
+
+
+def scan_naive(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
+    state: Tensor, mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Reference step-by-step scan. Returns reads [N, T, r] and final state [N, r, r]."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        (q, k, v, keep, erase, write), S, m = _prep((q, k, v, keep, erase, write), state, mask)
+        n, t_len, r = q.shape
+        reads = []
+        for t in range(t_len):
+            mt = m[:, t]                                                   # [N]
+            rd = torch.einsum("nij,nj->ni", S, q[:, t])                    # [N, r]
+            reads.append(rd * mt.unsqueeze(-1))
+            S_new = _step(S, k[:, t], v[:, t], keep[:, t], erase[:, t], write[:, t])
+            S = torch.where(mt[:, None, None], S_new, S)
+        if t_len == 0:
+            return q.new_zeros(n, 0, r), S.clone()
+        return torch.stack(reads, dim=1), S
+
+
+def scan_states(
+    k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
+    state: Tensor, mask: Tensor | None = None,
+) -> Tensor:
+    """All states: entry t is the state before step t, entry T the final one. [N, T+1, r, r]."""
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        (k, v, keep, erase, write), S, m = _prep((k, v, keep, erase, write), state, mask)
+        states = [S]
+        for t in range(k.shape[1]):
+            S_new = _step(S, k[:, t], v[:, t], keep[:, t], erase[:, t], write[:, t])
+            S = torch.where(m[:, t, None, None], S_new, S)
+            states.append(S)
+        return torch.stack(states, dim=1)
+
+
+def _segsum(x: Tensor) -> Tensor:
+    """x: [..., C] -> [..., C, C] with out[t, j] = Σ_{j<m≤t} x_m for j ≤ t, -inf above."""
+    c = x.shape[-1]
+    xr = x.unsqueeze(-1).expand(*x.shape, c)                               # [..., C(m), C(j)]
+    ones = torch.ones(c, c, dtype=torch.bool, device=x.device)
+    xr = xr.masked_fill(~torch.tril(ones, -1), 0.0)                        # keep m > j
+    seg = torch.cumsum(xr, dim=-2)                                         # [..., C(t), C(j)]
+    return seg.masked_fill(~torch.tril(ones, 0), float("-inf"))
+
+
+def scan_chunked(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
+    state: Tensor, mask: Tensor | None = None, *, chunk_size: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """Exact chunked scan (same semantics as :func:`scan_naive`)."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        (q, k, v, keep, erase, write), S, m = _prep((q, k, v, keep, erase, write), state, mask)
+        n, t_len, r = q.shape
+        if t_len == 0:
+            return q.new_zeros(n, 0, r), S.clone()
+        c = min(chunk_size, t_len)
+        nc = math.ceil(t_len / c)
+        pad = nc * c - t_len
+
+        def prep(x: Tensor) -> Tensor:                                     # [N, T, r] -> [N, nc, C, r]
+            return F.pad(x, (0, 0, 0, pad)).view(n, nc, c, r)
+
+        mp = F.pad(m, (0, pad), value=False).view(n, nc, c, 1)             # [N, nc, C, 1]
+        zero = q.new_zeros(())
+        q_ = torch.where(mp, prep(q), zero)                                # [N, nc, C, r]
+        k_ = torch.where(mp, prep(k), zero)                                # [N, nc, C, r]
+        # Per-row gates, row-major: [N, nc, r(i), C(t)]; masked: κ=1 (log 0), ε=ω=0.
+        logk = torch.log(keep.clamp_min(math.exp(_LOG_KEEP_FLOOR)))
+        logk = torch.where(mp, prep(logk), zero).transpose(-1, -2)
+        eps = torch.where(mp, prep(erase), zero).transpose(-1, -2)
+        wv = torch.where(mp, prep(write * v), zero).transpose(-1, -2)
+
+        seg = _segsum(logk)                                                # [N, nc, r, C, C]
+        # dec[t, j] = exp(L_{t-1} - L_j) for j < t (shift seg down one row), else 0.
+        ninf = seg.new_full(seg.shape[:-2] + (1, c), float("-inf"))
+        dec = torch.exp(torch.cat([ninf, seg[..., :-1, :]], dim=-2))       # [N, nc, r, C, C]
+        cs = torch.cumsum(logk, dim=-1)                                    # L_t  [N, nc, r, C]
+        g_prev = torch.exp(F.pad(cs[..., :-1], (1, 0)))                    # G_{t-1}
+        g_last = torch.exp(cs[..., -1])                                    # G_C  [N, nc, r]
+        e_last = torch.exp(seg[..., -1, :])                                # exp(L_C - L_t) [N, nc, r, C]
+
+        kk = (k_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C]
+        qk = (q_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C] (t, j)
+        mat = eps.unsqueeze(-1) * dec * kk                                 # M  [N, nc, r, C, C]
+        rhs = torch.cat(
+            [wv.unsqueeze(-1), (eps * g_prev).unsqueeze(-1) * k_.unsqueeze(2)], dim=-1
+        )                                                                  # [N, nc, r, C, 1+r]
+        sol = torch.linalg.solve_triangular(mat, rhs, upper=False, unitriangular=True)
+        a, w = sol[..., 0], sol[..., 1:]                                   # [N,nc,r,C], [N,nc,r,C,r]
+
+        # Chunk transition per row: s_C = s_0 P + c.
+        ek = e_last.unsqueeze(-1) * k_.unsqueeze(2)                        # [N, nc, r, C, r]
+        eye = torch.eye(r, dtype=q.dtype, device=q.device)
+        p_mat = g_last[..., None, None] * eye - w.transpose(-1, -2) @ ek   # [N, nc, r, r(p), r(j)]
+        c_vec = (a.unsqueeze(-2) @ ek).squeeze(-2)                         # [N, nc, r, r]
+
+        starts = []
+        for ci in range(nc):
+            starts.append(S)
+            S = (S.unsqueeze(-2) @ p_mat[:, ci]).squeeze(-2) + c_vec[:, ci]  # [N, r, r]
+        s0 = torch.stack(starts, dim=1)                                    # [N, nc, r, r]
+
+        u = a - (w @ s0.unsqueeze(-1)).squeeze(-1)                         # [N, nc, r, C]
+        sq = s0 @ q_.transpose(-1, -2)                                     # [N, nc, r, C]
+        rd = g_prev * sq + ((dec * qk) @ u.unsqueeze(-1)).squeeze(-1)      # [N, nc, r, C]
+        rd = rd.transpose(-1, -2) * mp                                     # [N, nc, C, r]
+        return rd.reshape(n, nc * c, r)[:, :t_len], S
+
+
+def scan(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
+    state: Tensor, mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Dispatch: naive for T ≤ 8 (lower overhead), chunked otherwise."""
+    if q.shape[1] <= _NAIVE_MAX_T:
+        return scan_naive(q, k, v, keep, erase, write, state, mask)
+    return scan_chunked(q, k, v, keep, erase, write, state, mask)

@@ -1,0 +1,62 @@
+"""The per-call δ-mem context: how a state travels into the wrapped layers and back out, without living on them.
+
+`forward_with_state` opens a `CallContext` in a ContextVar (so threads and asyncio tasks never share one),
+runs the HF model, and the q_proj/o_proj wrappers of each wrapped layer read their slice of the carried
+state from it and record their new state. Outside any context the wrappers are exact pass-throughs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from torch import Tensor
+
+from ..core.segments import Segments
+from ..core.state import DeltaState
+
+_CURRENT: ContextVar["CallContext | None"] = ContextVar("deltamem_call", default=None)
+_DISABLED: ContextVar[bool] = ContextVar("deltamem_disabled", default=False)
+
+
+@dataclass
+class CallContext:
+    adapter: Any  # the DeltaMemAdapter this call belongs to
+    state: DeltaState  # carried in (read only)
+    seg: Segments
+    write: bool
+    reads: dict[int, Tensor] = field(default_factory=dict)  # slot -> read [B,T,R] (for the o_proj wrapper)
+    S_out: dict[int, Tensor] = field(default_factory=dict)
+    sum_out: dict[int, Tensor] = field(default_factory=dict)
+    beta_means: dict[int, Tensor] = field(default_factory=dict)
+    capture_inputs: bool = False
+    inputs: dict[int, Tensor] = field(default_factory=dict)  # slot -> x (only when capture_inputs)
+
+
+def current(adapter: Any) -> CallContext | None:
+    """The active call for this adapter, or None (no call, another model's call, or δ-mem disabled)."""
+    call = _CURRENT.get()
+    if call is None or call.adapter is not adapter or _DISABLED.get():
+        return None
+    return call
+
+
+@contextmanager
+def activate(call: CallContext) -> Iterator[CallContext]:
+    token = _CURRENT.set(call)
+    try:
+        yield call
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Run the backbone exactly as if δ-mem were not attached (state neither read nor written)."""
+    token = _DISABLED.set(True)
+    try:
+        yield
+    finally:
+        _DISABLED.reset(token)

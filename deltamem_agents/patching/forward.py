@@ -1,0 +1,67 @@
+"""One forward call of a δ-mem model with an explicit state in and out.
+
+    out = forward_with_state(model, input_ids, state, message_ids=ids, past_key_values=cache, write=True)
+    out.outputs (the HF output), out.state (new DeltaState), out.beta_means (per wrapped layer)
+
+`message_ids` [B,T] label each token with its chat message index (-1: not written, e.g. the system prompt);
+token writes (TSW/MSW) write every labelled token, message writes (SSW) write each message's mean once it
+closes. Without ids every valid token is written (token modes only). Padding comes from the 2-D
+`attention_mask` (never from the 4-D mask, whose convention changed across transformers versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.segments import Segments
+from ..core.state import DeltaState
+from .attach import get_adapter
+from .context import _DISABLED, CallContext, activate
+
+
+@dataclass
+class StepOutput:
+    outputs: Any
+    state: DeltaState
+    beta_means: dict[int, Tensor]
+    inputs: dict[int, Tensor]
+
+
+def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
+                       message_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                       write: bool = True, skip_lm_head: bool = False, capture_inputs: bool = False,
+                       **kwargs: Any) -> StepOutput:
+    adapter = get_adapter(model)
+    B, T = input_ids.shape
+    state = state if state is not None else adapter.zero_state(B, input_ids.device)
+    adapter.check_state(state)
+    if state.batch != B:
+        raise ValueError(f"state batch {state.batch} != input batch {B}")
+    valid = attention_mask[:, -T:].bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    cfg = adapter.config
+    message_mode = cfg.write_granularity == "message_mean"
+    seg = Segments.build(valid, message_ids, message_mode=message_mode and write, pend_id=state.pend_id,
+                         pend_count=state.pend_count)
+    call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs)
+    net = model.get_decoder() if skip_lm_head else model
+    with activate(call):
+        outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    n = len(adapter.layer_ids)
+    if _DISABLED.get():  # inside disabled(): plain backbone, state untouched
+        return StepOutput(outputs, state, {}, {})
+    if len(call.S_out) != n:
+        raise RuntimeError(f"only {len(call.S_out)}/{n} wrapped layers ran; is the model patched correctly?")
+    if write:
+        new = DeltaState(
+            S=torch.stack([call.S_out[i] for i in range(n)]),
+            pend_sum=torch.stack([call.sum_out[i] for i in range(n)]),
+            pend_count=seg.pend_count_out(state.pend_count) if message_mode else state.pend_count,
+            pend_id=seg.pend_id_out if (message_mode and seg.pend_id_out is not None) else state.pend_id,
+        )
+    else:
+        new = state
+    return StepOutput(outputs, new, call.beta_means, call.inputs)

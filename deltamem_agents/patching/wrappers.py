@@ -1,0 +1,68 @@
+"""Wrapper modules that replace an attention's q_proj and o_proj: base output + δ-mem correction.
+
+The q_proj wrapper sees the attention input x (the layer's normed hidden state), runs the layer's δ-mem step
+(read + write, see core/memory.py) and adds δq before the head reshape / q-norm / RoPE. The o_proj wrapper
+adds δo from the same call's read vector. Both hold the frozen base `nn.Linear` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .context import current
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, base: nn.Linear, slot: int, adapter: Any) -> None:
+        super().__init__()
+        self.base = base
+        self.slot = slot
+        object.__setattr__(self, "_adapter", adapter)  # not registered: the adapter owns its parameters
+
+    # Code that inspects the projection (dtype checks, shapes) still sees a Linear's attributes.
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+
+class DeltaQProj(_Wrapped):
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        call = current(self._adapter)
+        if call is None:
+            return out
+        layer = self._adapter.layers[self.slot]
+        if call.capture_inputs:
+            call.inputs[self.slot] = x
+        step = layer.step(x, call.state.S[self.slot], call.state.pend_sum[self.slot], call.seg, call.write)
+        call.reads[self.slot] = step.read
+        call.S_out[self.slot] = step.S
+        call.sum_out[self.slot] = step.pend_sum
+        if step.beta_mean is not None:
+            call.beta_means[self.slot] = step.beta_mean
+        dq, _ = layer.corrections(step.read)
+        return out if dq is None else out + dq.to(out.dtype)
+
+
+class DeltaOProj(_Wrapped):
+    def forward(self, a: Tensor) -> Tensor:
+        out = self.base(a)
+        call = current(self._adapter)
+        if call is None:
+            return out
+        _, do = self._adapter.layers[self.slot].corrections(call.reads.pop(self.slot))
+        return out if do is None else out + do.to(out.dtype)

@@ -1,0 +1,336 @@
+"""Session persistence: :class:`SessionStore`, an LRU cache in front of a :class:`SessionBackend`.
+
+Usage::
+
+    store = SessionStore(SQLiteBackend("~/.cache/deltamem-agents/sessions.db"))
+    with store.lock("user-1"):                       # one turn at a time per session
+        rec = store.get_or_create("user-1")
+        rec = store.commit(rec, state=blob, messages=[*rec.messages, reply], metadata=rec.metadata)
+
+Writes go through to the backend first; the cache is updated only after the backend commit
+succeeded, under an internal per-session (striped) lock, so inside one process the cache never
+goes back to an older version.  Writers in *other* processes are caught by optimistic concurrency:
+a commit based on a stale record raises :class:`ConcurrentWriteError` and evicts the entry.  Use
+``cache_size=0`` (or :meth:`SessionStore.invalidate`) when other processes write and reads must be
+fresh.  Records handed out are deep copies, so mutating them never changes the cache.  Export
+files are plain JSON (never pickle) with SHA-256 checksums verified on import.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..errors import (ConcurrentWriteError, CorruptSessionError, DeltaMemError, InvalidSessionDataError,
+                      SessionBusyError, SessionExistsError, SessionNotFoundError)
+from .store_base import RawSession, SessionBackend, SessionRecord, check_json_value, validate_session_id
+from .store_memory import MemoryBackend
+from .store_sqlite import SQLiteBackend
+
+__all__ = [
+    "SessionStore", "SessionRecord", "SessionBackend", "SQLiteBackend", "MemoryBackend", "RawSession",
+    "validate_session_id", "parse_export", "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION",
+]
+
+EXPORT_FORMAT = "deltamem-session"
+EXPORT_FORMAT_VERSION = 1
+_STRIPES = 64
+
+
+def _clone(rec: SessionRecord) -> SessionRecord:
+    """A deep copy of a (JSON-normalised) record; the JSON codec is C-accelerated."""
+    messages, metadata = json.loads(json.dumps([list(rec.messages), rec.metadata]))
+    return SessionRecord(rec.session_id, rec.state, tuple(messages), metadata, rec.version,
+                         rec.created_at, rec.updated_at)
+
+
+def _payload_digest(session_id: str, messages: Sequence[Any], metadata: Any) -> str:
+    canonical = json.dumps({"session_id": session_id, "messages": list(messages), "metadata": metadata},
+                           sort_keys=True, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_export(data: bytes, source: str = "<export>") -> tuple[str, bytes | None, list, dict]:
+    """Validate an export file's bytes; return (session_id, state, messages, metadata).
+
+    Raises :class:`CorruptSessionError` for anything that is not an intact format-1 export.
+    """
+    def bad(why: str) -> CorruptSessionError:
+        return CorruptSessionError(f"{source}: not a valid deltamem session export: {why}")
+
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"undecodable JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise bad("the top level is not a JSON object")
+    if doc.get("format") != EXPORT_FORMAT:
+        raise bad(f"format is {doc.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    fv = doc.get("format_version")
+    if isinstance(fv, bool) or fv != EXPORT_FORMAT_VERSION:
+        raise bad(f"unsupported format_version {fv!r} (this version reads {EXPORT_FORMAT_VERSION})")
+    sid, messages, metadata = doc.get("session_id"), doc.get("messages"), doc.get("metadata")
+    b64, sha = doc.get("state_b64"), doc.get("state_sha256")
+    if not isinstance(metadata, dict):
+        raise bad("'metadata' must be a JSON object")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise bad("'messages' must be a list of JSON objects")
+    try:
+        validate_session_id(sid)
+        check_json_value(messages, "messages")
+        check_json_value(metadata, "metadata")
+    except DeltaMemError as exc:
+        raise bad(str(exc)) from exc
+    if not (isinstance(b64, str) and isinstance(sha, str) or b64 is None and sha is None):
+        raise bad("'state_b64' and 'state_sha256' must both be strings, or both null")
+    state = None
+    if b64 is not None:
+        try:
+            state = base64.b64decode(b64.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise bad(f"'state_b64' is not valid base64 ({exc})") from exc
+        if hashlib.sha256(state).hexdigest() != sha.lower():
+            raise bad("state checksum mismatch (state_sha256 does not match the decoded state)")
+    digest = doc.get("payload_sha256")  # optional: covers session_id, messages and metadata
+    if digest is not None and (not isinstance(digest, str)
+                               or digest.lower() != _payload_digest(sid, messages, metadata)):
+        raise bad("payload checksum mismatch (messages, metadata or session_id were altered)")
+    return sid, state, messages, metadata
+
+
+class SessionStore:
+    """In-memory LRU cache (``cache_size`` records; 0 disables it) in front of a backend."""
+
+    def __init__(self, backend: SessionBackend, *, cache_size: int = 64) -> None:
+        if not isinstance(backend, SessionBackend):
+            raise TypeError(f"backend must be a SessionBackend, not {type(backend).__name__}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        self.backend, self.cache_size = backend, cache_size
+        self._cache: OrderedDict[str, SessionRecord] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._hits = self._misses = 0
+        self._stripes = tuple(threading.RLock() for _ in range(_STRIPES))
+        self._turn_locks: dict[str, list] = {}  # id -> [RLock, users]; dropped when unused
+        self._turn_guard = threading.Lock()
+
+    # -- cache and internal locking ---------------------------------------------------------
+    @contextmanager
+    def _locked(self, *session_ids: str) -> Iterator[None]:
+        with ExitStack() as stack:  # sorted stripes: two ids never deadlock
+            for i in sorted({hash(s) % _STRIPES for s in session_ids}):
+                stack.enter_context(self._stripes[i])
+            yield
+
+    def _cached(self, sid: str) -> SessionRecord | None:
+        with self._cache_lock:
+            rec = self._cache.get(sid)
+            self._hits, self._misses = self._hits + (rec is not None), self._misses + (rec is None)
+            if rec is not None:
+                self._cache.move_to_end(sid)
+            return rec
+
+    def _remember(self, rec: SessionRecord) -> SessionRecord:
+        if self.cache_size:
+            with self._cache_lock:
+                self._cache[rec.session_id] = rec
+                self._cache.move_to_end(rec.session_id)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return _clone(rec)
+
+    def invalidate(self, session_id: str | None = None) -> None:
+        """Drop one session (or everything) from the cache; the next read goes to the backend."""
+        sid = None if session_id is None else validate_session_id(session_id)
+        with self._cache_lock:
+            if sid is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(sid, None)
+
+    def cache_info(self) -> dict[str, int]:
+        """``{"size", "capacity", "hits", "misses"}`` of the LRU cache."""
+        with self._cache_lock:
+            return {"size": len(self._cache), "capacity": self.cache_size,
+                    "hits": self._hits, "misses": self._misses}
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The session (a private copy), or None."""
+        sid = validate_session_id(session_id)
+        rec = self._cached(sid)
+        if rec is not None:
+            return _clone(rec)
+        with self._locked(sid):  # no in-process write can interleave with this read + cache fill
+            rec = self.backend.get(sid)
+            return None if rec is None else self._remember(rec)
+
+    def get_or_create(self, session_id: str, metadata: Mapping[str, Any] | None = None) -> SessionRecord:
+        """The session, created empty (version 0, given metadata) if it does not exist yet."""
+        sid = validate_session_id(session_id)
+        with self._locked(sid):
+            rec = self.get(sid)
+            if rec is not None:
+                return rec
+            try:
+                return self._remember(self.backend.create(sid, metadata))
+            except SessionExistsError:  # another process created it just now
+                return self._remember(self.backend.get(sid) or self.backend.create(sid, metadata))
+
+    def list(self, prefix: str | None = None) -> list[str]:
+        """Sorted session ids, optionally only those starting with ``prefix``."""
+        return self.backend.list(prefix)
+
+    def snapshot(self, session_id: str) -> SessionRecord:
+        """An immutable, independent copy of the session now (SessionNotFoundError if missing)."""
+        rec = self.get(session_id)
+        if rec is None:
+            raise SessionNotFoundError(f"no session with id {session_id!r}")
+        return rec
+
+    # -- writes -----------------------------------------------------------------------------
+    def commit(self, record_or_id: SessionRecord | str, *, state: bytes | None,
+               messages: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any] | None,
+               expected_version: int | None = None) -> SessionRecord:
+        """Write-through commit of a whole turn; ``expected_version`` defaults to the record's version.
+
+        ConcurrentWriteError (stale version) and SessionNotFoundError evict the cached entry.
+        """
+        is_record = isinstance(record_or_id, SessionRecord)
+        sid = validate_session_id(record_or_id.session_id if is_record else record_or_id)
+        if expected_version is None:
+            if not is_record:
+                raise InvalidSessionDataError(
+                    "expected_version is required when committing by id (pass the version you read)")
+            expected_version = record_or_id.version
+        with self._locked(sid):
+            try:
+                rec = self.backend.commit(sid, state=state, messages=messages, metadata=metadata,
+                                          expected_version=expected_version)
+            except (ConcurrentWriteError, SessionNotFoundError):
+                self.invalidate(sid)
+                raise
+            return self._remember(rec)
+
+    def delete(self, session_id: str) -> bool:
+        """Forget the session everywhere (backend and cache).  True if it existed."""
+        sid = validate_session_id(session_id)
+        with self._locked(sid):
+            try:
+                return self.backend.delete(sid)
+            finally:
+                self.invalidate(sid)
+
+    def fork(self, src_id: str, dst_id: str) -> SessionRecord:
+        """Copy a session to a new id (version 0); the two then evolve independently."""
+        src, dst = validate_session_id(src_id), validate_session_id(dst_id)
+        with self._locked(src, dst):
+            return self._remember(self.backend.copy(src, dst))
+
+    def restore(self, session_id: str, snapshot: SessionRecord, *,
+                expected_version: int | None = None) -> SessionRecord:
+        """Commit a snapshot's state, messages and metadata as a new version (creating the session
+        if it was deleted).  Without ``expected_version`` it overrides whatever version is current."""
+        if not isinstance(snapshot, SessionRecord):
+            raise InvalidSessionDataError(f"snapshot must be a SessionRecord, not {type(snapshot).__name__}")
+        sid = validate_session_id(session_id)
+        with self._locked(sid):
+            current = self.get_or_create(sid, snapshot.metadata)
+            return self.commit(sid, state=snapshot.state, messages=snapshot.messages,
+                               metadata=snapshot.metadata,
+                               expected_version=current.version if expected_version is None
+                               else expected_version)
+
+    # -- export / import --------------------------------------------------------------------
+    def export_session(self, session_id: str, path: str | os.PathLike) -> Path:
+        """Write the session to a JSON file (atomically, mode 0600); returns the path."""
+        rec = self.snapshot(session_id)
+        state = rec.state
+        doc = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION,
+               "session_id": rec.session_id, "metadata": rec.metadata, "messages": list(rec.messages),
+               "state_b64": None if state is None else base64.b64encode(state).decode("ascii"),
+               "state_sha256": None if state is None else hashlib.sha256(state).hexdigest(),
+               "payload_sha256": _payload_digest(rec.session_id, rec.messages, rec.metadata),
+               "exported_at": datetime.now(timezone.utc).isoformat()}
+        data = json.dumps(doc, ensure_ascii=True, allow_nan=False, indent=1).encode("ascii")
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def import_session(self, path: str | os.PathLike, session_id: str | None = None, *,
+                       overwrite: bool = False) -> SessionRecord:
+        """Load an export file (under its own id, or ``session_id``).  The file is fully validated
+        first (CorruptSessionError), so a bad file never touches an existing session; an existing
+        target raises SessionExistsError unless ``overwrite`` (then it is replaced as a new version)."""
+        source = Path(path).expanduser()
+        file_sid, state, messages, metadata = parse_export(source.read_bytes(), str(source))
+        sid = file_sid if session_id is None else validate_session_id(session_id)
+        with self._locked(sid):
+            current = self.backend.get(sid)
+            if current is not None and not overwrite:
+                raise SessionExistsError(
+                    f"a session with id {sid!r} already exists; pass overwrite=True or another session_id")
+            if current is None:
+                current = self.backend.create(sid, metadata)
+            return self.commit(sid, state=state, messages=messages, metadata=metadata,
+                               expected_version=current.version)
+
+    # -- per-session turn lock --------------------------------------------------------------
+    @contextmanager
+    def lock(self, session_id: str, *, timeout: float | None = None) -> Iterator[None]:
+        """Serialise turns on one session inside this process (re-entrant).  Raises
+        SessionBusyError if ``timeout`` seconds pass first.  Other processes are kept out by
+        ``expected_version`` (ConcurrentWriteError), not by this lock."""
+        sid = validate_session_id(session_id)
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
+        with self._turn_guard:
+            entry = self._turn_locks.setdefault(sid, [threading.RLock(), 0])
+            entry[1] += 1
+        try:
+            if not entry[0].acquire(timeout=-1 if timeout is None else timeout):
+                raise SessionBusyError(f"session {sid!r} is busy (lock not acquired in {timeout} s)")
+            try:
+                yield
+            finally:
+                entry[0].release()
+        finally:
+            with self._turn_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._turn_locks[sid]
+
+    def close(self) -> None:
+        """Clear the cache and close the backend."""
+        self.invalidate()
+        self.backend.close()
+
+    def __enter__(self) -> "SessionStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,294 @@
+"""Session records, id/payload validation and the abstract :class:`SessionBackend` interface.
+
+A *session* is one conversation: an opaque state blob (``bytes``, e.g. safetensors of the
+memory state), a message log (list of JSON-safe dicts) and metadata (a JSON-safe dict),
+plus a ``version`` that increments on every commit (optimistic concurrency).
+
+:class:`SessionBackend` uses the template-method pattern: its public methods validate the
+session id and payload, JSON-encode messages/metadata *before* anything is written, and
+decode what the backend returns.  A concrete backend (SQLite, memory, later Redis or
+Postgres) implements only the ``_get/_create/_commit/_list/_delete/_copy`` primitives,
+which receive already-validated ids and already-encoded JSON strings (:class:`RawSession`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..errors import (
+    ConcurrentWriteError,
+    CorruptSessionError,
+    InvalidSessionDataError,
+    InvalidSessionIdError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
+
+__all__ = [
+    "MAX_SESSION_ID_LENGTH",
+    "SessionRecord",
+    "RawSession",
+    "EncodedPayload",
+    "SessionBackend",
+    "validate_session_id",
+    "encode_payload",
+    "check_json_value",
+    "dumps_json",
+]
+
+MAX_SESSION_ID_LENGTH = 128
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+_ID_RULE = (
+    "session ids must be a str of 1-128 characters: an ASCII letter or digit, followed by ASCII "
+    "letters, digits or any of . _ : @ + = - (no slashes, whitespace, quotes, semicolons or "
+    "control characters), e.g. a UUID, 'user-1' or 'thread:42'"
+)
+_MAX_JSON_DEPTH = 100
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is a valid session id, else raise :class:`InvalidSessionIdError`."""
+    if not isinstance(session_id, str):
+        raise InvalidSessionIdError(f"invalid session id of type {type(session_id).__name__}: {_ID_RULE}")
+    if _SESSION_ID_RE.fullmatch(session_id) is None:
+        shown = repr(session_id if len(session_id) <= 40 else session_id[:40] + "...")
+        raise InvalidSessionIdError(f"invalid session id {shown} (length {len(session_id)}): {_ID_RULE}")
+    return session_id
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One session as read from (or just committed to) a store.
+
+    ``version`` is 0 for a created-but-never-committed session and increments by one on every
+    commit.  ``messages``/``metadata`` are fresh, plain JSON objects owned by the caller.
+    """
+
+    session_id: str
+    state: bytes | None
+    messages: tuple[dict, ...]
+    metadata: dict
+    version: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RawSession:
+    """What a backend stores: each message and the metadata as a JSON text."""
+
+    session_id: str
+    state: bytes | None
+    messages: tuple[str, ...]
+    metadata: str
+    version: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class EncodedPayload:
+    """A validated commit payload: state bytes, one JSON text per message, metadata JSON."""
+
+    state: bytes | None
+    messages: tuple[str, ...] = field(default=())
+    metadata: str = "{}"
+
+
+def dumps_json(value: Any) -> str:
+    """Deterministic, strict JSON text (ASCII-only so any string, even a lone surrogate, stores safely)."""
+    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def check_json_value(value: Any, where: str, depth: int = 0) -> None:
+    """Raise :class:`InvalidSessionDataError` unless ``value`` survives a JSON round trip unchanged in kind.
+
+    Allowed: None, bool, int, finite float, str, list/tuple, dict with str keys (nested).
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSessionDataError(f"{where}: {value!r} is not valid JSON (NaN/Infinity are not allowed)")
+        return
+    if depth >= _MAX_JSON_DEPTH:
+        raise InvalidSessionDataError(
+            f"{where}: nested deeper than {_MAX_JSON_DEPTH} levels (circular reference?)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidSessionDataError(
+                    f"{where}: dict key {key!r} is a {type(key).__name__}; JSON object keys must be str")
+            check_json_value(item, f"{where}[{key[:40]!r}]", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{where}[{i}]", depth + 1)
+        return
+    raise InvalidSessionDataError(
+        f"{where}: a {type(value).__name__} is not JSON-serialisable; allowed are None, bool, int, "
+        "finite float, str, list and dict with str keys")
+
+
+def encode_payload(state: Any, messages: Any, metadata: Any) -> EncodedPayload:
+    """Validate and encode a commit payload.  Raises :class:`InvalidSessionDataError`; writes nothing."""
+    if state is not None:
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise InvalidSessionDataError(
+                f"state must be bytes or None (serialise tensors first), not {type(state).__name__}")
+        state = bytes(state)
+    return EncodedPayload(state, encode_messages(messages), encode_metadata(metadata))
+
+
+def encode_messages(messages: Any) -> tuple[str, ...]:
+    """Validate a message log (list/tuple of JSON-safe dicts) and return one JSON text per message."""
+    if not isinstance(messages, (list, tuple)):
+        raise InvalidSessionDataError(
+            f"messages must be a list of dicts, not {type(messages).__name__}")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidSessionDataError(
+                f"messages[{i}] must be a dict (e.g. {{'role': ..., 'content': ...}}), "
+                f"not {type(message).__name__}")
+        message = dict(message)
+        check_json_value(message, f"messages[{i}]")
+        out.append(dumps_json(message))
+    return tuple(out)
+
+
+def encode_metadata(metadata: Any) -> str:
+    """Validate metadata (a JSON-safe dict; None means ``{}``) and return its JSON text."""
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise InvalidSessionDataError(f"metadata must be a dict, not {type(metadata).__name__}")
+    metadata = dict(metadata)
+    check_json_value(metadata, "metadata")
+    return dumps_json(metadata)
+
+
+def not_found(session_id: str) -> SessionNotFoundError:
+    """The error for a missing session (shared by the backends)."""
+    return SessionNotFoundError(f"no session with id {session_id!r}")
+
+
+def exists(session_id: str) -> SessionExistsError:
+    """The error for an id that is already taken (shared by the backends)."""
+    return SessionExistsError(f"a session with id {session_id!r} already exists")
+
+
+def conflict(session_id: str, expected: int, actual: int) -> ConcurrentWriteError:
+    """The error for a stale ``expected_version`` (shared by the backends)."""
+    return ConcurrentWriteError(
+        f"session {session_id!r} is at version {actual}, not the expected {expected}: another writer "
+        "committed first; re-read the session and retry", session_id=session_id,
+        expected_version=expected, actual_version=actual)
+
+
+def _check_version(expected_version: Any) -> int:
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0:
+        raise InvalidSessionDataError(
+            f"expected_version must be a non-negative int (the version you read), got {expected_version!r}")
+    return expected_version
+
+
+def decode_raw(raw: RawSession) -> SessionRecord:
+    """Turn stored JSON texts back into a :class:`SessionRecord` (CorruptSessionError if undecodable)."""
+    try:
+        messages = tuple(json.loads(m) for m in raw.messages)
+        metadata = json.loads(raw.metadata)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CorruptSessionError(f"session {raw.session_id!r}: stored JSON is undecodable: {exc}") from exc
+    if not isinstance(metadata, dict) or not all(isinstance(m, dict) for m in messages):
+        raise CorruptSessionError(f"session {raw.session_id!r}: stored messages/metadata are not JSON objects")
+    state = None if raw.state is None else bytes(raw.state)
+    return SessionRecord(raw.session_id, state, messages, metadata, int(raw.version),
+                         float(raw.created_at), float(raw.updated_at))
+
+
+class SessionBackend(ABC):
+    """Persistence interface for sessions; implement the six ``_`` primitives to add a backend.
+
+    Every public method validates ids (``InvalidSessionIdError``) and payloads
+    (``InvalidSessionDataError``) before touching storage.  ``commit`` is one atomic
+    transaction guarded by ``expected_version`` (``ConcurrentWriteError`` when stale), so two
+    writers can never interleave into a torn record.
+    """
+
+    # -- public API ---------------------------------------------------------------------
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The session, or None if it does not exist."""
+        raw = self._get(validate_session_id(session_id))
+        return None if raw is None else decode_raw(raw)
+
+    def create(self, session_id: str, metadata: Mapping[str, Any] | None = None) -> SessionRecord:
+        """Create an empty session (no state, no messages, version 0); SessionExistsError if present."""
+        sid = validate_session_id(session_id)
+        return decode_raw(self._create(sid, encode_metadata(metadata)))
+
+    def commit(self, session_id: str, *, state: bytes | None, messages: Sequence[Mapping[str, Any]],
+               metadata: Mapping[str, Any] | None, expected_version: int) -> SessionRecord:
+        """Atomically replace state, the full message log and metadata; the version becomes +1.
+
+        Raises SessionNotFoundError if the session is missing and ConcurrentWriteError if the
+        stored version is not ``expected_version`` (nothing is written in either case).
+        """
+        sid = validate_session_id(session_id)
+        version = _check_version(expected_version)
+        payload = encode_payload(state, messages, metadata)
+        return decode_raw(self._commit(sid, payload, version))
+
+    def list(self, prefix: str | None = None) -> list[str]:
+        """Sorted ids of all sessions, or of those starting with ``prefix``."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidSessionDataError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        return self._list(prefix or None)
+
+    def delete(self, session_id: str) -> bool:
+        """Forget a session (state, log and metadata).  True if it existed."""
+        return self._delete(validate_session_id(session_id))
+
+    def copy(self, src_id: str, dst_id: str) -> SessionRecord:
+        """Copy state, log and metadata to a new id (version 0); SessionExistsError if dst exists."""
+        src, dst = validate_session_id(src_id), validate_session_id(dst_id)
+        return decode_raw(self._copy(src, dst))
+
+    def close(self) -> None:
+        """Release resources (no-op by default)."""
+
+    def __enter__(self) -> "SessionBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- primitives for implementations --------------------------------------------------
+    @abstractmethod
+    def _get(self, session_id: str) -> RawSession | None:
+        """Read one session consistently (state, log and metadata from the same version)."""
+
+    @abstractmethod
+    def _create(self, session_id: str, metadata: str) -> RawSession:
+        """Insert an empty session at version 0 or raise SessionExistsError."""
+
+    @abstractmethod
+    def _commit(self, session_id: str, payload: EncodedPayload, expected_version: int) -> RawSession:
+        """In one transaction: check the version, replace everything, bump the version."""
+
+    @abstractmethod
+    def _list(self, prefix: str | None) -> list[str]:
+        """Sorted ids, optionally filtered by a literal prefix."""
+
+    @abstractmethod
+    def _delete(self, session_id: str) -> bool:
+        """Remove the session and all of its content."""
+
+    @abstractmethod
+    def _copy(self, src_id: str, dst_id: str) -> RawSession:
+        """Copy src to a new dst at version 0 (SessionNotFoundError / SessionExistsError)."""
