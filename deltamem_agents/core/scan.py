@@ -83,11 +83,12 @@ def scan_naive(
         (q, k, v, keep, erase, write), S, m = _prep((q, k, v, keep, erase, write), state, mask)
         n, t_len, r = q.shape
         reads = []
-        for t in range(t_len):
-            mt = m[:, t]                                                   # [N]
-            rd = torch.einsum("nij,nj->ni", S, q[:, t])                    # [N, r]
+        # unbind (not x[:, t]) so the backward is O(T), not O(T^2) zero-filled slices.
+        steps = zip(*(x.unbind(1) for x in (q, k, v, keep, erase, write, m)))
+        for qt, kt, vt, kpt, ert, wrt, mt in steps:                        # [N, r] each, mt [N]
+            rd = torch.einsum("nij,nj->ni", S, qt)                         # [N, r]
             reads.append(rd * mt.unsqueeze(-1))
-            S_new = _step(S, k[:, t], v[:, t], keep[:, t], erase[:, t], write[:, t])
+            S_new = _step(S, kt, vt, kpt, ert, wrt)
             S = torch.where(mt[:, None, None], S_new, S)
         if t_len == 0:
             return q.new_zeros(n, 0, r), S.clone()
@@ -102,21 +103,29 @@ def scan_states(
     with torch.autocast(device_type=k.device.type, enabled=False):
         (k, v, keep, erase, write), S, m = _prep((k, v, keep, erase, write), state, mask)
         states = [S]
-        for t in range(k.shape[1]):
-            S_new = _step(S, k[:, t], v[:, t], keep[:, t], erase[:, t], write[:, t])
-            S = torch.where(m[:, t, None, None], S_new, S)
+        for kt, vt, kpt, ert, wrt, mt in zip(*(x.unbind(1) for x in (k, v, keep, erase, write, m))):
+            S_new = _step(S, kt, vt, kpt, ert, wrt)
+            S = torch.where(mt[:, None, None], S_new, S)
             states.append(S)
         return torch.stack(states, dim=1)
 
 
-def _segsum(x: Tensor) -> Tensor:
-    """x: [..., C] -> [..., C, C] with out[t, j] = Σ_{j<m≤t} x_m for j ≤ t, -inf above."""
+def _decay_logs(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Segment sums of x = log κ over a chunk, x: [..., C].
+
+    Returns ``lmat [..., C, C]`` with ``lmat[t, j] = Σ_{j<m<t} x_m = L_{t-1} - L_j`` for
+    ``j < t`` and ``-inf`` otherwise; ``lprev [..., C] = L_{t-1}``; ``lrest [..., C] =
+    L_C - L_t``. Built as masked cumulative sums (exact differences, no cancellation).
+    """
     c = x.shape[-1]
-    xr = x.unsqueeze(-1).expand(*x.shape, c)                               # [..., C(m), C(j)]
+    y = F.pad(x[..., :-1], (1, 0))                                         # y_m = x_{m-1}
     ones = torch.ones(c, c, dtype=torch.bool, device=x.device)
-    xr = xr.masked_fill(~torch.tril(ones, -1), 0.0)                        # keep m > j
-    seg = torch.cumsum(xr, dim=-2)                                         # [..., C(t), C(j)]
-    return seg.masked_fill(~torch.tril(ones, 0), float("-inf"))
+    yr = y.unsqueeze(-1).expand(*y.shape, c)                               # [..., C(m), C(j)]
+    lmat = torch.cumsum(yr.masked_fill(~torch.tril(ones, -2), 0.0), dim=-2)
+    lmat = lmat.masked_fill(~torch.tril(ones, -1), float("-inf"))         # [..., C(t), C(j)]
+    lprev = torch.cumsum(y, dim=-1)
+    lrest = F.pad(torch.flip(torch.cumsum(torch.flip(x[..., 1:], (-1,)), -1), (-1,)), (0, 1))
+    return lmat, lprev, lrest
 
 
 def scan_chunked(
@@ -148,14 +157,11 @@ def scan_chunked(
         eps = torch.where(mp, prep(erase), zero).transpose(-1, -2)
         wv = torch.where(mp, prep(write * v), zero).transpose(-1, -2)
 
-        seg = _segsum(logk)                                                # [N, nc, r, C, C]
-        # dec[t, j] = exp(L_{t-1} - L_j) for j < t (shift seg down one row), else 0.
-        ninf = seg.new_full(seg.shape[:-2] + (1, c), float("-inf"))
-        dec = torch.exp(torch.cat([ninf, seg[..., :-1, :]], dim=-2))       # [N, nc, r, C, C]
-        cs = torch.cumsum(logk, dim=-1)                                    # L_t  [N, nc, r, C]
-        g_prev = torch.exp(F.pad(cs[..., :-1], (1, 0)))                    # G_{t-1}
-        g_last = torch.exp(cs[..., -1])                                    # G_C  [N, nc, r]
-        e_last = torch.exp(seg[..., -1, :])                                # exp(L_C - L_t) [N, nc, r, C]
+        lmat, lprev, lrest = _decay_logs(logk)
+        dec = torch.exp(lmat)                                              # [N, nc, r, C, C]
+        g_prev = torch.exp(lprev)                                          # G_{t-1}  [N, nc, r, C]
+        g_last = torch.exp(lprev[..., -1] + logk[..., -1])                 # G_C  [N, nc, r]
+        e_last = torch.exp(lrest)                                          # exp(L_C - L_t)
 
         kk = (k_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C]
         qk = (q_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C] (t, j)
@@ -172,11 +178,16 @@ def scan_chunked(
         p_mat = g_last[..., None, None] * eye - w.transpose(-1, -2) @ ek   # [N, nc, r, r(p), r(j)]
         c_vec = (a.unsqueeze(-2) @ ek).squeeze(-2)                         # [N, nc, r, r]
 
+        # Sequential over chunks only: S_next = S P + c, as one baddbmm per chunk on [N·r, 1, r].
+        p_seq = p_mat.transpose(0, 1).reshape(nc, n * r, r, r)             # [nc, N·r, r, r]
+        c_seq = c_vec.transpose(0, 1).reshape(nc, n * r, 1, r)             # [nc, N·r, 1, r]
+        s_cur = S.reshape(n * r, 1, r)
         starts = []
-        for ci in range(nc):
-            starts.append(S)
-            S = (S.unsqueeze(-2) @ p_mat[:, ci]).squeeze(-2) + c_vec[:, ci]  # [N, r, r]
-        s0 = torch.stack(starts, dim=1)                                    # [N, nc, r, r]
+        for p_c, c_c in zip(p_seq.unbind(0), c_seq.unbind(0)):            # unbind: O(nc) backward
+            starts.append(s_cur)
+            s_cur = torch.baddbmm(c_c, s_cur, p_c)
+        S = s_cur.reshape(n, r, r)
+        s0 = torch.stack(starts, dim=0).view(nc, n, r, r).transpose(0, 1)  # [N, nc, r, r]
 
         u = a - (w @ s0.unsqueeze(-1)).squeeze(-1)                         # [N, nc, r, C]
         sq = s0 @ q_.transpose(-1, -2)                                     # [N, nc, r, C]

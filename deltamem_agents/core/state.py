@@ -84,6 +84,12 @@ class DeltaState:
         return DeltaState(self.S.to(device), self.pend_sum.to(device), self.pend_count.to(device),
                           self.pend_id.to(device))
 
+    def rebased(self) -> DeltaState:
+        """The same memory, with its open message closing at whatever message comes next (pend_id = -1).
+        Used when a state moves to a conversation whose message numbering differs (shuffled-state controls,
+        importing a memory into a fresh log)."""
+        return DeltaState(self.S, self.pend_sum, self.pend_count, torch.full_like(self.pend_id, -1))
+
     def norms(self) -> Tensor:
         """Frobenius norm of S per wrapped layer, averaged over batch and heads: [Lw]."""
         return self.S.detach().flatten(3).norm(dim=-1).mean(dim=(1, 2))

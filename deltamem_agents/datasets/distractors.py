@@ -9,12 +9,13 @@ only once the pool is exhausted.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from .episode import tokens_after
 from .pools import DISTRACTORS, POOLS, WEEKDAYS, dynamic_distractor
 
-__all__ = ["Ctx", "company", "distractor", "faker_for"]
+__all__ = ["Ctx", "company", "distractor", "faker_for", "mentions"]
 
 _COMPANY_SUFFIXES = ("Labs", "Group", "Systems", "Logistics", "Studio", "Partners", "Foods", "Media", "Robotics")
 _FAKER = None
@@ -39,18 +40,26 @@ def company(rng: random.Random, fake) -> str:
     return name
 
 
+def mentions(values) -> re.Pattern | None:
+    """Case-insensitive whole-word pattern matching any of ``values`` (None when empty)."""
+    values = sorted({v for v in values if v}, key=len, reverse=True)
+    if not values:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(v) for v in values) + r")(?!\w)", re.IGNORECASE)
+
+
 def distractor(rng: random.Random, fake, avoid, used: set | None = None) -> tuple[str, str]:
     """One user/assistant chit-chat exchange mentioning none of the ``avoid`` values.
 
     ``used`` (per episode) holds the distractor templates already drawn, so they repeat only once
     the pool is exhausted.
     """
-    avoid = [a.lower() for a in avoid if a]
+    pattern = mentions(avoid)
     used = set() if used is None else used
     for _ in range(30):
         if rng.random() < 0.15:
             user, asst = dynamic_distractor(rng)
-            if not any(a in f"{user} {asst}".lower() for a in avoid):
+            if pattern is None or not pattern.search(f"{user} {asst}"):
                 return user, asst
             continue
         if len(used) >= len(DISTRACTORS):
@@ -70,8 +79,7 @@ def distractor(rng: random.Random, fake, avoid, used: set | None = None) -> tupl
             "food": rng.choice(POOLS["food"]),
         }
         user, asst = user.format(**slots), asst.format(**slots)
-        text = f"{user} {asst}".lower()
-        if not any(a in text for a in avoid):
+        if pattern is None or not pattern.search(f"{user} {asst}"):
             return user, asst
     return "Thanks for the chat so far.", "You're welcome!"
 

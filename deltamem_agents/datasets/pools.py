@@ -64,7 +64,7 @@ POOLS: dict[str, tuple[str, ...]] = {
 FACT_ACKS = (
     "Got it.", "Thanks for letting me know!", "Noted — I'll remember that.", "Okay, good to know.",
     "Sounds good.", "Nice, thanks for sharing.", "Understood.", "I'll keep that in mind.",
-    "Great, noted: {v}.", "Got it — {v}.", "Thanks! {v}, noted.", "Good to know, I'll remember {v}.",
+    "Great, noted: {v}.", "Got it — {v}.", "Thanks — {v}, noted.", "Good to know, I'll remember {v}.",
     "Cool!", "Alright, noted.", "Thanks, that's helpful to know.",
 )
 

@@ -38,6 +38,10 @@ def _check_split(split: str) -> None:
 def _value(kind: str, rng: random.Random, fake) -> str:
     if kind == "first_name":
         return fake.first_name()
+    if kind == "female_name":
+        return fake.first_name_female()
+    if kind == "male_name":
+        return fake.first_name_male()
     if kind == "city":
         return fake.city() if rng.random() < 0.5 else rng.choice(POOLS["city"])
     if kind == "company":

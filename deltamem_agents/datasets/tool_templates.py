@@ -23,13 +23,14 @@ def _date(rng: random.Random) -> str:
     return f"{rng.choice(MONTHS)} {rng.randint(1, 28)}"
 
 
-def _time(rng: random.Random) -> str:
-    return f"{rng.randint(7, 20):02d}:{rng.choice((0, 15, 30, 45)):02d}"
+def _time(rng: random.Random, first: int = 7, last: int = 20) -> str:
+    return f"{rng.randint(first, last):02d}:{rng.choice((0, 15, 30, 45)):02d}"
 
 
 def _weather(rng, fake) -> dict:
     city, day = fake.city() if rng.random() < 0.4 else rng.choice(POOLS["destination"]), rng.choice(_DAYS)
-    cond, hi = rng.choice(POOLS["weather"]), rng.randint(-2, 34)
+    cond = rng.choice(POOLS["weather"])
+    hi = rng.randint(-6, 2) if "snow" in cond else rng.randint(4, 34)
     return {"args": {"city": city, "day": day},
             "result": {"city": city, "day": day, "condition": cond, "high_c": hi, "low_c": hi - rng.randint(3, 9)},
             "value": cond, "slots": {"city": city, "day": day, "high": hi}}
@@ -64,7 +65,7 @@ def _package(rng, fake) -> dict:
 
 
 def _reservation(rng, fake) -> dict:
-    rest, table, n, t = rng.choice(POOLS["restaurant"]), str(rng.randint(2, 60)), rng.randint(2, 8), _time(rng)
+    rest, table, n, t = rng.choice(POOLS["restaurant"]), str(rng.randint(10, 60)), rng.randint(2, 8), _time(rng, 18, 21)
     return {"args": {"restaurant": rest}, "result": {"restaurant": rest, "time": t, "party_size": n, "table": table},
             "value": table, "slots": {"restaurant": rest, "time": t, "n": n}}
 

@@ -32,6 +32,7 @@ class CallContext:
     sum_out: dict[int, Tensor] = field(default_factory=dict)
     beta_means: dict[int, Tensor] = field(default_factory=dict)
     capture_inputs: bool = False
+    detach_inputs: bool = False  # truncated gradient: the state path trains, the backbone stream does not
     inputs: dict[int, Tensor] = field(default_factory=dict)  # slot -> x (only when capture_inputs)
 
 

@@ -5,7 +5,9 @@
 
 `message_ids` [B,T] label each token with its chat message index (-1: not written, e.g. the system prompt);
 token writes (TSW/MSW) write every labelled token, message writes (SSW) write each message's mean once it
-closes. Without ids every valid token is written (token modes only). Padding comes from the 2-D
+closes. Without ids every valid token is written (token modes only). `detach_inputs=True` is the
+trainer's truncated-gradient write pass: the new state keeps its graph to the δ-mem parameters, but
+neither the layer inputs nor the corrections carry gradients, so the backbone activations are not stored. Padding comes from the 2-D
 `attention_mask` (never from the 4-D mask, whose convention changed across transformers versions).
 """
 
@@ -34,6 +36,7 @@ class StepOutput:
 def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
                        message_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                        write: bool = True, skip_lm_head: bool = False, capture_inputs: bool = False,
+                       detach_inputs: bool = False,
                        **kwargs: Any) -> StepOutput:
     adapter = get_adapter(model)
     B, T = input_ids.shape
@@ -46,7 +49,8 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     message_mode = cfg.write_granularity == "message_mean"
     seg = Segments.build(valid, message_ids, message_mode=message_mode and write, pend_id=state.pend_id,
                          pend_count=state.pend_count)
-    call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs)
+    call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
+                       detach_inputs=detach_inputs)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

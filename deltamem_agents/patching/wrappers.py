@@ -48,13 +48,15 @@ class DeltaQProj(_Wrapped):
         layer = self._adapter.layers[self.slot]
         if call.capture_inputs:
             call.inputs[self.slot] = x
-        step = layer.step(x, call.state.S[self.slot], call.state.pend_sum[self.slot], call.seg, call.write)
-        call.reads[self.slot] = step.read
+        xs = x.detach() if call.detach_inputs else x
+        step = layer.step(xs, call.state.S[self.slot], call.state.pend_sum[self.slot], call.seg, call.write)
+        read = step.read.detach() if call.detach_inputs else step.read
+        call.reads[self.slot] = read
         call.S_out[self.slot] = step.S
         call.sum_out[self.slot] = step.pend_sum
         if step.beta_mean is not None:
             call.beta_means[self.slot] = step.beta_mean
-        dq, _ = layer.corrections(step.read)
+        dq, _ = layer.corrections(read)
         return out if dq is None else out + dq.to(out.dtype)
 
 

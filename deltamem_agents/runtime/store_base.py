@@ -30,15 +30,9 @@ from ..errors import (
 )
 
 __all__ = [
-    "MAX_SESSION_ID_LENGTH",
-    "SessionRecord",
-    "RawSession",
-    "EncodedPayload",
-    "SessionBackend",
-    "validate_session_id",
-    "encode_payload",
-    "check_json_value",
-    "dumps_json",
+    "MAX_SESSION_ID_LENGTH", "SessionRecord", "RawSession", "EncodedPayload", "SessionBackend",
+    "validate_session_id", "check_json_value", "dumps_json", "encode_payload", "encode_messages",
+    "encode_metadata", "decode_raw", "not_found", "exists", "conflict",
 ]
 
 MAX_SESSION_ID_LENGTH = 128
@@ -100,9 +94,12 @@ class EncodedPayload:
     metadata: str = "{}"
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 def dumps_json(value: Any) -> str:
     """Deterministic, strict JSON text (ASCII-only so any string, even a lone surrogate, stores safely)."""
-    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def check_json_value(value: Any, where: str, depth: int = 0) -> None:

@@ -94,6 +94,7 @@ class SQLiteBackend(SessionBackend):
             raise StoreError(f"{self!r} is closed")
         if os.getpid() != self._pid:  # forked child: never reuse the parent's connections
             self._pid, self._local, self._conns = os.getpid(), threading.local(), weakref.WeakSet()
+            self._conns_lock = threading.Lock()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:

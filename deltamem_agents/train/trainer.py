@@ -1,0 +1,216 @@
+"""Supervised training of the δ-mem adapter on a frozen backbone (CPU-friendly, resumable).
+
+One episode = the runtime's forward passes (train/episode.py): state-building epochs over the history that
+the window has evicted, then the final window + question + answer with the loss on the answer only.
+Only δ-mem parameters train (checked). By default the write epochs use a truncated gradient (the state's
+graph to the δ-mem parameters is kept, the backbone activations are not), which makes an episode cost about
+one no-grad pass over the history plus one backward over the window. Every `diag_every` steps the trainer
+logs the *memory gap*: answer loss with a state from another episode minus loss with the episode's own
+state. Only that gap is memory; a falling loss with a flat gap is a task fine-tune (prior-experiment docs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.config import DeltaMemConfig
+from ..core.state import DeltaState
+from ..datasets.episode import Episode
+from ..patching import attach, forward_with_state
+from ..patching.attach import DeltaMemAdapter
+from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+from ..runtime.window import WindowPolicy
+from .checkpoint import load_checkpoint, save_checkpoint
+from .episode import IGNORE, EpisodePasses, build_passes
+from .sampler import EpisodeSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/adapter"
+    steps: int = 1500
+    grad_accum: int = 8
+    lr: float = 1e-3
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = True
+    write_grad: str = "truncated"  # "truncated" | "full"
+    delta: dict[str, Any] = field(default_factory=lambda: {"write_granularity": "message_mean",
+                                                           "beta_bias_init": -3.0})
+    sparsity_weight: float = 0.0
+    sparsity_target: float = 0.05
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
+    ckpt_every_min: float = 10.0
+    diag_every: int = 25
+    diag_episodes: int = 8
+    max_minutes: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    warm = max(1, math.ceil(cfg.warmup_frac * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    prog = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * prog))
+
+
+def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None, truncated: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, DeltaState, list[torch.Tensor]]:
+    """Run an episode's passes; returns (answer loss, answer logits, state entering the final epoch, betas)."""
+    adapter: DeltaMemAdapter = model.deltamem
+    dev = adapter.layers[0].beta_bias.device
+    st = state if state is not None else adapter.zero_state(1, dev)
+    betas: list[torch.Tensor] = []
+    if True:  # the backbone's own dtype decides (bf16 weights when training with bf16=True)
+        for ids, mids in p.write_passes:
+            out = forward_with_state(model, torch.tensor([ids], device=dev), st,
+                                     message_ids=torch.tensor([mids], device=dev), skip_lm_head=True,
+                                     detach_inputs=truncated, use_cache=False)
+            st = out.state
+            betas += list(out.beta_means.values())
+        entering = st
+        out = forward_with_state(model, torch.tensor([p.read_ids], device=dev), st,
+                                 message_ids=torch.tensor([p.read_mids], device=dev), skip_lm_head=True,
+                                 use_cache=False)
+        hidden = out.outputs.last_hidden_state[0]  # [T, d]
+        labels = torch.tensor(p.labels, device=dev)
+        pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # predict token t+1 from position t
+        logits = model.lm_head(hidden[pos]).float()
+        loss = F.cross_entropy(logits, labels[1:][pos])
+    return loss, logits, entering, betas
+
+
+class Trainer:
+    def __init__(self, model: Any, tokenizer: Any, cfg: TrainConfig) -> None:
+        self.model, self.cfg = model, cfg
+        if cfg.bf16:  # bf16 weights, not autocast: autocast re-casts frozen weights on every call (measured 10x slower)
+            model.to(torch.bfloat16)
+        self.out = Path(cfg.out_dir)
+        self.adapter = attach(model, DeltaMemConfig(**cfg.delta))
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all(n.startswith("deltamem.") for n in trainable), "backbone must stay frozen"
+        self.renderer = ChatRenderer(tokenizer, cfg.system_prompt)
+        self.sampler = EpisodeSampler(tokenizer, seed=cfg.seed, total_steps=cfg.steps, **cfg.sampler)
+        self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step, self.wall = 0, 0.0
+        ckpt = self.out / "checkpoint-last"
+        if ckpt.is_dir():
+            st = load_checkpoint(ckpt, self.adapter, self.opt)
+            self.step, self.wall = st["step"], st["wall_seconds"]
+            logger.info("resumed from %s at step %d (%.0f s trained so far)", ckpt, self.step, self.wall)
+        self.diag = [self.sampler.heldout(i) for i in range(cfg.diag_episodes)]
+
+    def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
+        p = build_passes(ep, self.renderer, policy)
+        loss, _, _, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated")
+        total = loss
+        if self.cfg.sparsity_weight and betas:
+            total = total + self.cfg.sparsity_weight * torch.stack(
+                [(b - self.cfg.sparsity_target) ** 2 for b in betas]).mean()
+        return total, {"loss": loss.item(), "tokens": p.num_tokens, "in_window": p.fact_in_window,
+                       "beta": torch.stack(betas).mean().item() if betas else None}
+
+    @torch.no_grad()
+    def memory_gap(self) -> dict[str, float]:
+        """Answer loss with the own state, a state from another episode, and a zero state (held-out set)."""
+        own, shuf, zero = [], [], []
+        passes = [build_passes(ep, self.renderer, pol) for ep, pol in self.diag]
+        states = [run_passes(self.model, p)[2] for p in passes]
+        for i, p in enumerate(passes):
+            own.append(run_passes(self.model, p)[0].item())
+            other = states[(i + 1) % len(states)].rebased()
+            shuf.append(self._final_loss(p, other))
+            zero.append(self._final_loss(p, self.adapter.zero_state(1)))
+        m = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        return {"diag_loss": m(own), "diag_loss_shuffled": m(shuf), "diag_loss_zero": m(zero),
+                "memory_gap": m(shuf) - m(own)}
+
+    def _final_loss(self, p: EpisodePasses, state: DeltaState) -> float:
+        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        return run_passes(self.model, q, state=state)[0].item()
+
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(cfg.to_json())
+        log = (self.out / "log.jsonl").open("a")
+        last_ckpt = time.monotonic()
+        t_start = time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train δ-mem", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            stats: list[dict[str, Any]] = []
+            for micro in range(cfg.grad_accum):
+                ep, policy = self.sampler.sample(self.step, micro)
+                loss, st = self._episode_loss(ep, policy)
+                (loss / cfg.grad_accum).backward()
+                stats.append(st)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.max_grad_norm).item()
+            self.opt.step()
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.wall += dt
+            row: dict[str, Any] = {
+                "step": self.step, "lr": lr, "grad_norm": gnorm, "seconds": dt, "wall_seconds": self.wall,
+                "loss": sum(s["loss"] for s in stats) / len(stats),
+                "loss_out_of_window": _mean([s["loss"] for s in stats if not s["in_window"]]),
+                "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
+                "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
+                "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
+            }
+            if cfg.diag_every and (self.step % cfg.diag_every == 0 or self.step == 1):
+                row.update(self.memory_gap())
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", gap=f"{row.get('memory_gap') or float('nan'):.3f}")
+            done = self.step >= cfg.steps
+            out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
+            if done or out_of_time or time.monotonic() - last_ckpt > 60 * cfg.ckpt_every_min:
+                self.save()
+                last_ckpt = time.monotonic()
+            if out_of_time:
+                logger.info("stopping after %.1f min (max_minutes); resume with the same command", cfg.max_minutes)
+                break
+        bar.close()
+        log.close()
+
+    def save(self) -> Path:
+        info = {"train_config": asdict(self.cfg), "steps": self.step, "wall_seconds": round(self.wall, 1),
+                "threads": torch.get_num_threads()}
+        return save_checkpoint(self.out, self.adapter, self.opt, {"step": self.step, "wall_seconds": self.wall},
+                               info)
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and x == x]
+    return sum(xs) / len(xs) if xs else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
