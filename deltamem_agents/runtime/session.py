@@ -1,0 +1,165 @@
+"""One conversation on a loaded model: message log, δ-state, visible window and its KV cache (design.md §3).
+
+Invariants:
+- every token of every non-system message (user, assistant, tool calls, tool results) is written into the
+  δ-state exactly once, in order, with its message index as message id;
+- the prompt is the system prompt plus the newest messages that fit the `WindowPolicy`; when a turn would
+  overflow, the oldest messages are evicted in a chunk and the window's KV cache is rebuilt once by
+  re-reading the remaining window without writing (message id -1), from position 0;
+- otherwise the KV cache is reused across turns, so a turn costs only its new tokens.
+The trainer replays the same policy and the same passes (train/episode.py), so the adapter is trained on
+exactly what it sees here. After a process restart the KV cache is rebuilt the same way as after an
+eviction (the δ-state itself is restored bit for bit from the store).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..core.state import DeltaState
+from ..errors import InvalidMessageError
+from .decode import Cursor, Engine, Generation, GenerationConfig, LogitsConstraint
+from .messages import validate_message
+from .render import ChatRenderer
+from .window import WindowPolicy
+
+
+@dataclass
+class Conversation:
+    """Durable part of a session (what the store persists) plus a disposable KV cursor."""
+
+    session_id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    state: DeltaState | None = None  # None when the model runs without δ-mem (baselines)
+    window_start: int = 0
+    system_prompt: str = ""
+    version: int = 0
+    cursor: Cursor | None = None  # KV cache of [system + messages[window_start:]] (+ what was fed)
+    cursor_system: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {"window_start": self.window_start, "system_prompt": self.system_prompt,
+                "num_messages": len(self.messages)}
+
+
+class SessionRunner:
+    """Turn logic for conversations on one model; stateless itself (all per-conversation data is passed in)."""
+
+    def __init__(self, engine: Engine, policy: WindowPolicy) -> None:
+        self.engine, self.policy = engine, policy
+        self._renderers: dict[str, ChatRenderer] = {}
+
+    def renderer(self, system_prompt: str) -> ChatRenderer:
+        r = self._renderers.get(system_prompt)
+        if r is None:
+            if len(self._renderers) > 32:
+                self._renderers.clear()
+            r = self._renderers[system_prompt] = ChatRenderer(self.engine.tok, system_prompt)
+        return r
+
+    # --- window -------------------------------------------------------------------------------------
+    def _counts(self, conv: Conversation, r: ChatRenderer, msgs: list[dict[str, Any]]) -> list[int]:
+        return [len(r.message_ids(m)) for m in msgs]
+
+    def _ensure_window(self, conv: Conversation, r: ChatRenderer, incoming: int) -> None:
+        """Evict in a chunk if the incoming tokens would overflow; (re)build the KV cursor if needed."""
+        window = self._counts(conv, r, conv.messages[conv.window_start:])
+        drop = self.policy.evict(len(r.system_ids), window, incoming)
+        if drop or conv.cursor is None or conv.cursor_system != conv.system_prompt:
+            conv.window_start += drop
+            cur = self.engine.new_cursor(conv.state)
+            ids, _ = r.render(conv.messages[conv.window_start:], written=False)
+            ids = list(r.system_ids) + ids
+            self.engine.forward(cur, ids, [-1] * len(ids))  # re-read only: nothing is written twice
+            conv.state = cur.state
+            conv.cursor, conv.cursor_system = cur, conv.system_prompt
+
+    # --- turns --------------------------------------------------------------------------------------
+    def add(self, conv: Conversation, new: list[dict[str, Any]]) -> None:
+        """Write messages into the conversation without generating (teacher-forced history, tool results)."""
+        msgs = [validate_message(m) for m in new]
+        if any(m["role"] == "system" for m in msgs):
+            raise InvalidMessageError("system messages set the session's system prompt; they are not logged")
+        if not msgs:
+            return
+        r = self.renderer(conv.system_prompt)
+        blocks = [r.message_ids(m) for m in msgs]
+        self._ensure_window(conv, r, sum(map(len, blocks)))
+        assert conv.cursor is not None
+        first = len(conv.messages)
+        ids = [t for b in blocks for t in b]
+        mids = [first + i for i, b in enumerate(blocks) for _ in b]
+        self.engine.forward(conv.cursor, ids, mids)
+        conv.state = conv.cursor.state
+        conv.messages.extend(msgs)
+
+    def respond(self, conv: Conversation, new: list[dict[str, Any]], cfg: GenerationConfig,
+                constraint: LogitsConstraint | None = None, result: Generation | None = None) -> Iterator[str]:
+        """Append `new` messages, generate the assistant reply (yielding text deltas) and commit it."""
+        msgs = [validate_message(m) for m in new]
+        if any(m["role"] == "system" for m in msgs):
+            raise InvalidMessageError("system messages set the session's system prompt; they are not logged")
+        r = self.renderer(conv.system_prompt)
+        blocks = [r.message_ids(m) for m in msgs]
+        gp = list(r.generation_prompt_ids)
+        reserve = max(cfg.max_new_tokens, 0)
+        if sum(map(len, blocks)) + len(r.system_ids) + len(gp) + min(reserve, self.policy.reserve) > self.policy.budget:
+            raise InvalidMessageError(f"the new messages ({sum(map(len, blocks))} tokens) do not fit the window "
+                                      f"budget of {self.policy.budget} tokens; split them or add them with add()")
+        self._ensure_window(conv, r, sum(map(len, blocks)) + len(gp))
+        cur = conv.cursor
+        assert cur is not None
+        first = len(conv.messages)
+        reply_id = first + len(msgs)
+        ids = [t for b in blocks for t in b] + gp
+        mids = [first + i for i, b in enumerate(blocks) for _ in b] + [reply_id] * len(gp)
+        res = result if result is not None else Generation()
+        conv.messages.extend(msgs)
+        logits = self.engine.forward(cur, ids, mids)
+        res.prompt_tokens = len(cur.tokens)  # the whole visible prompt (system + window + new messages)
+        before = cur.state.clone() if cur.state is not None else None  # state before any generated token
+        yield from self.engine.decode(cur, logits, reply_id, cfg, constraint, res)
+        reply = self._reply_message(res)
+        self._commit_reply(cur, r, reply, res, before, reply_id)
+        conv.messages.append(reply)
+        conv.state = cur.state
+
+    def _reply_message(self, res: Generation) -> dict[str, Any]:
+        from ..chat.tools import parse_tool_calls
+
+        content, calls, _invalid = parse_tool_calls(res.text)
+        msg: dict[str, Any] = {"role": "assistant", "content": content if calls else res.text}
+        if calls:
+            msg["tool_calls"] = [{"id": c["id"], "type": "function",
+                                  "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+            res.finish_reason = "tool_calls"
+        return validate_message(msg)
+
+    def _commit_reply(self, cur: Cursor, r: ChatRenderer, reply: dict[str, Any], res: Generation,
+                      before: DeltaState | None, reply_id: int) -> None:
+        """Make the cache and the state hold exactly the reply's rendered block, each token written once.
+
+        Usually the generated tokens are the block's content tokens and only the closing tokens are fed.
+        If re-tokenising the text gives other tokens (or a stop sequence cut it), the generated tokens are
+        rolled back (KV crop + the state from before the first generated token) and the block is fed."""
+        block = r.message_ids(reply)
+        head = len(r.generation_prompt_ids)
+        n = res.n_fed
+        if block[head:head + n] == res.token_ids[:n]:
+            tail = block[head + n:]
+        else:
+            if n:
+                cur.cache.crop(-n)
+                del cur.tokens[-n:]
+            cur.state = before
+            tail = block[head:]
+        if tail:
+            self.engine.forward(cur, tail, [reply_id] * len(tail))
+
+
+def clone_conversation(conv: Conversation, session_id: str) -> Conversation:
+    return Conversation(session_id, copy.deepcopy(conv.messages),
+                        conv.state.clone() if conv.state is not None else None, conv.window_start,
+                        conv.system_prompt, 0)
