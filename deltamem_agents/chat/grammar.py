@@ -95,15 +95,22 @@ def _tag(tool: dict[str, Any]) -> TagFormat:
     )
 
 
-def build_structural_tag(tools: list[dict[str, Any]], mode: str, name: str | None = None) -> StructuralTag:
-    """The xgrammar structural tag for normalized ``tools`` under ``mode`` (see module docstring)."""
+def build_structural_tag(tools: list[dict[str, Any]], mode: str, name: str | None = None, *,
+                         parallel_tool_calls: bool = True) -> StructuralTag:
+    """The xgrammar structural tag for normalized ``tools`` under ``mode`` (see module docstring).
+
+    With ``parallel_tool_calls=False`` at most one call is allowed ("auto") / exactly one ("required").
+    """
+    single = not parallel_tool_calls
     if mode == "forced":
         return StructuralTag(format=_tag(next(t for t in tools if t["name"] == name)))
     tags = [_tag(t) for t in tools]
     if mode == "required":
-        return StructuralTag(format=TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True))
+        return StructuralTag(format=TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True,
+                                                                  stop_after_first=single))
     if mode == "auto":
-        return StructuralTag(format=TriggeredTagsFormat(triggers=[TOOL_CALL_OPEN], tags=tags))
+        return StructuralTag(format=TriggeredTagsFormat(triggers=[TOOL_CALL_OPEN], tags=tags,
+                                                              stop_after_first=single))
     raise ValueError(f"no grammar for tool-choice mode {mode!r}")
 
 
@@ -112,12 +119,13 @@ class ToolCallConstraint:
 
     ``vocab_size`` is the model's logits size (may differ from ``len(tokenizer)``); ``eos_token_id``
     (an id or several) ends the turn and is the only token allowed once the grammar is complete and
-    cannot continue, or after end-of-turn was accepted. One instance serves one turn; ``reset()``
+    cannot continue, or after end-of-turn was accepted. ``parallel_tool_calls=False`` limits the turn to
+    one call (small models tend to repeat calls otherwise). One instance serves one turn; ``reset()``
     reuses it for another.
     """
 
     def __init__(self, tokenizer: Any, tools: Iterable[Any], tool_choice: Any = "auto", *,
-                 vocab_size: int, eos_token_id: int | Iterable[int]) -> None:
+                 vocab_size: int, eos_token_id: int | Iterable[int], parallel_tool_calls: bool = True) -> None:
         self.tools = normalize_tools(tools)
         self.mode, self.forced_name = normalize_tool_choice(tool_choice, self.tools)
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
@@ -133,12 +141,15 @@ class ToolCallConstraint:
             return
         info, compiler = _compiler(tokenizer, self.vocab_size, self.eos_ids)
         tools_key = json.dumps(self.tools, sort_keys=True)
-        key = (id(tokenizer), self.vocab_size, self.eos_ids, tools_key, self.mode, self.forced_name)
+        self.parallel_tool_calls = bool(parallel_tool_calls)
+        key = (id(tokenizer), self.vocab_size, self.eos_ids, tools_key, self.mode, self.forced_name,
+               self.parallel_tool_calls)
         with _lock:
             hit = _lru_get(_grammars, key)
         grammar = hit[1] if hit is not None and hit[0] is tokenizer else None
         if grammar is None:
-            tag = build_structural_tag(self.tools, self.mode, self.forced_name)
+            tag = build_structural_tag(self.tools, self.mode, self.forced_name,
+                                       parallel_tool_calls=self.parallel_tool_calls)
             try:
                 grammar = compiler.compile_structural_tag(tag)
             except Exception as exc:  # xgrammar rejects schemas it cannot handle

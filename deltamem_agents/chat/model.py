@@ -50,7 +50,7 @@ class ChatChunk:
 class DeltaMemChat:
     def __init__(self, model: Any, tokenizer: Any, *, store: SessionStore | None = None,
                  policy: WindowPolicy | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 model_name: str = "smollm2-135m-instruct", live_sessions: int = 8) -> None:
+                 model_name: str = "smollm2-135m-instruct", live_sessions: int = 8, use_memory: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name
         self.engine = Engine(model, tokenizer)
@@ -62,7 +62,8 @@ class DeltaMemChat:
         self._live_max = live_sessions
         self._live_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward at a time on this model (2 CPU cores)
-        self.adapter = getattr(model, "deltamem", None)
+        # use_memory=False runs the same runtime without δ-mem (the window/buffer baseline on the same weights)
+        self.adapter = getattr(model, "deltamem", None) if use_memory else None
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
@@ -154,8 +155,13 @@ class DeltaMemChat:
                 if not new or new[-1]["role"] == "assistant":
                     raise InvalidMessageError("nothing to answer: the last new message must be a user or tool message")
                 constraint = self._constraint(tools, tool_choice)
+                k = len(new)
+                while k > 0 and new[k - 1]["role"] != "assistant":
+                    k -= 1
                 with self._model_lock:
-                    for delta in self.runner.respond(conv, new, cfg, constraint, res):
+                    if k:  # earlier turns the caller sent (teacher-forced history) go in first
+                        self.runner.add(conv, new[:k])
+                    for delta in self.runner.respond(conv, new[k:], cfg, constraint, res):
                         yield ChatChunk(text=delta)
                 self._commit(conv)
             except BaseException:

@@ -51,6 +51,7 @@ from torch import Tensor
 __all__ = ["scan", "scan_naive", "scan_chunked", "scan_states"]
 
 _LOG_KEEP_FLOOR = -60.0
+_LOG_DECAY_FLOOR = -80.0  # exp(-80) ≈ 2e-35 stays a normal float (exp below ~-87 is slow)
 _NAIVE_MAX_T = 8
 
 
@@ -111,18 +112,20 @@ def scan_states(
 
 
 def _decay_logs(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Segment sums of x = log κ over a chunk, x: [..., C].
+    """Segment sums of ``x = log κ`` within a chunk; x: [..., C].
 
-    Returns ``lmat [..., C, C]`` with ``lmat[t, j] = Σ_{j<m<t} x_m = L_{t-1} - L_j`` for
-    ``j < t`` and ``-inf`` otherwise; ``lprev [..., C] = L_{t-1}``; ``lrest [..., C] =
-    L_C - L_t``. Built as masked cumulative sums (exact differences, no cancellation).
+    Returns ``lmat [..., C(j), C(t)]`` (source-major) with ``lmat[j, t] = Σ_{j<m<t} x_m
+    = L_{t-1} - L_j`` for ``j < t`` (floored at ``_LOG_DECAY_FLOOR``) and exactly 0 for
+    ``t ≤ j`` (callers zero those entries through their strictly-upper factor), plus
+    ``lprev [..., C] = L_{t-1}`` and ``lrest [..., C] = L_C - L_t``. Built as masked
+    cumulative sums: the differences of log-cumsums without cancellation error, and
+    never as quotients.
     """
     c = x.shape[-1]
     y = F.pad(x[..., :-1], (1, 0))                                         # y_m = x_{m-1}
-    ones = torch.ones(c, c, dtype=torch.bool, device=x.device)
-    yr = y.unsqueeze(-1).expand(*y.shape, c)                               # [..., C(m), C(j)]
-    lmat = torch.cumsum(yr.masked_fill(~torch.tril(ones, -2), 0.0), dim=-2)
-    lmat = lmat.masked_fill(~torch.tril(ones, -1), float("-inf"))         # [..., C(t), C(j)]
+    keep_m = torch.triu(torch.ones(c, c, dtype=torch.bool, device=x.device), 2)  # m ≥ j+2
+    yr = torch.where(keep_m, y.unsqueeze(-2), 0.0)                         # [..., C(j), C(m)]
+    lmat = torch.cumsum(yr, dim=-1).clamp_min_(_LOG_DECAY_FLOOR)           # Σ_{j+2≤m≤t} y_m
     lprev = torch.cumsum(y, dim=-1)
     lrest = F.pad(torch.flip(torch.cumsum(torch.flip(x[..., 1:], (-1,)), -1), (-1,)), (0, 1))
     return lmat, lprev, lrest
@@ -130,9 +133,14 @@ def _decay_logs(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
-    state: Tensor, mask: Tensor | None = None, *, chunk_size: int = 32,
+    state: Tensor, mask: Tensor | None = None, *, chunk_size: int = 16,
 ) -> tuple[Tensor, Tensor]:
-    """Exact chunked scan (same semantics as :func:`scan_naive`)."""
+    """Exact chunked scan (same semantics and shapes as :func:`scan_naive`).
+
+    Chunk-local ``[C, C]`` matrices are stored source-major (``[j, t]``, i.e. the
+    transpose of ``M``), which is the column-major layout LAPACK's triangular solve
+    wants, so no layout copies are made.
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -144,41 +152,51 @@ def scan_chunked(
         nc = math.ceil(t_len / c)
         pad = nc * c - t_len
 
-        def prep(x: Tensor) -> Tensor:                                     # [N, T, r] -> [N, nc, C, r]
-            return F.pad(x, (0, 0, 0, pad)).view(n, nc, c, r)
+        def tok(x: Tensor) -> Tensor:                                      # [N, T, r] -> [N, nc, C, r]
+            return torch.where(mp, F.pad(x, (0, 0, 0, pad)).view(n, nc, c, r), zero)
+
+        def row(x: Tensor) -> Tensor:                                      # [N, T, r] -> [N, nc, r, C]
+            return tok(x).transpose(-1, -2).contiguous()
 
         mp = F.pad(m, (0, pad), value=False).view(n, nc, c, 1)             # [N, nc, C, 1]
         zero = q.new_zeros(())
-        q_ = torch.where(mp, prep(q), zero)                                # [N, nc, C, r]
-        k_ = torch.where(mp, prep(k), zero)                                # [N, nc, C, r]
-        # Per-row gates, row-major: [N, nc, r(i), C(t)]; masked: κ=1 (log 0), ε=ω=0.
-        logk = torch.log(keep.clamp_min(math.exp(_LOG_KEEP_FLOOR)))
-        logk = torch.where(mp, prep(logk), zero).transpose(-1, -2)
-        eps = torch.where(mp, prep(erase), zero).transpose(-1, -2)
-        wv = torch.where(mp, prep(write * v), zero).transpose(-1, -2)
+        q_, k_ = tok(q), tok(k)                                            # [N, nc, C, r]
+        # Masked steps: κ = 1 (log 0), ε = ω = 0, k = q = 0 (so garbage there cannot leak).
+        # Floor κ at e^-60 in value only (straight-through): κ = 0 gives no -inf - (-inf)
+        # and d/dκ keeps its κ → 0 limit (the product of the other decays) instead of 0.
+        kp = keep + (keep.clamp_min(math.exp(_LOG_KEEP_FLOOR)) - keep).detach()
+        logk = row(torch.log(kp))                                          # [N, nc, r, C]
+        eps, wv = row(erase), row(write * v)                               # [N, nc, r, C]
 
         lmat, lprev, lrest = _decay_logs(logk)
-        dec = torch.exp(lmat)                                              # [N, nc, r, C, C]
-        g_prev = torch.exp(lprev)                                          # G_{t-1}  [N, nc, r, C]
+        dec = torch.exp(lmat)                    # exp(L_{t-1} - L_j) if j < t [N, nc, r, C(j), C(t)]
+        g_prev = torch.exp(lprev)                # G_{t-1}                     [N, nc, r, C]
         g_last = torch.exp(lprev[..., -1] + logk[..., -1])                 # G_C  [N, nc, r]
-        e_last = torch.exp(lrest)                                          # exp(L_C - L_t)
+        e_last = torch.exp(lrest)                # exp(L_C - L_t)              [N, nc, r, C]
+        k_t = k_.transpose(-1, -2)                                         # [N, nc, r, C]
+        # Shared over rows, zero unless j < t: this masks dec's (finite, = 1) upper triangle.
+        strict = torch.triu(torch.ones(c, c, dtype=torch.bool, device=q.device), 1)
+        kk = torch.where(strict, k_ @ k_t, 0.0).unsqueeze(2)               # k_j·k_t  [N, nc, 1, C(j), C(t)]
+        qk = torch.where(strict, k_ @ q_.transpose(-1, -2), 0.0).unsqueeze(2)  # k_j·q_t
 
-        kk = (k_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C]
-        qk = (q_ @ k_.transpose(-1, -2)).unsqueeze(2)                      # [N, nc, 1, C, C] (t, j)
-        mat = eps.unsqueeze(-1) * dec * kk                                 # M  [N, nc, r, C, C]
-        rhs = torch.cat(
-            [wv.unsqueeze(-1), (eps * g_prev).unsqueeze(-1) * k_.unsqueeze(2)], dim=-1
-        )                                                                  # [N, nc, r, C, 1+r]
-        sol = torch.linalg.solve_triangular(mat, rhs, upper=False, unitriangular=True)
-        a, w = sol[..., 0], sol[..., 1:]                                   # [N,nc,r,C], [N,nc,r,C,r]
+        # Solve (I + M) [a, W] = [ω⊙v, ε G_{t-1} k_tᵀ]; mat_t = Mᵀ, rhs_t = rhsᵀ.
+        mat_t = dec * (kk * eps.unsqueeze(-2))                             # [N, nc, r, C(j), C(t)]
+        rhs_t = torch.cat(
+            [wv.unsqueeze(-2), (eps * g_prev).unsqueeze(-2) * k_t.unsqueeze(2)], dim=-2
+        )                                                                  # [N, nc, r, 1+r, C]
+        sol_t = torch.linalg.solve_triangular(
+            mat_t.mT, rhs_t.mT, upper=False, unitriangular=True
+        ).mT                                                               # [N, nc, r, 1+r, C]
 
-        # Chunk transition per row: s_C = s_0 P + c.
-        ek = e_last.unsqueeze(-1) * k_.unsqueeze(2)                        # [N, nc, r, C, r]
+        # Chunk transition per row: s_C = s_0 P + c with
+        # c = Σ_t e_t a_t k_tᵀ,  P = G_C I - Σ_t e_t W_tᵀ k_tᵀ (W_t = row t of W).
+        pc = ((sol_t * e_last.unsqueeze(-2)).reshape(n, nc, r * (1 + r), c) @ k_)
+        pc = pc.view(n, nc, r, 1 + r, r)
         eye = torch.eye(r, dtype=q.dtype, device=q.device)
-        p_mat = g_last[..., None, None] * eye - w.transpose(-1, -2) @ ek   # [N, nc, r, r(p), r(j)]
-        c_vec = (a.unsqueeze(-2) @ ek).squeeze(-2)                         # [N, nc, r, r]
+        p_mat = g_last[..., None, None] * eye - pc[..., 1:, :]             # [N, nc, r, r(p), r(j)]
+        c_vec = pc[..., :1, :]                                             # [N, nc, r, 1, r]
 
-        # Sequential over chunks only: S_next = S P + c, as one baddbmm per chunk on [N·r, 1, r].
+        # Sequential over chunks only: one baddbmm per chunk on [N·r, 1, r] row states.
         p_seq = p_mat.transpose(0, 1).reshape(nc, n * r, r, r)             # [nc, N·r, r, r]
         c_seq = c_vec.transpose(0, 1).reshape(nc, n * r, 1, r)             # [nc, N·r, 1, r]
         s_cur = S.reshape(n * r, 1, r)
@@ -189,10 +207,11 @@ def scan_chunked(
         S = s_cur.reshape(n, r, r)
         s0 = torch.stack(starts, dim=0).view(nc, n, r, r).transpose(0, 1)  # [N, nc, r, r]
 
-        u = a - (w @ s0.unsqueeze(-1)).squeeze(-1)                         # [N, nc, r, C]
-        sq = s0 @ q_.transpose(-1, -2)                                     # [N, nc, r, C]
-        rd = g_prev * sq + ((dec * qk) @ u.unsqueeze(-1)).squeeze(-1)      # [N, nc, r, C]
-        rd = rd.transpose(-1, -2) * mp                                     # [N, nc, C, r]
+        # All chunks in parallel: u = a - W s_0, then the reads.
+        u = sol_t[..., 0, :] - (s0.unsqueeze(-1) * sol_t[..., 1:, :]).sum(-2)   # [N, nc, r, C]
+        sq = s0 @ q_.transpose(-1, -2)                                     # s_0·q_t  [N, nc, r, C]
+        intra = ((dec * qk) * u.unsqueeze(-1)).sum(-2)                     # [N, nc, r, C]
+        rd = (g_prev * sq + intra).transpose(-1, -2) * mp                  # [N, nc, C, r]
         return rd.reshape(n, nc * c, r)[:, :t_len], S
 
 

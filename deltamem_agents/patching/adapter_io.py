@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.config import DeltaMemConfig
 from ..errors import AdapterMismatchError, CorruptAdapterError
-from .attach import DeltaMemAdapter, attach, get_adapter, is_attached
+from .attach import DeltaMemAdapter, attach, detach, get_adapter, is_attached
 from .registry import fingerprint
 
 ADAPTER_FORMAT = "deltamem-adapter"
@@ -74,12 +74,24 @@ def load_adapter(model: nn.Module, path: str | Path) -> DeltaMemAdapter:
     except Exception as exc:
         raise CorruptAdapterError(f"{path}/{WEIGHTS_NAME} is unreadable or truncated: {exc}") from exc
     config: DeltaMemConfig = meta["config"]
-    if is_attached(model):
+    fresh = not is_attached(model)
+    if not fresh:
         adapter = get_adapter(model)
         if adapter.config != config or list(adapter.layer_ids) != list(meta["layer_ids"]):
             raise AdapterMismatchError("model already has δ-mem attached with a different config; detach it first")
     else:
         adapter = attach(model, config.replace(target_layers=tuple(meta["layer_ids"])))
+    try:
+        _check_and_load(adapter, tensors)
+    except Exception:
+        if fresh:  # leave the model exactly as it was
+            detach(model)
+        raise
+    adapter.info = meta.get("info", {})  # type: ignore[attr-defined]
+    return adapter
+
+
+def _check_and_load(adapter: DeltaMemAdapter, tensors: dict[str, torch.Tensor]) -> None:
     expected = adapter.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -91,5 +103,3 @@ def load_adapter(model: nn.Module, path: str | Path) -> DeltaMemAdapter:
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise CorruptAdapterError(f"adapter tensor {k} is not a finite float tensor")
     adapter.load_state_dict(tensors, strict=True)
-    adapter.info = meta.get("info", {})  # type: ignore[attr-defined]
-    return adapter

@@ -63,10 +63,12 @@ class SessionRunner:
     def _counts(self, conv: Conversation, r: ChatRenderer, msgs: list[dict[str, Any]]) -> list[int]:
         return [len(r.message_ids(m)) for m in msgs]
 
-    def _ensure_window(self, conv: Conversation, r: ChatRenderer, incoming: int) -> None:
+    def _ensure_window(self, conv: Conversation, r: ChatRenderer, incoming: int, evict: bool = True) -> None:
         """Evict in a chunk if the incoming tokens would overflow; (re)build the KV cursor if needed."""
-        window = self._counts(conv, r, conv.messages[conv.window_start:])
-        drop = self.policy.evict(len(r.system_ids), window, incoming)
+        drop = 0
+        if evict:
+            window = self._counts(conv, r, conv.messages[conv.window_start:])
+            drop = self.policy.evict(len(r.system_ids), window, incoming)
         if drop or conv.cursor is None or conv.cursor_system != conv.system_prompt:
             conv.window_start += drop
             cur = self.engine.new_cursor(conv.state)
@@ -78,22 +80,33 @@ class SessionRunner:
 
     # --- turns --------------------------------------------------------------------------------------
     def add(self, conv: Conversation, new: list[dict[str, Any]]) -> None:
-        """Write messages into the conversation without generating (teacher-forced history, tool results)."""
+        """Write messages into the conversation without generating (teacher-forced history, tool results).
+
+        Runs of user/tool messages arrive together (the window policy is applied once per run, as when
+        they come in live); assistant messages join the window like generated replies do."""
         msgs = [validate_message(m) for m in new]
         if any(m["role"] == "system" for m in msgs):
             raise InvalidMessageError("system messages set the session's system prompt; they are not logged")
-        if not msgs:
-            return
         r = self.renderer(conv.system_prompt)
-        blocks = [r.message_ids(m) for m in msgs]
-        self._ensure_window(conv, r, sum(map(len, blocks)))
-        assert conv.cursor is not None
-        first = len(conv.messages)
-        ids = [t for b in blocks for t in b]
-        mids = [first + i for i, b in enumerate(blocks) for _ in b]
-        self.engine.forward(conv.cursor, ids, mids)
-        conv.state = conv.cursor.state
-        conv.messages.extend(msgs)
+        i = 0
+        while i < len(msgs):
+            j = i + 1
+            assistant = msgs[i]["role"] == "assistant"
+            while j < len(msgs) and (msgs[j]["role"] == "assistant") == assistant:
+                j += 1
+            blocks = [r.message_ids(m) for m in msgs[i:j]]
+            if assistant:
+                self._ensure_window(conv, r, 0, evict=False)
+            else:
+                self._ensure_window(conv, r, sum(map(len, blocks)))
+            assert conv.cursor is not None
+            first = len(conv.messages)
+            ids = [t for b in blocks for t in b]
+            mids = [first + k for k, b in enumerate(blocks) for _ in b]
+            self.engine.forward(conv.cursor, ids, mids)
+            conv.state = conv.cursor.state
+            conv.messages.extend(msgs[i:j])
+            i = j
 
     def respond(self, conv: Conversation, new: list[dict[str, Any]], cfg: GenerationConfig,
                 constraint: LogitsConstraint | None = None, result: Generation | None = None) -> Iterator[str]:
@@ -108,7 +121,7 @@ class SessionRunner:
         if sum(map(len, blocks)) + len(r.system_ids) + len(gp) + min(reserve, self.policy.reserve) > self.policy.budget:
             raise InvalidMessageError(f"the new messages ({sum(map(len, blocks))} tokens) do not fit the window "
                                       f"budget of {self.policy.budget} tokens; split them or add them with add()")
-        self._ensure_window(conv, r, sum(map(len, blocks)) + len(gp))
+        self._ensure_window(conv, r, sum(map(len, blocks)))  # the generation prompt is inside the reserve
         cur = conv.cursor
         assert cur is not None
         first = len(conv.messages)

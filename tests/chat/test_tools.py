@@ -355,3 +355,14 @@ def test_grammar_cache_and_padded_vocab(tok: Any) -> None:
     assert not c.is_finished()
     with pytest.raises(ValueError):
         ToolCallConstraint(tok, TOOLS, "auto", vocab_size=V, eos_token_id=V)
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_single_call_when_not_parallel(tok: Any, choice: str) -> None:
+    c = ToolCallConstraint(tok, TOOLS, choice, vocab_size=V, eos_token_id=EOS, parallel_tool_calls=False)
+    for tid in tok.encode('<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>'):
+        assert not c.is_finished()
+        assert torch.isfinite(c.mask_logits(torch.zeros(V))[tid])
+        c.accept(tid)
+    assert c.is_finished()  # no second call, no trailing text: only end of turn
+    assert torch.isfinite(c.mask_logits(torch.zeros(V))).nonzero().flatten().tolist() == [EOS]

@@ -13,6 +13,15 @@ from deltamem_agents.core.scan import scan, scan_chunked, scan_naive, scan_state
 NAMES = ("q", "k", "v", "keep", "erase", "write", "state")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest and avoids contention stalls."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a-b| / max(1, max|b|), computed in float64."""
     a, b = a.double(), b.double()

@@ -1,0 +1,90 @@
+"""Run the memory probe over distances and write JSONL rows plus a markdown summary (resumable).
+
+    deltamem-agents eval-memory --adapter runs/ssw-r8/checkpoint-last/adapter --n 100 --distances 500,1000
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .stats import bootstrap_ci, paired_diff_ci
+
+
+def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
+              conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
+              show_progress: bool = True) -> str:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..chat.loading import load_model
+    from ..datasets.synthetic import generate
+    from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+    from ..runtime.window import WindowPolicy
+    from .probe import MemoryProbe
+
+    torch.set_num_threads(threads)
+    model, tok = load_model(None, adapter)
+    renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    probe = MemoryProbe(model, tok, renderer)
+    policy = WindowPolicy(budget=budget, reserve=48)
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["distance"], r["episode"]))
+    with out.open("a") as f:
+        for d in distances:
+            eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
+                           count_tokens=count)
+            todo = [i for i in range(n) if (d, i) not in done]
+            # states for the shuffled control come from the neighbouring episode: keep pairs together
+            for i in tqdm(todo, desc=f"probe d={d}", disable=not show_progress):
+                pair = [eps[i], eps[(i + 1) % n]]
+                rows = probe.run(pair, policy, conditions)
+                for r in rows:
+                    if r["episode"] == 0:
+                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=str(adapter))
+                        f.write(json.dumps(r) + "\n")
+                f.flush()
+    text = summarize(out)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return text
+
+
+def summarize(path: Path) -> str:
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    by: dict[tuple[int, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        by[(r["distance"], r["condition"])][r["episode"]] = float(r["correct"])
+    dists = sorted({d for d, _ in by})
+    conds = [c for c in ("window", "deltamem", "shuffled", "empty", "full") if any((d, c) in by for d in dists)]
+    lines = ["| distance | n | " + " | ".join(conds) + " | δ-mem − shuffled (memory) | δ-mem − window |",
+             "|---" * (len(conds) + 4) + "|"]
+    for d in dists:
+        cells = []
+        for c in conds:
+            xs = list(by.get((d, c), {}).values())
+            m, lo, hi = bootstrap_ci(xs)
+            cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if xs else "–")
+        diffs = []
+        for other in ("shuffled", "window"):
+            a, b = by.get((d, "deltamem"), {}), by.get((d, other), {})
+            keys = sorted(set(a) & set(b))
+            if keys:
+                m, lo, hi = paired_diff_ci([a[k] for k in keys], [b[k] for k in keys])
+                diffs.append(f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            else:
+                diffs.append("–")
+        n = len(by.get((d, "deltamem"), by.get((d, conds[0]), {})))
+        lines.append(f"| {d} | {n} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
