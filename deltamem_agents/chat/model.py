@@ -245,8 +245,13 @@ class DeltaMemChat:
         return self.store.export_session(session_id, path)
 
     def import_session(self, path: str | Path, session_id: str | None = None, *, overwrite: bool = False) -> str:
+        from ..runtime.store import parse_export
+
+        _sid, state, _msgs, _meta = parse_export(Path(path).read_bytes(), str(path))
+        if state is not None and self.adapter is not None:  # validate before anything is written
+            st, _ = DeltaState.from_bytes(state, expect=self._state_expect())
+            self.adapter.check_state(st)
         rec = self.store.import_session(path, session_id, overwrite=overwrite)
-        self._from_record(rec)  # validates the state against this model before anyone uses it
         self._forget_live(rec.session_id)
         return rec.session_id
 

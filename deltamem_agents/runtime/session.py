@@ -140,7 +140,7 @@ class SessionRunner:
         conv.state = cur.state
 
     def _reply_message(self, res: Generation) -> dict[str, Any]:
-        from ..chat.tools import parse_tool_calls
+        from .tools import parse_tool_calls
 
         content, calls, _invalid = parse_tool_calls(res.text)
         msg: dict[str, Any] = {"role": "assistant", "content": content if calls else res.text}

@@ -12,8 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deltamem_agents.chat import grammar as grammar_mod
-from deltamem_agents.chat.tools import (
+from deltamem_agents.runtime import grammar as grammar_mod
+from deltamem_agents.runtime.tools import (
     ToolCallConstraint,
     normalize_tool_choice,
     normalize_tools,
