@@ -32,6 +32,8 @@ class LayerStep:
     S: Tensor
     pend_sum: Tensor
     beta_mean: Tensor | None  # mean write gate over written tokens/messages (for the sparsity regulariser)
+    gates: Tensor | None = None  # β of every written unit [B, U, H, r] (tokens for TSW, closed messages for SSW)
+    gate_mask: Tensor | None = None  # [B, U] which units were really written
 
 
 class DeltaMemLayer(nn.Module):
@@ -128,7 +130,7 @@ class DeltaMemLayer(nn.Module):
         read = reads.unflatten(0, (B, H)).permute(0, 2, 1, 3).flatten(2)  # [B,T,R]
         w = seg.written[..., None, None].float()
         beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0)
-        return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean)
+        return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta.detach(), seg.written)
 
     def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
         B, T, d = x.shape
@@ -151,7 +153,7 @@ class DeltaMemLayer(nn.Module):
         read = torch.einsum("bthij,bthj->bthi", gathered, q).flatten(2) * seg.valid[..., None]
         cm = seg.closed_mask[..., None, None].float()
         beta_mean = (beta * cm).sum() / (cm.sum() * H * r).clamp_min(1.0)
-        return LayerStep(read, states[:, :, -1], new_sum, beta_mean)
+        return LayerStep(read, states[:, :, -1], new_sum, beta_mean, beta.detach(), seg.closed_mask)
 
 
 from .segments import Segments  # noqa: E402  (type used above; kept at the end to avoid a cycle)

@@ -34,6 +34,7 @@ class CallContext:
     capture_inputs: bool = False
     detach_inputs: bool = False  # truncated gradient: the state path trains, the backbone stream does not
     inputs: dict[int, Tensor] = field(default_factory=dict)  # slot -> x (only when capture_inputs)
+    gates: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # slot -> (β [B,U,H,r], mask [B,U])
 
 
 def current(adapter: Any) -> CallContext | None:

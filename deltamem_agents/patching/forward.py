@@ -31,6 +31,7 @@ class StepOutput:
     state: DeltaState
     beta_means: dict[int, Tensor]
     inputs: dict[int, Tensor]
+    gates: dict[int, tuple[Tensor, Tensor]] | None = None
 
 
 def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
@@ -56,7 +57,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     n = len(adapter.layer_ids)
     if _DISABLED.get():  # inside disabled(): plain backbone, state untouched
-        return StepOutput(outputs, state, {}, {})
+        return StepOutput(outputs, state, {}, {}, {})
     if len(call.S_out) != n:
         raise RuntimeError(f"only {len(call.S_out)}/{n} wrapped layers ran; is the model patched correctly?")
     if write:
@@ -68,4 +69,4 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
         )
     else:
         new = state
-    return StepOutput(outputs, new, call.beta_means, call.inputs)
+    return StepOutput(outputs, new, call.beta_means, call.inputs, call.gates)

@@ -46,8 +46,6 @@ class DeltaQProj(_Wrapped):
         if call is None:
             return out
         layer = self._adapter.layers[self.slot]
-        if call.capture_inputs:
-            call.inputs[self.slot] = x
         xs = x.detach() if call.detach_inputs else x
         step = layer.step(xs, call.state.S[self.slot], call.state.pend_sum[self.slot], call.seg, call.write)
         read = step.read.detach() if call.detach_inputs else step.read
@@ -56,6 +54,10 @@ class DeltaQProj(_Wrapped):
         call.sum_out[self.slot] = step.pend_sum
         if step.beta_mean is not None:
             call.beta_means[self.slot] = step.beta_mean
+        if call.capture_inputs:  # diagnostics: layer inputs and the gates of every written unit
+            call.inputs[self.slot] = x
+            if step.gates is not None:
+                call.gates[self.slot] = (step.gates, step.gate_mask)
         dq, _ = layer.corrections(read)
         return out if dq is None else out + dq.to(out.dtype)
 
