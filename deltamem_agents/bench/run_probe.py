@@ -39,8 +39,14 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
             done.add((r["distance"], r["episode"]))
     with out.open("a") as f:
         for d in distances:
-            eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
-                           count_tokens=count)
+            if kind == "babi":  # bAbI *test* stories (tasks 1,2,3,5,6,7) as they are; the distance is only a label
+                from ..datasets.babi import babi_episodes
+
+                eps = babi_episodes(None, split="test", max_items=max(1, n // 6 + 1), seed=seed)[:n]
+                n = len(eps)
+            else:
+                eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
+                               count_tokens=count)
             todo = [i for i in range(n) if (d, i) not in done]
             # states for the shuffled control come from the neighbouring episode: keep pairs together
             for i in tqdm(todo, desc=f"probe d={d}", disable=not show_progress):
