@@ -33,18 +33,24 @@ def make_inputs(n: int, t: int, r: int, seed: int = 0) -> list[torch.Tensor]:
     return [q, k, v, 1 - beta, beta, beta.clone(), state]
 
 
+def ratio(a: float, b: float) -> str:
+    x = a / b
+    return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
 
 
-def time_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def time_ms(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
+    """Median over ``repeats`` runs after one warm-up, in ms."""
+    fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -72,15 +78,19 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 30])
     ap.add_argument("--chunk-size", type=int, default=None, help="default: scan_chunked's")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: perf_counter; cpu: process CPU time (steadier on a busy machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kw = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
 
     def chunked(*a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return scan_chunked(*a, **kw)
 
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, r={args.r}, "
-          f"repeats={args.repeats}, chunk_size={args.chunk_size or 'default'}\n")
+          f"repeats={args.repeats} (median), clock={args.clock}, "
+          f"chunk_size={args.chunk_size or 'default'}\n")
     print("| T | N | naive fwd ms | chunked fwd ms | fwd × | naive f+b ms | chunked f+b ms "
           "| f+b × | rel err reads | rel err state |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -92,12 +102,12 @@ def main() -> None:
             with torch.no_grad():
                 rn, sn = scan_naive(*inputs, mask)
                 rc, sc = chunked(*inputs, mask)
-            nf = time_ms(fwd(scan_naive, inputs, mask), args.repeats)
-            cf = time_ms(fwd(chunked, inputs, mask), args.repeats)
-            nb = time_ms(fwd_bwd(scan_naive, inputs, mask), args.repeats)
-            cb = time_ms(fwd_bwd(chunked, inputs, mask), args.repeats)
-            print(f"| {t} | {n} | {nf:.1f} | {cf:.2f} | {nf / cf:.0f}× | {nb:.1f} | {cb:.2f} "
-                  f"| {nb / cb:.0f}× | {rel_err(rc, rn):.1e} | {rel_err(sc, sn):.1e} |",
+            nf = time_ms(fwd(scan_naive, inputs, mask), args.repeats, clock)
+            cf = time_ms(fwd(chunked, inputs, mask), args.repeats, clock)
+            nb = time_ms(fwd_bwd(scan_naive, inputs, mask), args.repeats, clock)
+            cb = time_ms(fwd_bwd(chunked, inputs, mask), args.repeats, clock)
+            print(f"| {t} | {n} | {nf:.1f} | {cf:.2f} | {ratio(nf, cf)} | {nb:.1f} | {cb:.2f} "
+                  f"| {ratio(nb, cb)} | {rel_err(rc, rn):.1e} | {rel_err(sc, sn):.1e} |",
                   flush=True)
 
 

@@ -94,7 +94,8 @@ def sessions_import(path: Path, session: Optional[str] = None, db: Optional[Path
 def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, grad_accum: int = 4,
           lr: float = 1e-3, granularity: str = "message_mean", rank: int = 8, heads: int = 1,
           beta_bias_init: float = -3.0, target_layers: str = "", babi_dir: Optional[Path] = None,
-          max_minutes: Optional[float] = None, seed: int = 0, threads: int = 2, bf16: bool = True):
+          max_minutes: Optional[float] = None, seed: int = 0, threads: int = 2, bf16: bool = True,
+          contrast_weight: float = 0.0, contrast_margin: float = 1.0):
     """Train (or resume) a δ-mem adapter on the default backbone; checkpoints in OUT_DIR/checkpoint-last."""
     import torch
 
@@ -107,7 +108,8 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
     delta = {"write_granularity": granularity, "rank": rank, "num_state_heads": heads,
              "beta_bias_init": beta_bias_init, "target_layers": layers}
     cfg = TrainConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, delta=delta, seed=seed,
-                      max_minutes=max_minutes, bf16=bf16,
+                      max_minutes=max_minutes, bf16=bf16, contrast_weight=contrast_weight,
+                      contrast_margin=contrast_margin,
                       sampler={"babi_dir": str(babi_dir) if babi_dir else None})
     model, tok = load_backbone()
     Trainer(model, tok, cfg).train()
@@ -123,6 +125,16 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
 
     run_probe(adapter=adapter, n=n, distances=[int(d) for d in distances.split(",")], budget=budget, out=out,
               seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads)
+
+
+@app.command("ship-adapter")
+def ship_adapter(checkpoint: Path, eval_md: Optional[Path] = typer.Option(None, "--eval"),
+                 command: str = typer.Option("", help="the eval command, recorded in the model card"),
+                 reading: str = typer.Option("", help="the honest one-paragraph reading of the numbers")):
+    """Copy a checkpoint's adapter into the package (the default adapter) with a model card."""
+    from .train.ship import ship
+
+    typer.echo(str(ship(checkpoint, eval_md, command, reading)))
 
 
 def main() -> None:  # pragma: no cover

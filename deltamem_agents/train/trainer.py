@@ -53,6 +53,10 @@ class TrainConfig:
                                                            "beta_bias_init": -3.0})
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.05
+    # memory-contrast term: λ·relu(margin − (CE with another episode's state − CE with the own state)); it
+    # rewards answers that depend on the state's content (0 = off, the reference objective)
+    contrast_weight: float = 0.0
+    contrast_margin: float = 1.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -117,15 +121,25 @@ class Trainer:
             self.step, self.wall = st["step"], st["wall_seconds"]
             logger.info("resumed from %s at step %d (%.0f s trained so far)", ckpt, self.step, self.wall)
         self.diag = [self.sampler.heldout(i) for i in range(cfg.diag_episodes)]
+        self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)
 
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         p = build_passes(ep, self.renderer, policy)
-        loss, _, _, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated")
+        loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated")
         total = loss
+        extra: dict[str, Any] = {}
+        foreign = self._foreign
+        self._foreign = entering.detach().rebased()
+        if self.cfg.contrast_weight and foreign is not None and p.write_passes:
+            q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+            shuf = run_passes(self.model, q, state=foreign)[0]
+            gap = shuf - loss
+            total = total + self.cfg.contrast_weight * torch.relu(self.cfg.contrast_margin - gap)
+            extra["gap"] = gap.item()
         if self.cfg.sparsity_weight and betas:
             total = total + self.cfg.sparsity_weight * torch.stack(
                 [(b - self.cfg.sparsity_target) ** 2 for b in betas]).mean()
-        return total, {"loss": loss.item(), "tokens": p.num_tokens, "in_window": p.fact_in_window,
+        return total, {**extra, "loss": loss.item(), "tokens": p.num_tokens, "in_window": p.fact_in_window,
                        "beta": torch.stack(betas).mean().item() if betas else None}
 
     @torch.no_grad()
@@ -180,6 +194,7 @@ class Trainer:
                 "loss_out_of_window": _mean([s["loss"] for s in stats if not s["in_window"]]),
                 "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
                 "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
+                "train_gap": _mean([s.get("gap") for s in stats]),
                 "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
             }
             if cfg.diag_every and (self.step % cfg.diag_every == 0 or self.step == 1):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deltamem_agents.core.scan as scan_mod
 from deltamem_agents.core.scan import scan, scan_chunked, scan_naive, scan_states
 
 NAMES = ("q", "k", "v", "keep", "erase", "write", "state")
@@ -31,7 +32,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def make_inputs(n: int, t: int, r: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random δ-mem style inputs (float32) with a mixed mask; see module docstring."""
+    """Random δ-mem inputs (float32): tanh+L2 q, k; raw v; κ = 1-β, ε = ω = β with some
+    β ≈ 0 and ≈ 1; non-zero state; mask with leading/trailing padding in row 0 and an
+    all-False row 1 (if N > 1)."""
     g = torch.Generator().manual_seed(seed)
     q = F.normalize(torch.tanh(torch.randn(n, t, r, generator=g)), dim=-1)
     k = F.normalize(torch.tanh(torch.randn(n, t, r, generator=g)), dim=-1)
@@ -114,6 +117,18 @@ def test_naive_grads_match_reference() -> None:
         assert rel_err(g[nm], g_ref[nm]) <= 1e-4, nm
 
 
+@pytest.mark.parametrize("block_elems", [1, 700])
+def test_blocks_of_chunks(monkeypatch, block_elems: int) -> None:
+    """Several blocks of chunks (1 or a few chunks per block) give the same result."""
+    monkeypatch.setattr(scan_mod, "_BLOCK_ELEMS", block_elems)
+    inp = make_inputs(3, 101, 5, seed=17)
+    rd_ref, s_ref, g_ref = run_with_grads(ref_scan, inp, torch.float64)
+    rd, s, g = run_with_grads(scan_chunked, inp, torch.float32, chunk_size=8)
+    assert rel_err(rd, rd_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    for nm in NAMES:
+        assert rel_err(g[nm], g_ref[nm]) <= 1e-4, nm
+
+
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 2), t=st.integers(0, 20), r=st.integers(1, 5),
        chunk=st.integers(1, 9), seed=st.integers(0, 2**16))
@@ -171,8 +186,8 @@ def test_scan_states_consistency() -> None:
         assert rel_err(states[:, t], s_t) <= 1e-5
     # entry t is the state the read at step t uses
     rd, _ = scan_naive(*args)
-    rd_from_states = torch.einsum("ntij,ntj->nti", states[:, :-1], inp["q"]) * inp["mask"][..., None]
-    assert rel_err(rd_from_states, rd) <= 1e-6
+    rd_states = torch.einsum("ntij,ntj->nti", states[:, :-1], inp["q"]) * inp["mask"][..., None]
+    assert rel_err(rd_states, rd) <= 1e-6
 
 
 @pytest.mark.parametrize("fn", [scan_naive, scan_chunked, scan])
@@ -220,14 +235,20 @@ def test_rows_are_independent(fn) -> None:
     assert not torch.allclose(rd2[..., row], rd[..., row])
 
 
-def test_zero_keep_is_finite() -> None:
-    inp = make_inputs(1, 40, 4, seed=2)
-    inp["keep"][:, ::3] = 0.0                                               # hard reset steps
-    inp["erase"][:, ::3] = 1.0
-    rd_ref, s_ref, _ = run_with_grads(ref_scan, inp, torch.float64)
-    rd, s, g = run_with_grads(scan_chunked, inp, torch.float32, chunk_size=16)
+@pytest.mark.parametrize("chunk", [4, 16])
+def test_saturated_gates_zero_keep(chunk: int) -> None:
+    """β that saturates to exactly 1 in fp32 (κ = 0: hard reset); gradients stay exact."""
+    inp = make_inputs(2, 40, 4, seed=2)
+    beta = torch.sigmoid(8.0 * torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(0)))
+    beta[:, ::3] = torch.sigmoid(torch.tensor(30.0))
+    assert (beta == 1).any()
+    inp.update(keep=1 - beta, erase=beta, write=beta.clone())
+    rd_ref, s_ref, g_ref = run_with_grads(ref_scan, inp, torch.float64)
+    rd, s, g = run_with_grads(scan_chunked, inp, torch.float32, chunk_size=chunk)
     assert rel_err(rd, rd_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
-    assert all(torch.isfinite(x).all() for x in g.values())
+    for nm in NAMES:
+        assert torch.isfinite(g[nm]).all(), nm
+        assert rel_err(g[nm], g_ref[nm]) <= 1e-4, nm
 
 
 def test_dispatcher() -> None:
