@@ -45,6 +45,7 @@ class ChatChunk:
     finish_reason: str | None = None  # set on the last chunk only
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] | None = None
+    message: dict[str, Any] | None = None  # last chunk only: the reply exactly as logged (and written)
 
 
 class DeltaMemChat:
@@ -142,7 +143,7 @@ class DeltaMemChat:
     def stream(self, messages: Any, *, session_id: str = "default", tools: list[Any] | None = None,
                tool_choice: Any = "auto", system: str | None = None, max_new_tokens: int = 128,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-               stop: list[str] | tuple[str, ...] = ()) -> Iterator[ChatChunk]:
+               stop: list[str] | tuple[str, ...] = (), parallel_tool_calls: bool = True) -> Iterator[ChatChunk]:
         """Yield text deltas as they are decoded; the last chunk carries finish reason, tool calls, usage."""
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                seed=seed, stop=tuple(stop or ()))
@@ -154,7 +155,7 @@ class DeltaMemChat:
                 new = self._prepare(conv, messages, tools, system)
                 if not new or new[-1]["role"] == "assistant":
                     raise InvalidMessageError("nothing to answer: the last new message must be a user or tool message")
-                constraint = self._constraint(tools, tool_choice)
+                constraint = self._constraint(tools, tool_choice, parallel_tool_calls)
                 k = len(new)
                 while k > 0 and new[k - 1]["role"] != "assistant":
                     k -= 1
@@ -174,7 +175,7 @@ class DeltaMemChat:
                  for c in reply.get("tool_calls", [])]
         usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
                  "total_tokens": res.prompt_tokens + len(res.token_ids)}
-        yield ChatChunk(finish_reason=res.finish_reason, tool_calls=calls, usage=usage)
+        yield ChatChunk(finish_reason=res.finish_reason, tool_calls=calls, usage=usage, message=dict(reply))
 
     def chat(self, messages: Any, **kw: Any) -> ChatResponse:
         text, last = [], ChatChunk()
@@ -213,13 +214,14 @@ class DeltaMemChat:
                 return
             yield chunk  # type: ignore[misc]
 
-    def _constraint(self, tools: list[Any] | None, tool_choice: Any) -> Any:
+    def _constraint(self, tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: bool = True) -> Any:
         if not tools or tool_choice in (None, "none"):
             return None
         from .tools import ToolCallConstraint, normalize_tools
 
         return ToolCallConstraint(self.tokenizer, normalize_tools(tools), tool_choice,
-                                  vocab_size=self.model.config.vocab_size, eos_token_id=self.tokenizer.eos_token_id)
+                                  vocab_size=self.model.config.vocab_size, eos_token_id=self.tokenizer.eos_token_id,
+                                  parallel_tool_calls=parallel_tool_calls)
 
     # --- sessions ------------------------------------------------------------------------------------
     def sessions(self, prefix: str | None = None) -> list[str]:
