@@ -95,12 +95,13 @@ class DeltaMemLayer(nn.Module):
             return lam, lam * beta, beta
         return torch.ones_like(beta), beta, beta  # no_lambda
 
-    def corrections(self, read: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """read[B,T,R] -> (δq[B,T,q_out] | None, δo[B,T,o_out] | None), fp32."""
-        s = self.cfg.scaling
-        dq = s * F.linear(read, self.delta_q_proj) if self.delta_q_proj is not None else None
-        do = s * F.linear(read, self.delta_o_proj) if self.delta_o_proj is not None else None
-        return dq, do
+    def delta_q(self, read: Tensor) -> Tensor | None:
+        """read[B,T,R] -> δq[B,T,q_out] (fp32), or None without a q head."""
+        return self.cfg.scaling * F.linear(read, self.delta_q_proj) if self.delta_q_proj is not None else None
+
+    def delta_o(self, read: Tensor) -> Tensor | None:
+        """read[B,T,R] -> δo[B,T,o_out] (fp32), or None without an o head."""
+        return self.cfg.scaling * F.linear(read, self.delta_o_proj) if self.delta_o_proj is not None else None
 
     # --- one forward call -------------------------------------------------------------------------------
     def step(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
@@ -129,7 +130,7 @@ class DeltaMemLayer(nn.Module):
                             self._flat(wr), S.flatten(0, 1).float(), mask)
         read = reads.unflatten(0, (B, H)).permute(0, 2, 1, 3).flatten(2)  # [B,T,R]
         w = seg.written[..., None, None].float()
-        beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0)
+        beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
         return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta.detach(), seg.written)
 
     def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
@@ -152,7 +153,7 @@ class DeltaMemLayer(nn.Module):
         gathered = states.permute(0, 2, 1, 3, 4)[torch.arange(B, device=x.device)[:, None], idx]  # [B,T,H,r,r]
         read = torch.einsum("bthij,bthj->bthi", gathered, q).flatten(2) * seg.valid[..., None]
         cm = seg.closed_mask[..., None, None].float()
-        beta_mean = (beta * cm).sum() / (cm.sum() * H * r).clamp_min(1.0)
+        beta_mean = (beta * cm).sum() / (cm.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
         return LayerStep(read, states[:, :, -1], new_sum, beta_mean, beta.detach(), seg.closed_mask)
 
 

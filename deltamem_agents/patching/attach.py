@@ -35,15 +35,23 @@ class DeltaMemAdapter(nn.Module):
         self.hidden = hidden
         self.layers = nn.ModuleList(DeltaMemLayer(config, hidden, q_out, o_out) for _ in layer_ids)
 
+    @property
+    def pending_dim(self) -> int:
+        """Width of the open-message sum: the hidden size for message writes, 0 for token writes."""
+        return self.hidden if self.config.write_granularity == "message_mean" else 0
+
     def zero_state(self, batch: int = 1, device: Any = None) -> DeltaState:
         device = device if device is not None else self.layers[0].beta_bias.device
         c = self.config
-        return DeltaState.zeros(len(self.layer_ids), batch, c.num_state_heads, c.rank, self.hidden, device)
+        return DeltaState.zeros(len(self.layer_ids), batch, c.num_state_heads, c.rank, self.pending_dim, device)
 
-    def check_state(self, state: DeltaState) -> None:
+    def check_state(self, state: DeltaState, *, finite: bool = True) -> None:
+        """Shapes always; NaN/Inf scan too unless `finite=False` (the per-call hot path skips it: states are
+        checked when they are loaded or imported, and everything the runtime computes stays finite)."""
         c = self.config
-        state.check_compatible(len(self.layer_ids), c.num_state_heads, c.rank, self.hidden)
-        state.check_finite()
+        state.check_compatible(len(self.layer_ids), c.num_state_heads, c.rank, self.pending_dim)
+        if finite:
+            state.check_finite()
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -42,7 +42,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     adapter = get_adapter(model)
     B, T = input_ids.shape
     state = state if state is not None else adapter.zero_state(B, input_ids.device)
-    adapter.check_state(state)
+    adapter.check_state(state, finite=False)
     if state.batch != B:
         raise ValueError(f"state batch {state.batch} != input batch {B}")
     valid = attention_mask[:, -T:].bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)

@@ -58,7 +58,7 @@ class DeltaQProj(_Wrapped):
             call.inputs[self.slot] = x
             if step.gates is not None:
                 call.gates[self.slot] = (step.gates, step.gate_mask)
-        dq, _ = layer.corrections(read)
+        dq = layer.delta_q(read)
         return out if dq is None else out + dq.to(out.dtype)
 
 
@@ -68,5 +68,5 @@ class DeltaOProj(_Wrapped):
         call = current(self._adapter)
         if call is None:
             return out
-        _, do = self._adapter.layers[self.slot].corrections(call.reads.pop(self.slot))
+        do = self._adapter.layers[self.slot].delta_o(call.reads.pop(self.slot))
         return out if do is None else out + do.to(out.dtype)
