@@ -7,11 +7,13 @@ Key: (model dir, adapter dir, dtype, device). LangChain's standard tests build a
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m-instruct"
+logger = logging.getLogger(__name__)
 _CACHE: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
 
@@ -23,7 +25,11 @@ def resolve_adapter(adapter: str | Path | None, model: str | Path | None) -> Pat
     if str(adapter) == "default":
         if model not in (None, "default"):
             raise ValueError("the shipped adapter is for the default backbone; pass adapter=<dir> for another model")
-        return DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
+        if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
+            return DEFAULT_ADAPTER
+        logger.warning("no trained δ-mem adapter is shipped for the default backbone yet: running the plain "
+                       "backbone (pass adapter=<dir> to use one you trained)")
+        return None
     return Path(adapter)
 
 

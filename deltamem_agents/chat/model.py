@@ -125,13 +125,15 @@ class DeltaMemChat:
 
     # --- turns ---------------------------------------------------------------------------------------
     def _prepare(self, conv: Conversation, messages: Any, tools: list[Any] | None,
-                 system: str | None) -> list[dict[str, Any]]:
+                 system: str | None, keep_system: bool = False) -> list[dict[str, Any]]:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if not isinstance(messages, list):
             raise InvalidMessageError("messages must be a string or a list of message dicts")
         msgs = [validate_message(m) for m in messages]
         systems = [m["content"] for m in msgs if m["role"] == "system"]
+        if keep_system and system is None and not systems and not tools:
+            return new_messages(conv.messages, [m for m in msgs if m["role"] != "system"])
         base = system if system is not None else (systems[-1] if systems else self.system_prompt)
         if tools:
             from .tools import normalize_tools, tools_system_text
@@ -191,7 +193,7 @@ class DeltaMemChat:
             conv = self._conversation(session_id)
             snapshot = (list(conv.messages), conv.state, conv.window_start)
             try:
-                new = self._prepare(conv, messages, None, None)
+                new = self._prepare(conv, messages, None, None, keep_system=True)
                 with self._model_lock:
                     self.runner.add(conv, new)
                 self._commit(conv)
@@ -206,13 +208,31 @@ class DeltaMemChat:
         return await asyncio.to_thread(self.chat, messages, **kw)
 
     async def astream(self, messages: Any, **kw: Any) -> AsyncIterator[ChatChunk]:
-        it = self.stream(messages, **kw)
-        sentinel = object()
+        """Async stream: the whole generation runs in ONE worker thread (the session lock is re-entrant and
+        must be released by the thread that took it); chunks reach the event loop through a queue."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                for chunk in self.stream(messages, **kw):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # re-raised in the caller's task
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        fut = loop.run_in_executor(None, work)
         while True:
-            chunk = await asyncio.to_thread(next, it, sentinel)
-            if chunk is sentinel:
-                return
-            yield chunk  # type: ignore[misc]
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                await fut
+                raise item
+            yield item
+        await fut
 
     def _constraint(self, tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: bool = True) -> Any:
         if not tools or tool_choice in (None, "none"):

@@ -42,7 +42,7 @@ from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, normalize_tool_choice, norma
 __all__ = ["ToolCallConstraint", "build_structural_tag", "clear_caches"]
 
 #: Longest run of JSON whitespace allowed between tokens of the arguments (stops whitespace loops).
-MAX_JSON_WHITESPACE = 4
+MAX_JSON_WHITESPACE = 1  # json.dumps spacing only: pretty-printing costs a small model many tokens
 _TOKENIZER_CACHE_SIZE = 4
 _GRAMMAR_CACHE_SIZE = 32
 _lock = threading.Lock()

@@ -19,7 +19,8 @@ from typing import Any
 from ..errors import InvalidMessageError
 
 
-def _key(m: dict[str, Any]) -> tuple:
+def message_key(m: dict[str, Any]) -> tuple:
+    """What two messages must share to count as the same message (role, content, tool calls, tool call id)."""
     calls = tuple((c["function"]["name"], json.dumps(json.loads(c["function"]["arguments"]), sort_keys=True))
                   for c in m.get("tool_calls", ()))
     return (m["role"], m.get("content", ""), calls, m.get("tool_call_id"))
@@ -28,7 +29,7 @@ def _key(m: dict[str, Any]) -> tuple:
 def new_messages(log: list[dict[str, Any]], given: list[dict[str, Any]], mode: str = "auto") -> list[dict[str, Any]]:
     if mode == "new" or not log:
         return list(given)
-    L, G = [_key(m) for m in log], [_key(m) for m in given]
+    L, G = [message_key(m) for m in log], [message_key(m) for m in given]
     if G[:len(L)] == L:
         return list(given[len(L):])
     if mode == "full":
@@ -42,3 +43,6 @@ def new_messages(log: list[dict[str, Any]], given: list[dict[str, Any]], mode: s
     if last:
         return list(given[last[-1] + 1:])
     return list(given)
+
+
+_key = message_key  # backwards-compatible private name

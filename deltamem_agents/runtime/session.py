@@ -119,8 +119,10 @@ class SessionRunner:
         gp = list(r.generation_prompt_ids)
         reserve = max(cfg.max_new_tokens, 0)
         if sum(map(len, blocks)) + len(r.system_ids) + len(gp) + min(reserve, self.policy.reserve) > self.policy.budget:
-            raise InvalidMessageError(f"the new messages ({sum(map(len, blocks))} tokens) do not fit the window "
-                                      f"budget of {self.policy.budget} tokens; split them or add them with add()")
+            raise InvalidMessageError(
+                f"the new messages ({sum(map(len, blocks))} tokens) plus the system prompt ({len(r.system_ids)} "
+                f"tokens, tool descriptions included) and the reply reserve do not fit the window budget of "
+                f"{self.policy.budget} tokens; raise the budget, shorten the system prompt, or split the messages")
         self._ensure_window(conv, r, sum(map(len, blocks)))  # the generation prompt is inside the reserve
         cur = conv.cursor
         assert cur is not None

@@ -1,0 +1,438 @@
+"""`DeltaMemLLM`: a LlamaIndex `FunctionCallingLLM` on a local backbone with a persistent δ-memory per session.
+
+    from llama_index_deltamem import DeltaMemLLM, DeltaMemMemory
+    llm = DeltaMemLLM.from_default()                       # offline SmolLM2-135M-Instruct (+ shipped adapter)
+    memory = DeltaMemMemory.from_defaults(llm=llm, session_id="alice")
+    engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
+
+Sessions. A call answers in one session: the ``session_id`` keyword of the call, else the session the
+messages come from (messages handed out by a `DeltaMemMemory` are tagged with it), else the LLM's own
+``session_id`` (``llm.for_session(id)`` gives a copy bound to another one; weights and sessions are
+shared). A call whose messages continue the session (they repeat the end of its log -- the visible window
+a `DeltaMemMemory` returns, or the whole history -- and add user/tool messages) is the session's next
+turn: the new messages and the reply are written into its δ-state and log, exactly once. Any other call
+is a *side call*: it runs on a throw-away copy of the session's δ-state (so it still reads the memory)
+and writes nothing -- `complete()` always is one (condense prompts, refine steps, summaries, retries).
+Plain LlamaIndex calls that pass no memory (a query engine's answer, ``structured_predict``) look like
+turns too and are written into the LLM's session; for prompts that should consult the memory without
+adding to it use ``read_only=True`` (every call a side call; ``llm.model_copy(update={"read_only": True})``).
+``stateless=True`` makes every call a side call on an empty state: the prompt is exactly the messages
+given, which is what the LlamaIndex-memory baselines (`baselines.py`) use.
+
+Tool calling goes through the shared machinery (`chat_with_tools`, `get_tool_calls_from_response`,
+`predict_and_call`, `FunctionAgent`): tools are described in the system prompt, calls are
+``ToolCallBlock``s, and ``tool_required=True`` / ``tool_choice="required"|<name>`` constrain decoding
+to a schema-valid call (xgrammar). Usage is in ``raw["usage"]`` and ``additional_kwargs``.
+
+Async methods run the model in a worker thread (a whole stream in one thread, fed to the event loop
+through a queue), so they never block the loop. Turns on one session are serialised by the store's
+session lock; forward passes on one model are serialised too (2-core CPU target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
+                                               CompletionResponse, CompletionResponseAsyncGen,
+                                               CompletionResponseGen, LLMMetadata, MessageRole, TextBlock,
+                                               ToolCallBlock)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from ._convert import continues_session, split_messages
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+    from deltamem_agents.chat.model import ChatChunk, DeltaMemChat
+
+__all__ = ["DeltaMemLLM"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_TOOL_OPEN = "<tool_call>"
+_SIDE: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_SIDE_LOCK = threading.Lock()
+
+
+def share_model_lock(dst: Any, src: Any) -> None:
+    """Make two DeltaMemChat views of one loaded model serialise their forward passes on one lock."""
+    lock = getattr(src, "_model_lock", None)
+    if lock is not None and hasattr(dst, "_model_lock"):
+        dst._model_lock = lock
+
+
+def _side_chat(chat: "DeltaMemChat") -> "DeltaMemChat":
+    """An in-memory DeltaMemChat on the same weights for throw-away (side / stateless) calls."""
+    with _SIDE_LOCK:
+        side = _SIDE.get(chat)
+        if side is None:
+            from deltamem_agents.chat.model import DeltaMemChat
+            from deltamem_agents.runtime.store import MemoryBackend, SessionStore
+
+            side = DeltaMemChat(chat.model, chat.tokenizer, store=SessionStore(MemoryBackend(), cache_size=0),
+                                policy=chat.policy, system_prompt=chat.system_prompt, model_name=chat.model_name,
+                                live_sessions=2, use_memory=chat.adapter is not None)
+            share_model_lock(side, chat)
+            _SIDE[chat] = side
+        return side
+
+
+def _visible_end(text: str) -> int:
+    """How much of the streamed text may be shown: everything before a (possibly partial) ``<tool_call>``."""
+    i = text.find(_TOOL_OPEN)
+    if i >= 0:
+        return i
+    for n in range(min(len(_TOOL_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(_TOOL_OPEN[:n]):
+            return len(text) - n
+    return len(text)
+
+
+@dataclass
+class _Call:
+    session_id: Optional[str] = None
+    side: bool = False
+
+
+class DeltaMemLLM(FunctionCallingLLM):
+    """LlamaIndex function-calling chat LLM over a :class:`deltamem_agents.chat.model.DeltaMemChat`."""
+
+    session_id: str = Field(default="default", description="Session used when neither the call nor its "
+                                                             "messages name one.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Default reply length limit (num_output).")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: Optional[int] = Field(default=None)
+    stop: List[str] = Field(default_factory=list, description="Stop sequences.")
+    stateless: bool = Field(default=False, description="Every call on a fresh, empty, discarded session "
+                                                       "(the prompt is exactly the messages given).")
+    read_only: bool = Field(default=False, description="Every call is a side call: it reads the session's "
+                                                       "δ-state and writes nothing.")
+
+    _client: Any = PrivateAttr()
+
+    def __init__(self, client: Optional["DeltaMemChat"] = None, *, guard_settings: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if client is None:
+            from deltamem_agents.chat.model import DeltaMemChat
+
+            client = DeltaMemChat.from_default()
+        self._client = client
+        from deltamem_agents.runtime.store import validate_session_id
+
+        validate_session_id(self.session_id)
+        if guard_settings:
+            from .settings import install_guards
+
+            install_guards()
+
+    @classmethod
+    def from_default(cls, *, adapter: Union[str, Path, None] = "default", store: Any = None, policy: Any = None,
+                     use_memory: bool = True, **kwargs: Any) -> "DeltaMemLLM":
+        """The default offline backbone (weights loaded once per process) with the shipped adapter, if any."""
+        from deltamem_agents.chat.model import DeltaMemChat
+
+        chat_kw = {k: v for k, v in (("store", store), ("policy", policy)) if v is not None}
+        client = DeltaMemChat.from_default(adapter=adapter, use_memory=use_memory, **chat_kw)
+        return cls(client, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DeltaMemLLM"
+
+    # --- properties -------------------------------------------------------------------------------------
+    @property
+    def client(self) -> "DeltaMemChat":
+        """The underlying framework-free chat model (sessions, history, fork, delete, export)."""
+        return self._client
+
+    @property
+    def tokenizer_fn(self) -> Callable[[str], List[int]]:
+        """The backbone tokenizer as a LlamaIndex tokenizer function (for Settings.tokenizer, Memory)."""
+        tok = self._client.tokenizer
+        return lambda text: tok.encode(text, add_special_tokens=False)
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(context_window=self._client.policy.budget, num_output=self.max_new_tokens,
+                           is_chat_model=True, is_function_calling_model=True,
+                           model_name=self._client.model_name, system_role=MessageRole.SYSTEM)
+
+    def for_session(self, session_id: str) -> "DeltaMemLLM":
+        """A copy bound to another session (same weights, store and settings)."""
+        if session_id == self.session_id:
+            return self
+        from deltamem_agents.runtime.store import validate_session_id
+
+        validate_session_id(session_id)
+        copy = self.model_copy(update={"session_id": session_id})
+        copy._client = self._client
+        return copy
+
+    # --- the core: one call as a stream of runtime chunks ---------------------------------------------
+    def _options(self, kw: Dict[str, Any]) -> tuple[Dict[str, Any], Optional[str]]:
+        max_new = kw.pop("max_new_tokens", None) or kw.pop("max_tokens", None) or self.max_new_tokens
+        opts: Dict[str, Any] = {
+            "max_new_tokens": int(max_new),
+            "temperature": float(kw.pop("temperature", self.temperature)),
+            "top_p": float(kw.pop("top_p", self.top_p)),
+            "top_k": int(kw.pop("top_k", self.top_k)),
+            "seed": kw.pop("seed", self.seed),
+            "stop": list(kw.pop("stop", None) or self.stop),
+        }
+        tools = kw.pop("tools", None)
+        if tools:
+            opts["tools"] = list(tools)
+            opts["tool_choice"] = kw.pop("tool_choice", None) or "auto"
+        else:
+            kw.pop("tool_choice", None)
+        session_id = kw.pop("session_id", None)
+        if kw:
+            logger.debug("DeltaMemLLM ignores keyword arguments %s", sorted(kw))
+        return opts, session_id
+
+    def _chunks(self, messages: Sequence[ChatMessage], kw: Dict[str, Any], call: _Call,
+                side: bool = False) -> Iterator["ChatChunk"]:
+        opts, session_kw = self._options(dict(kw))
+        system, msgs, tag = split_messages(messages)
+        if session_kw and tag and session_kw != tag:
+            raise ValueError(f"session_id={session_kw!r} but the messages come from session {tag!r}")
+        sid = session_kw or tag or self.session_id
+        chat = self._client
+        if self.stateless:
+            call.side = True
+            yield from self._ephemeral(msgs, None, system, opts)
+            return
+        call.session_id = sid
+        with chat.store.lock(sid):
+            rec = chat.store.get(sid)
+            log = list(rec.messages) if rec is not None else []
+            if not (side or self.read_only) and continues_session(log, msgs, strict=tag is not None):
+                yield from chat.stream(msgs, session_id=sid, system=system, **opts)
+                return
+            state = rec.state if rec is not None else None
+        call.side = True
+        yield from self._ephemeral(msgs, state, system, opts)
+
+    def _ephemeral(self, msgs: List[Dict[str, Any]], state: Optional[bytes], system: Optional[str],
+                   opts: Dict[str, Any]) -> Iterator["ChatChunk"]:
+        side = _side_chat(self._client)
+        tmp = f"tmp-{uuid.uuid4().hex}"
+        try:
+            if state is not None:  # seed the copy with the session's δ-state (read, never written back)
+                side.store.get_or_create(tmp)
+                side.store.commit(tmp, state=state, messages=[], expected_version=0,
+                                  metadata={"window_start": 0, "system_prompt": side.system_prompt})
+            yield from side.stream(msgs, session_id=tmp, system=system, **opts)
+        finally:
+            side.delete(tmp)
+
+    def _responses(self, messages: Sequence[ChatMessage], kw: Dict[str, Any],
+                   side: bool = False) -> Iterator[ChatResponse]:
+        """Incremental ChatResponses (cumulative content + delta), then the final one with usage."""
+        call = _Call()
+        text, shown, last = "", 0, None
+        for chunk in self._chunks(messages, kw, call, side):
+            if chunk.finish_reason is not None:
+                last = chunk
+            if chunk.text:
+                text += chunk.text
+                end = _visible_end(text)
+                if end > shown:
+                    delta, shown = text[shown:end], end
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text[:end]),
+                                       delta=delta, raw={})
+        yield self._final(text, shown, last, call)
+
+    def _final(self, text: str, shown: int, last: Optional["ChatChunk"], call: _Call) -> ChatResponse:
+        from deltamem_agents.runtime.tools import parse_tool_calls
+
+        calls = list(last.tool_calls) if last is not None else []
+        content = parse_tool_calls(text)[0] if calls else text  # the reply's content as the session logged it
+        blocks: List[Any] = [TextBlock(text=content)] if content else []
+        blocks += [ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"]) for c in calls]
+        usage = dict(last.usage or {}) if last is not None else {}
+        raw = {"usage": usage, "finish_reason": last.finish_reason if last is not None else None,
+               "model": self._client.model_name, "session_id": None if call.side else call.session_id,
+               "side_call": call.side, "tool_calls": calls}
+        delta = "" if calls else text[shown:]
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks), delta=delta,
+                            raw=raw, additional_kwargs=dict(usage))
+
+    def _chat_impl(self, messages: Sequence[ChatMessage], side: bool = False, **kwargs: Any) -> ChatResponse:
+        last = None
+        for last in self._responses(messages, kwargs, side):
+            pass
+        assert last is not None
+        return last.model_copy(update={"delta": None})
+
+    def _fit_prompt(self, prompt: str, max_new_tokens: int) -> str:
+        """Keep the end of a completion prompt that would not fit the window budget (with a warning)."""
+        chat = self._client
+        tok = chat.tokenizer
+        ids = tok.encode(prompt, add_special_tokens=False)
+        system = len(tok.encode(chat.system_prompt, add_special_tokens=False)) + 16  # + template tokens
+        limit = chat.policy.budget - min(max_new_tokens, chat.policy.reserve) - system - 16
+        if len(ids) <= limit:
+            return prompt
+        logger.warning("completion prompt of %d tokens cut to its last %d to fit the window budget", len(ids), limit)
+        return tok.decode(ids[-limit:], skip_special_tokens=True)
+
+    def _completion_messages(self, prompt: str, kwargs: Dict[str, Any]) -> List[ChatMessage]:
+        max_new = kwargs.get("max_new_tokens") or kwargs.get("max_tokens") or self.max_new_tokens
+        return [ChatMessage(role=MessageRole.USER, content=self._fit_prompt(prompt, int(max_new)))]
+
+    def _completions(self, prompt: str, kwargs: Dict[str, Any]) -> Iterator[CompletionResponse]:
+        text = ""
+        for r in self._responses(self._completion_messages(prompt, kwargs), kwargs, side=True):
+            text += r.delta or ""
+            yield CompletionResponse(text=text, delta=r.delta, raw=r.raw, additional_kwargs=r.additional_kwargs)
+
+    # --- LlamaIndex LLM API ------------------------------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat_impl(messages, **kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._responses(list(messages), kwargs)
+
+    def _complete_impl(self, prompt: str, **kwargs: Any) -> CompletionResponse:
+        r = self._chat_impl(self._completion_messages(prompt, kwargs), side=True, **kwargs)
+        return CompletionResponse(text=r.message.content or "", raw=r.raw, additional_kwargs=r.additional_kwargs)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete_impl(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return self._completions(prompt, kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self._chat_impl, list(messages), **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        msgs = list(messages)
+        return _in_thread(lambda: self._responses(msgs, kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._complete_impl, prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        return _in_thread(lambda: self._completions(prompt, kwargs))
+
+    # --- tool calling ------------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence["BaseTool"],
+        user_msg: Optional[Union[str, ChatMessage]] = None,
+        chat_history: Optional[List[ChatMessage]] = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
+        out: Dict[str, Any] = {"messages": messages, **kwargs}
+        if specs:
+            out["tools"] = specs
+            out["tool_choice"] = "required" if tool_required and tool_choice in (None, "auto") else (
+                tool_choice or "auto")
+        return out
+
+    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence["BaseTool"],
+                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+        if not allow_parallel_tool_calls:  # keep the first call only
+            seen = False
+            blocks = []
+            for b in response.message.blocks:
+                if isinstance(b, ToolCallBlock):
+                    if seen:
+                        continue
+                    seen = True
+                blocks.append(b)
+            response.message.blocks = blocks
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> List[ToolSelection]:
+        from ._convert import _args
+
+        calls = [ToolSelection(tool_id=b.tool_call_id or b.tool_name, tool_name=b.tool_name,
+                               tool_kwargs=_args(b.tool_kwargs))
+                 for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got none (reply: {response.message.content!r:.200})")
+        return calls
+
+
+async def _in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Run a whole (blocking) iterator in one worker thread and yield its items on the event loop.
+
+    One thread for the whole stream: the session lock is re-entrant per thread and must be released by the
+    thread that took it. If the consumer stops early, the iterator is closed (the turn is rolled back) at
+    the next item."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone
+            cancelled.set()
+
+    def produce() -> None:
+        it = None
+        try:
+            it = make()
+            for x in it:
+                if cancelled.is_set():
+                    break
+                put((0, x))
+            put((1, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((2, exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == 0:
+                yield value
+            elif kind == 1:
+                return
+            else:
+                raise value
+    finally:
+        cancelled.set()
