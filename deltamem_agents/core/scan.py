@@ -82,6 +82,20 @@ def _step(S: Tensor, k: Tensor, v: Tensor, kp: Tensor, er: Tensor, wr: Tensor) -
     return kp.unsqueeze(-1) * S + upd
 
 
+def _single_step(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor, state: Tensor,
+                 mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """T = 1 fast path (one decode step): the same math as the naive loop with no per-call set-up."""
+    S = state.float()
+    q0, k0 = q[:, 0].float(), k[:, 0].float()
+    read = torch.einsum("nij,nj->ni", S, q0)
+    new = _step(S, k0, v[:, 0].float(), keep[:, 0].float(), erase[:, 0].float(), write[:, 0].float())
+    if mask is not None:
+        m = mask[:, 0].to(S.dtype)
+        read = read * m[:, None]
+        new = torch.where(mask[:, 0, None, None], new, S)
+    return read.unsqueeze(1), new
+
+
 def scan_naive(
     q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
     state: Tensor, mask: Tensor | None = None,
@@ -241,7 +255,9 @@ def scan(
     q: Tensor, k: Tensor, v: Tensor, keep: Tensor, erase: Tensor, write: Tensor,
     state: Tensor, mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Dispatch: naive for T ≤ 8 (lower overhead), chunked otherwise."""
+    """Dispatch: a single fused step for T = 1 (decoding), naive for T ≤ 8, chunked otherwise."""
+    if q.shape[1] == 1 and not torch.is_autocast_enabled(q.device.type):
+        return _single_step(q, k, v, keep, erase, write, state, mask)
     if q.shape[1] <= _NAIVE_MAX_T:
         return scan_naive(q, k, v, keep, erase, write, state, mask)
     return scan_chunked(q, k, v, keep, erase, write, state, mask)

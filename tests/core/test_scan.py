@@ -258,3 +258,26 @@ def test_dispatcher() -> None:
         expect = scan_naive(*args) if t <= 8 else scan_chunked(*args)
         got = scan(*args)
         assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1])
+
+
+def test_single_step_fast_path_matches_naive():
+    """The T = 1 decode fast path equals the naive loop, with masks, forward and backward."""
+    from deltamem_agents.core.scan import scan, scan_naive
+
+    g = torch.Generator().manual_seed(5)
+    N, r = 3, 7
+    q, k = (torch.nn.functional.normalize(torch.randn(N, 1, r, generator=g), dim=-1) for _ in range(2))
+    v = torch.randn(N, 1, r, generator=g)
+    beta = torch.rand(N, 1, r, generator=g)
+    S0 = torch.randn(N, r, r, generator=g)
+    mask = torch.tensor([[True], [False], [True]])
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, 1 - beta, beta, beta, S0)]
+    ref = [t.clone().requires_grad_(True) for t in (q, k, v, 1 - beta, beta, beta, S0)]
+    a = scan(*ins, mask)
+    b = scan_naive(*ref, mask)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    (a[0].sum() + a[1].pow(2).sum()).backward()
+    (b[0].sum() + b[1].pow(2).sum()).backward()
+    for x, y in zip(ins, ref):
+        torch.testing.assert_close(x.grad, y.grad)
