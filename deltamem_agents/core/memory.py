@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import DeltaMemConfig
 from .scan import scan, scan_states
+from .segments import Segments
 
 
 @dataclass
@@ -104,7 +105,7 @@ class DeltaMemLayer(nn.Module):
         return self.cfg.scaling * F.linear(read, self.delta_o_proj) if self.delta_o_proj is not None else None
 
     # --- one forward call -------------------------------------------------------------------------------
-    def step(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
+    def step(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:
         """x[B,T,d], S[B,H,r,r], pend_sum[B,d] -> reads and new state for this call."""
         if self.cfg.write_granularity == "token":
             return self._step_token(x, S, pend_sum, seg, write)
@@ -113,7 +114,7 @@ class DeltaMemLayer(nn.Module):
     def _flat(self, t: Tensor) -> Tensor:  # [B,T,H,r] -> [B·H, T, r]
         return t.permute(0, 2, 1, 3).flatten(0, 1)
 
-    def _step_token(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
+    def _step_token(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:
         B, T, _ = x.shape
         H, r = self.cfg.num_state_heads, self.cfg.rank
         q, k, v, beta = self.project(x)
@@ -133,7 +134,7 @@ class DeltaMemLayer(nn.Module):
         beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
         return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta.detach(), seg.written)
 
-    def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: "Segments", write: bool) -> LayerStep:
+    def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:
         B, T, d = x.shape
         H, r = self.cfg.num_state_heads, self.cfg.rank
         q = self.project(x)[0]  # token queries [B,T,H,r]
@@ -156,5 +157,3 @@ class DeltaMemLayer(nn.Module):
         beta_mean = (beta * cm).sum() / (cm.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
         return LayerStep(read, states[:, :, -1], new_sum, beta_mean, beta.detach(), seg.closed_mask)
 
-
-from .segments import Segments  # noqa: E402  (type used above; kept at the end to avoid a cycle)

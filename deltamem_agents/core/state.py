@@ -133,7 +133,6 @@ class DeltaState:
     @classmethod
     def from_bytes(cls, data: bytes, *, expect: dict[str, Any] | None = None) -> tuple[DeltaState, dict]:
         """Parse and validate; `expect` keys (e.g. a fingerprint) must match the stored metadata info."""
-        from safetensors import safe_open  # noqa: F401  (import check)
         from safetensors.torch import load
 
         if not isinstance(data, (bytes, bytearray)) or len(data) < 16:

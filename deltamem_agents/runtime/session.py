@@ -14,7 +14,6 @@ eviction (the δ-state itself is restored bit for bit from the store).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -172,9 +171,3 @@ class SessionRunner:
             tail = block[head:]
         if tail:
             self.engine.forward(cur, tail, [reply_id] * len(tail))
-
-
-def clone_conversation(conv: Conversation, session_id: str) -> Conversation:
-    return Conversation(session_id, copy.deepcopy(conv.messages),
-                        conv.state.clone() if conv.state is not None else None, conv.window_start,
-                        conv.system_prompt, 0)

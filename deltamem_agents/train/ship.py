@@ -46,11 +46,9 @@ def ship(checkpoint: Path, eval_md: Path | None, command: str, reading: str) -> 
     DEFAULT_ADAPTER.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter.safetensors"):
         shutil.copy2(src / name, DEFAULT_ADAPTER / name)
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
-    with safe_open(str(DEFAULT_ADAPTER / "adapter.safetensors"), "pt") as f:
-        params = sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel") else
-                     _prod(f.get_slice(k).get_shape()) for k in f.keys())
+    params = sum(t.numel() for t in load_file(str(DEFAULT_ADAPTER / "adapter.safetensors")).values())
     steps = info.get("steps", 0)
     card = CARD.format(
         config=json.dumps({k: meta["config"][k] for k in ("write_granularity", "rank", "num_state_heads", "alpha",
@@ -65,10 +63,3 @@ def ship(checkpoint: Path, eval_md: Path | None, command: str, reading: str) -> 
         command=command, reading=reading)
     (DEFAULT_ADAPTER / "README.md").write_text(card)
     return DEFAULT_ADAPTER
-
-
-def _prod(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
