@@ -70,14 +70,16 @@ class MemoryProbe:
         return res.text, len(passes.read_ids)
 
     def run(self, episodes: list[Episode], policy: WindowPolicy, conditions: Iterable[str] = CONDITIONS,
-            full_budget: int = 8192) -> list[dict[str, Any]]:
-        """One row per (episode, condition)."""
+            full_budget: int = 8192, score: set[int] | None = None) -> list[dict[str, Any]]:
+        """One row per (scored episode, condition); unscored episodes only donate shuffled-control states."""
         conditions = list(conditions)
         passes = [history_passes(ep, self.renderer, policy) for ep in episodes]
         need_states = any(c in conditions for c in ("deltamem", "shuffled"))
         states = [self.build_state(p) for p in passes] if need_states else []
         rows = []
         for i, (ep, p) in enumerate(zip(episodes, passes)):
+            if score is not None and i not in score:
+                continue
             for cond in conditions:
                 if cond == "full":
                     fp = history_passes(ep, self.renderer, WindowPolicy(budget=full_budget, reserve=policy.reserve))

@@ -112,6 +112,20 @@ def parse_export(data: bytes, source: str = "<export>") -> tuple[str, bytes | No
     return sid, state, messages, metadata
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a fsynced temp file renamed into place (a crash leaves the old file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class SessionStore:
     """In-memory LRU cache (``cache_size`` records; 0 disables it) in front of a backend."""
 
@@ -269,16 +283,7 @@ class SessionStore:
         data = json.dumps(doc, ensure_ascii=True, allow_nan=False, indent=1).encode("ascii")
         target = Path(path).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data)
         return target
 
     def import_session(self, path: str | os.PathLike, session_id: str | None = None, *,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -20,10 +19,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode
+
 from llama_index.core.vector_stores.types import (BasePydanticVectorStore, FilterCondition, FilterOperator,
                                                   MetadataFilter, MetadataFilters, VectorStoreQuery,
                                                   VectorStoreQueryResult)
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+from deltamem_agents.runtime.store import write_atomic as _write_atomic
 
 __all__ = ["FaissTextVectorStore"]
 
@@ -61,19 +63,6 @@ def _match(meta: Dict[str, Any], filters: Optional[MetadataFilters]) -> bool:
     if filters.condition == FilterCondition.NOT:
         return not any(results)
     return all(results)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FaissTextVectorStore(BasePydanticVectorStore):
