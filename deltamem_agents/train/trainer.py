@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..core.config import DeltaMemConfig
 from ..core.state import DeltaState
+from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.episode import Episode
 from ..patching import attach, forward_with_state
 from ..patching.attach import DeltaMemAdapter
@@ -57,11 +58,18 @@ class TrainConfig:
     # rewards answers that depend on the state's content (0 = off, the reference objective)
     contrast_weight: float = 0.0
     contrast_margin: float = 1.0
+    # counterfactual twins (datasets/counterfactual.py): each fact episode trains beside a twin whose asked
+    # value differs, and the contrast term reads each twin's question with the other twin's state — the
+    # negative differs only in the value, so only a state that carries the value can open the gap
+    counterfactual: bool = False
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
     diag_every: int = 25
     diag_episodes: int = 8
+    diag_budget: int = 256
+    diag_distance: int = 400
+    init_adapter: str | None = None  # start from these adapter weights (fresh optimizer) unless resuming
     max_minutes: float | None = None
 
     def to_json(self) -> str:
@@ -120,10 +128,41 @@ class Trainer:
             st = load_checkpoint(ckpt, self.adapter, self.opt)
             self.step, self.wall = st["step"], st["wall_seconds"]
             logger.info("resumed from %s at step %d (%.0f s trained so far)", ckpt, self.step, self.wall)
-        self.diag = [self.sampler.heldout(i) for i in range(cfg.diag_episodes)]
+        elif cfg.init_adapter:
+            from safetensors.torch import load_file
+
+            self.adapter.load_state_dict(load_file(str(Path(cfg.init_adapter) / "adapter.safetensors")), strict=True)
+            logger.info("initialised the adapter from %s", cfg.init_adapter)
+        self.diag = [self.sampler.heldout(i, budget=cfg.diag_budget, distance=cfg.diag_distance)
+                     for i in range(cfg.diag_episodes)]
         self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)
 
+    def _twin_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
+        twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
+        pa, pb = (build_passes(e, self.renderer, policy) for e in (ep, twin))
+        trunc = self.cfg.write_grad == "truncated"
+        la, _, sa, ba = run_passes(self.model, pa, truncated=trunc)
+        lb, _, sb, bb = run_passes(self.model, pb, truncated=trunc)
+        total = (la + lb) / 2
+        extra: dict[str, Any] = {}
+        if self.cfg.contrast_weight and pa.write_passes:
+            lab = run_passes(self.model, EpisodePasses([], pa.read_ids, pa.read_mids, pa.labels), state=sb.rebased())[0]
+            lba = run_passes(self.model, EpisodePasses([], pb.read_ids, pb.read_mids, pb.labels), state=sa.rebased())[0]
+            gaps = torch.stack([lab - la, lba - lb])
+            total = total + self.cfg.contrast_weight * torch.relu(self.cfg.contrast_margin - gaps).mean()
+            extra["gap"] = gaps.mean().item()
+        betas = ba + bb
+        if self.cfg.sparsity_weight and betas:
+            total = total + self.cfg.sparsity_weight * torch.stack(
+                [(b - self.cfg.sparsity_target) ** 2 for b in betas]).mean()
+        self._foreign = sa.detach().rebased()
+        return total, {**extra, "loss": ((la + lb) / 2).item(), "tokens": pa.num_tokens + pb.num_tokens,
+                       "in_window": pa.fact_in_window,
+                       "beta": torch.stack(betas).mean().item() if betas else None}
+
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.cfg.counterfactual and supports_counterfactual(ep):
+            return self._twin_loss(ep, policy)
         p = build_passes(ep, self.renderer, policy)
         loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated")
         total = loss
@@ -145,7 +184,7 @@ class Trainer:
     @torch.no_grad()
     def memory_gap(self) -> dict[str, float]:
         """Answer loss with the own state, a state from another episode, and a zero state (held-out set)."""
-        own, shuf, zero = [], [], []
+        own, shuf, zero, cf = [], [], [], []
         passes = [build_passes(ep, self.renderer, pol) for ep, pol in self.diag]
         states = [run_passes(self.model, p)[2] for p in passes]
         for i, p in enumerate(passes):
@@ -153,9 +192,14 @@ class Trainer:
             other = states[(i + 1) % len(states)].rebased()
             shuf.append(self._final_loss(p, other))
             zero.append(self._final_loss(p, self.adapter.zero_state(1)))
-        m = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            ep, pol = self.diag[i]
+            if supports_counterfactual(ep):  # the twin's state: same relation and words, another value
+                twin = build_passes(counterfactual(ep, 7_000 + i), self.renderer, pol)
+                cf.append(self._final_loss(p, run_passes(self.model, twin)[2].rebased()))
+        m = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         return {"diag_loss": m(own), "diag_loss_shuffled": m(shuf), "diag_loss_zero": m(zero),
-                "memory_gap": m(shuf) - m(own)}
+                "diag_loss_counterfactual": m(cf), "memory_gap": m(shuf) - m(own),
+                "counterfactual_gap": m(cf) - m(own)}
 
     def _final_loss(self, p: EpisodePasses, state: DeltaState) -> float:
         q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
