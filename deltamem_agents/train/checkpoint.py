@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,13 +24,20 @@ OPTIM_FILE = "optimizer.safetensors"
 
 def save_checkpoint(out_dir: Path, adapter: DeltaMemAdapter, opt: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], info: dict[str, Any]) -> Path:
+    return save_training_state(out_dir, dict(adapter.named_parameters()), opt, trainer_state,
+                               lambda d: save_adapter(adapter, d, info=info))
+
+
+def save_training_state(out_dir: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+                        trainer_state: dict[str, Any], save_weights: Callable[[Path], Any]) -> Path:
+    """Weights (written by `save_weights` into `adapter/`), AdamW moments and JSON state, swapped in atomically."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "checkpoint-last"
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=out_dir))
-    save_adapter(adapter, tmp / "adapter", info=info)
-    names = {id(p): n for n, p in adapter.named_parameters()}
+    save_weights(tmp / "adapter")
+    names = {id(p): n for n, p in params.items()}
     tensors = {}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -57,8 +64,14 @@ def load_checkpoint(ckpt: Path, adapter: DeltaMemAdapter, opt: torch.optim.Optim
 
     weights = load_file(str(ckpt / "adapter" / "adapter.safetensors"))
     adapter.load_state_dict(weights, strict=True)
+    return load_moments(ckpt, dict(adapter.named_parameters()), opt)
+
+
+def load_moments(ckpt: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore AdamW moments by parameter name; returns the saved trainer state."""
+    from safetensors.torch import load_file
+
     moments = load_file(str(ckpt / OPTIM_FILE))
-    params = dict(adapter.named_parameters())
     for key, t in moments.items():
         name, kind = key.split("::")
         p = params[name]

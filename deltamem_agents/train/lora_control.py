@@ -1,0 +1,162 @@
+"""The LoRA control of issue 9: same backbone, same trainable-parameter budget, same episodes, no state.
+
+A plain LoRA (peft) on q_proj/o_proj is trained on exactly the episodes the δ-mem trainer samples
+(same sampler, seed, steps, counterfactual twins), but sees only what the runtime shows in the prompt:
+the final window + question, loss on the answer. Whatever it learns is prior/format, not memory, so a
+δ-mem gain counts only where it beats this control as well as the shuffled-state control.
+Rank 12 on q_proj+o_proj of SmolLM2-135M = 829,440 parameters vs δ-mem rank 8 = 829,680.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..datasets.counterfactual import counterfactual, supports_counterfactual
+from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+from .checkpoint import load_moments, save_training_state
+from .episode import IGNORE, build_passes
+from .sampler import EpisodeSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoRAControlConfig:
+    out_dir: str = "runs/lora-control"
+    steps: int = 300
+    grad_accum: int = 4
+    lr: float = 1e-3
+    warmup_frac: float = 0.05
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    rank: int = 12
+    alpha: float = 24.0
+    target_modules: tuple[str, ...] = ("q_proj", "o_proj")
+    counterfactual: bool = True
+    bf16: bool = True
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    sampler: dict[str, Any] = field(default_factory=dict)
+    ckpt_every_min: float = 10.0
+    max_minutes: float | None = None
+
+
+def lora_model(model: Any, cfg: LoRAControlConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    pcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=list(cfg.target_modules))
+    return get_peft_model(model, pcfg)
+
+
+def trainable_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def answer_loss(model: Any, read_ids: list[int], labels: list[int]) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([read_ids], device=dev), use_cache=False)
+    lab = torch.tensor(labels, device=dev)
+    pos = (lab[1:] != IGNORE).nonzero().squeeze(-1)
+    return F.cross_entropy(out.logits[0, pos].float(), lab[1:][pos])
+
+
+class LoRAControlTrainer:
+    def __init__(self, model: Any, tokenizer: Any, cfg: LoRAControlConfig) -> None:
+        from .trainer import TrainConfig
+
+        self.cfg = cfg
+        if cfg.bf16:
+            model.to(torch.bfloat16)
+        self.model = lora_model(model, cfg)
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        assert self.params and all("lora_" in n for n in self.params), "only LoRA weights may train"
+        self.renderer = ChatRenderer(tokenizer, cfg.system_prompt)
+        self.sampler = EpisodeSampler(tokenizer, seed=cfg.seed, total_steps=cfg.steps, **cfg.sampler)
+        self.opt = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, weight_decay=0.0)
+        self._sched = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac)
+        self.out = Path(cfg.out_dir)
+        self.step, self.wall = 0, 0.0
+        ckpt = self.out / "checkpoint-last"
+        if ckpt.is_dir():
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
+            st = load_moments(ckpt, self.params, self.opt)
+            self.step, self.wall = st["step"], st["wall_seconds"]
+            logger.info("resumed LoRA control from %s at step %d", ckpt, self.step)
+
+    def _micro_loss(self, step: int, micro: int) -> tuple[torch.Tensor, int]:
+        ep, policy = self.sampler.sample(step, micro)
+        eps = [ep]
+        if self.cfg.counterfactual and supports_counterfactual(ep):
+            eps.append(counterfactual(ep, int(ep.meta.get("seed", 0))))  # the δ-mem trainer's twin
+        losses, tokens = [], 0
+        for e in eps:
+            p = build_passes(e, self.renderer, policy)
+            losses.append(answer_loss(self.model, p.read_ids, p.labels))
+            tokens += len(p.read_ids)
+        return torch.stack(losses).mean(), tokens
+
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        from .trainer import lr_at
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "lora_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        log = (self.out / "log.jsonl").open("a")
+        t_start = last = time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train LoRA control", dynamic_ncols=True)
+        self.model.train()
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, self._sched)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            total, tokens = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                loss, n = self._micro_loss(self.step, micro)
+                (loss / cfg.grad_accum).backward()
+                total, tokens = total + loss.item() / cfg.grad_accum, tokens + n
+            gnorm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm).item()
+            self.opt.step()
+            self.step += 1
+            self.wall += time.perf_counter() - t0
+            log.write(json.dumps({"step": self.step, "lr": lr, "loss": total, "grad_norm": gnorm, "tokens": tokens,
+                                  "wall_seconds": self.wall}) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}")
+            out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
+            if self.step >= cfg.steps or out_of_time or time.monotonic() - last > 60 * cfg.ckpt_every_min:
+                self.save()
+                last = time.monotonic()
+            if out_of_time:
+                break
+        bar.close()
+        log.close()
+
+    def save(self) -> Path:
+        return save_training_state(self.out, self.params, self.opt, {"step": self.step, "wall_seconds": self.wall},
+                                   lambda d: self.model.save_pretrained(str(d), safe_serialization=True))
+
+
+def load_lora_control(model: Any, path: str | Path) -> Any:
+    """The backbone with a trained LoRA control merged in (a plain transformers model for evaluation)."""
+    from peft import PeftModel
+
+    path = Path(path)
+    if (path / "adapter").is_dir():
+        path = path / "adapter"
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()

@@ -1,0 +1,40 @@
+"""The LoRA control: same parameter budget as δ-mem, only LoRA trains, it resumes, and it merges for eval."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from deltamem_agents.backbone import load_backbone
+from deltamem_agents.core.config import DeltaMemConfig
+from deltamem_agents.patching import attach
+from deltamem_agents.train.lora_control import (LoRAControlConfig, LoRAControlTrainer, load_lora_control,
+                                                 trainable_parameters)
+
+SAMPLER = {"budget_range": (128, 160), "distance_start": 10, "distance_end": 40, "in_window_frac": 0.0,
+           "mix": {"fact": 1.0}}
+
+
+def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
+    model, tok = load_backbone()
+    cfg = LoRAControlConfig(out_dir=str(tmp_path), steps=1, grad_accum=1, sampler=SAMPLER)
+    tr = LoRAControlTrainer(model, tok, cfg)
+    n_lora = trainable_parameters(tr.model)
+    ref, _ = load_backbone()
+    n_delta = sum(p.numel() for p in attach(ref, DeltaMemConfig(rank=8, write_granularity="message_mean")).parameters())
+    assert abs(n_lora - n_delta) / n_delta < 0.01, (n_lora, n_delta)
+    tr.train()
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 1 and rows[0]["loss"] == rows[0]["loss"]
+    # resume continues from step 1
+    fresh, _ = load_backbone()
+    tr2 = LoRAControlTrainer(fresh, tok, LoRAControlConfig(out_dir=str(tmp_path), steps=1, grad_accum=1,
+                                                            sampler=SAMPLER))
+    assert tr2.step == 1
+    # merged control differs from the plain backbone (LoRA B starts at zero, so one step must have moved it)
+    base, _ = load_backbone()
+    merged = load_lora_control(load_backbone()[0], tmp_path / "checkpoint-last")
+    ids = torch.tensor([tok("Hello there, how are you?")["input_ids"]])
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base(ids).logits)
