@@ -25,7 +25,7 @@ class EpisodeSampler:
                  mix: dict[str, float] | None = None, budget_range: tuple[int, int] = (160, 448),
                  distance_start: int = 150, distance_end: int = 1500, curriculum_frac: float = 0.6,
                  in_window_frac: float = 0.2, in_window_max_distance: int = 500, reserve: int = 48,
-                 babi_dir: str | None = None, split: str = "train") -> None:
+                 babi_dir: str | None = None, split: str = "train", value_kinds: list[str] | None = None) -> None:
         self.tok = tokenizer
         self.seed, self.total = seed, total_steps
         self.mix = mix or {"fact": 0.45, "update": 0.15, "multi": 0.15, "tool": 0.1, "babi": 0.15}
@@ -33,6 +33,22 @@ class EpisodeSampler:
         self.d0, self.d1, self.cfrac = distance_start, distance_end, curriculum_frac
         self.in_window_frac, self.in_window_max = in_window_frac, in_window_max_distance
         self.babi_dir, self.split = babi_dir, split
+        self.value_kinds = set(value_kinds) if value_kinds else None  # curriculum: only these answer kinds
+
+    def _generate(self, seed: int, split: str, **kw: Any) -> Episode:
+        """One episode; with `value_kinds`, the first of a seeded sequence whose asked value is of those kinds."""
+        for attempt in range(200):
+            ep = generate(1, seed=seed + attempt * 7919, split=split, count_tokens=self.count_tokens, **kw)[0]
+            if self.value_kinds is None or self._value_kind(ep) in self.value_kinds:
+                return ep
+        raise ValueError(f"no episode with value kinds {sorted(self.value_kinds)} for {kw}")
+
+    @staticmethod
+    def _value_kind(ep: Episode) -> str | None:
+        from ..datasets.templates import relation
+
+        key = ep.meta.get("relation", "")
+        return None if not key or key.startswith("tool_") else relation(key).value_kind
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -56,8 +72,8 @@ class EpisodeSampler:
         ep_seed = rng.randrange(2**31)
         if rng.random() < self.in_window_frac:
             dist = rng.randint(0, self.in_window_max)
-            ep = generate(1, seed=ep_seed, split=self.split, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
-                          distance_range=(dist, dist), count_tokens=self.count_tokens)[0]
+            ep = self._generate(ep_seed, self.split, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
+                                distance_range=(dist, dist))
             return ep, WindowPolicy(budget=8192, reserve=self.reserve)
         budget = rng.randint(*self.budget_range)
         policy = WindowPolicy(budget=budget, reserve=self.reserve)
@@ -67,12 +83,10 @@ class EpisodeSampler:
             return rng.choice(self.babi), policy
         lo = int(0.6 * budget)
         dist = rng.randint(lo, lo + self.span(step))
-        ep = generate(1, seed=ep_seed, split=self.split, mix={kind: 1.0}, distance_range=(dist, dist),
-                      count_tokens=self.count_tokens)[0]
+        ep = self._generate(ep_seed, self.split, mix={kind: 1.0}, distance_range=(dist, dist))
         return ep, policy
 
     def heldout(self, i: int, *, budget: int = 256, distance: int = 400) -> tuple[Episode, WindowPolicy]:
         """Fixed held-out diagnostic episodes (held-out templates and seeds), fact outside the window."""
-        ep = generate(1, seed=10_000 + i, split="heldout", mix={"fact": 1.0}, distance_range=(distance, distance),
-                      count_tokens=self.count_tokens)[0]
+        ep = self._generate(10_000 + i, "heldout", mix={"fact": 1.0}, distance_range=(distance, distance))
         return ep, WindowPolicy(budget=budget, reserve=self.reserve)
