@@ -18,6 +18,7 @@ from ..patching.forward import forward_with_state
 from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
 from ..train.episode import history_passes
+from ..train.gates import closed_message_ids
 
 
 @torch.inference_mode()
@@ -39,10 +40,7 @@ def fact_retention(model: Any, renderer: ChatRenderer, ep: Episode, policy: Wind
             unit_msg += [m for m in mids if m >= 0]
         else:  # closed messages of this call, in order: the carried open one (if it closed) then new ones
             closed = out.gates[0][1][0] if out.gates else torch.zeros(0, dtype=torch.bool)
-            first_ids = sorted({m for m in mids if m >= 0})
-            carried = int(state.pend_id[0]) if int(state.pend_count[0]) > 0 else None
-            order = ([carried] if carried is not None and carried not in first_ids else []) + first_ids
-            unit_msg += [m for m, c in zip(order, closed.tolist()) if c]
+            unit_msg += closed_message_ids(closed, mids, state)
         state = out.state
     fact = ep.fact_index
     units = [i for i, m in enumerate(unit_msg) if m == fact]

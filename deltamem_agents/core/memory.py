@@ -33,7 +33,8 @@ class LayerStep:
     S: Tensor
     pend_sum: Tensor
     beta_mean: Tensor | None  # mean write gate over written tokens/messages (for the sparsity regulariser)
-    gates: Tensor | None = None  # β of every written unit [B, U, H, r] (tokens for TSW, closed messages for SSW)
+    gates: Tensor | None = None  # β of every written unit [B, U, H, r] (tokens for TSW, closed messages for SSW);
+    # not detached: the gate-supervision loss trains through it, diagnostics detach it (patching/wrappers.py)
     gate_mask: Tensor | None = None  # [B, U] which units were really written
 
 
@@ -132,7 +133,7 @@ class DeltaMemLayer(nn.Module):
         read = reads.unflatten(0, (B, H)).permute(0, 2, 1, 3).flatten(2)  # [B,T,R]
         w = seg.written[..., None, None].float()
         beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
-        return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta.detach(), seg.written)
+        return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta, seg.written)
 
     def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:
         B, T, d = x.shape
@@ -155,5 +156,5 @@ class DeltaMemLayer(nn.Module):
         read = torch.einsum("bthij,bthj->bthi", gathered, q).flatten(2) * seg.valid[..., None]
         cm = seg.closed_mask[..., None, None].float()
         beta_mean = (beta * cm).sum() / (cm.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
-        return LayerStep(read, states[:, :, -1], new_sum, beta_mean, beta.detach(), seg.closed_mask)
+        return LayerStep(read, states[:, :, -1], new_sum, beta_mean, beta, seg.closed_mask)
 

@@ -35,6 +35,7 @@ class CallContext:
     detach_inputs: bool = False  # truncated gradient: the state path trains, the backbone stream does not
     inputs: dict[int, Tensor] = field(default_factory=dict)  # slot -> x (only when capture_inputs)
     gates: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # slot -> (β [B,U,H,r], mask [B,U])
+    capture_gates: bool = False  # keep the written units' gates *with* their graph (gate supervision)
 
 
 def current(adapter: Any) -> CallContext | None:

@@ -37,7 +37,7 @@ class StepOutput:
 def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
                        message_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                        write: bool = True, skip_lm_head: bool = False, capture_inputs: bool = False,
-                       detach_inputs: bool = False,
+                       detach_inputs: bool = False, capture_gates: bool = False,
                        **kwargs: Any) -> StepOutput:
     adapter = get_adapter(model)
     B, T = input_ids.shape
@@ -51,7 +51,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     seg = Segments.build(valid, message_ids, message_mode=message_mode and write, pend_id=state.pend_id,
                          pend_count=state.pend_count)
     call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
-                       detach_inputs=detach_inputs)
+                       detach_inputs=detach_inputs, capture_gates=capture_gates)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

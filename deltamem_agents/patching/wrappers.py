@@ -56,8 +56,9 @@ class DeltaQProj(_Wrapped):
             call.beta_means[self.slot] = step.beta_mean
         if call.capture_inputs:  # diagnostics: layer inputs and the gates of every written unit
             call.inputs[self.slot] = x
-            if step.gates is not None:
-                call.gates[self.slot] = (step.gates, step.gate_mask)
+        if (call.capture_inputs or call.capture_gates) and step.gates is not None:
+            g = step.gates if call.capture_gates else step.gates.detach()
+            call.gates[self.slot] = (g, step.gate_mask)
         dq = layer.delta_q(read)
         return out if dq is None else out + dq.to(out.dtype)
 

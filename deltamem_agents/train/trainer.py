@@ -33,6 +33,7 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
+from .gates import fact_messages, gate_loss
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class TrainConfig:
     # value differs, and the contrast term reads each twin's question with the other twin's state — the
     # negative differs only in the value, so only a state that carries the value can open the gap
     counterfactual: bool = False
+    # write-gate supervision (train/gates.py): messages that mention a fact value -> β̄ ≈ gate_hi, others -> gate_lo
+    gate_weight: float = 0.0
+    gate_hi: float = 0.5
+    gate_lo: float = 0.02
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -84,9 +89,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * prog))
 
 
-def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None, truncated: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor, DeltaState, list[torch.Tensor]]:
-    """Run an episode's passes; returns (answer loss, answer logits, state entering the final epoch, betas)."""
+def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None, truncated: bool = True,
+               gate_calls: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, DeltaState, list[torch.Tensor]]:
+    """Run an episode's passes; returns (answer loss, answer logits, state entering the final epoch, betas).
+    With `gate_calls`, every pass appends (gates with their graph, message ids, state before the pass)."""
     adapter: DeltaMemAdapter = model.deltamem
     dev = adapter.layers[0].beta_bias.device
     st = state if state is not None else adapter.zero_state(1, dev)
@@ -95,13 +101,17 @@ def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None,
         for ids, mids in p.write_passes:
             out = forward_with_state(model, torch.tensor([ids], device=dev), st,
                                      message_ids=torch.tensor([mids], device=dev), skip_lm_head=True,
-                                     detach_inputs=truncated, use_cache=False)
+                                     detach_inputs=truncated, use_cache=False, capture_gates=gate_calls is not None)
+            if gate_calls is not None:
+                gate_calls.append((out.gates, mids, st))
             st = out.state
             betas += list(out.beta_means.values())
         entering = st
         out = forward_with_state(model, torch.tensor([p.read_ids], device=dev), st,
                                  message_ids=torch.tensor([p.read_mids], device=dev), skip_lm_head=True,
-                                 use_cache=False)
+                                 use_cache=False, capture_gates=gate_calls is not None)
+        if gate_calls is not None:
+            gate_calls.append((out.gates, p.read_mids, st))
         hidden = out.outputs.last_hidden_state[0]  # [T, d]
         labels = torch.tensor(p.labels, device=dev)
         pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # predict token t+1 from position t
@@ -141,10 +151,10 @@ class Trainer:
         twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
         pa, pb = (build_passes(e, self.renderer, policy) for e in (ep, twin))
         trunc = self.cfg.write_grad == "truncated"
-        la, _, sa, ba = run_passes(self.model, pa, truncated=trunc)
-        lb, _, sb, bb = run_passes(self.model, pb, truncated=trunc)
-        total = (la + lb) / 2
-        extra: dict[str, Any] = {}
+        la, sa, ba, ga = self._own(ep, pa)
+        lb, sb, bb, gb = self._own(twin, pb)
+        total = (la + lb) / 2 + (ga + gb) / 2
+        extra: dict[str, Any] = {"gate_loss": ((ga + gb) / 2).item() if self.cfg.gate_weight else None}
         if self.cfg.contrast_weight and pa.write_passes:
             lab = run_passes(self.model, EpisodePasses([], pa.read_ids, pa.read_mids, pa.labels), state=sb.rebased())[0]
             lba = run_passes(self.model, EpisodePasses([], pb.read_ids, pb.read_mids, pb.labels), state=sa.rebased())[0]
@@ -160,13 +170,21 @@ class Trainer:
                        "in_window": pa.fact_in_window,
                        "beta": torch.stack(betas).mean().item() if betas else None}
 
+    def _own(self, ep: Episode, p: EpisodePasses) -> tuple[torch.Tensor, DeltaState, list[torch.Tensor], torch.Tensor]:
+        """(answer loss, state entering the final epoch, betas, weighted gate-supervision loss) of one episode."""
+        calls: list[Any] | None = [] if self.cfg.gate_weight else None
+        loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated",
+                                              gate_calls=calls)
+        g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo) if calls else None
+        return loss, entering, betas, self.cfg.gate_weight * g if g is not None else torch.zeros(())
+
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.cfg.counterfactual and supports_counterfactual(ep):
             return self._twin_loss(ep, policy)
         p = build_passes(ep, self.renderer, policy)
-        loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated")
-        total = loss
-        extra: dict[str, Any] = {}
+        loss, entering, betas, gl = self._own(ep, p)
+        total = loss + gl
+        extra: dict[str, Any] = {"gate_loss": gl.item() if self.cfg.gate_weight else None}
         foreign = self._foreign
         self._foreign = entering.detach().rebased()
         if self.cfg.contrast_weight and foreign is not None and p.write_passes:
@@ -239,6 +257,7 @@ class Trainer:
                 "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
                 "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
                 "train_gap": _mean([s.get("gap") for s in stats]),
+                "gate_loss": _mean([s.get("gate_loss") for s in stats]),
                 "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
             }
             if cfg.diag_every and (self.step % cfg.diag_every == 0 or self.step == 1):

@@ -16,7 +16,7 @@ SAMPLER = {"budget_range": (128, 160), "distance_start": 10, "distance_end": 40,
 
 def _config(out, **kw) -> TrainConfig:
     base = dict(out_dir=str(out), steps=2, grad_accum=1, lr=1e-2, diag_every=1, diag_episodes=2, diag_budget=128,
-                diag_distance=60, counterfactual=True, contrast_weight=1.0, sparsity_weight=1.0, sampler=SAMPLER)
+                diag_distance=60, counterfactual=True, contrast_weight=1.0, sparsity_weight=1.0, gate_weight=1.0, sampler=SAMPLER)
     return TrainConfig(**{**base, **kw})
 
 
@@ -38,6 +38,7 @@ def test_twin_step_trains_only_the_adapter_and_resumes(tmp_path, fresh_backbone)
             assert torch.equal(p.float(), frozen[n].to(p.dtype).float()), n
     row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert row["step"] == 1 and row["train_gap"] is not None  # the twin contrast ran
+    assert row["gate_loss"] is not None and row["gate_loss"] > 0  # gate supervision ran
     for key in ("memory_gap", "counterfactual_gap", "diag_loss_counterfactual"):
         assert row[key] == row[key], key  # logged and not NaN
     # resume: a new trainer picks up the checkpoint and continues to step 2
@@ -51,3 +52,20 @@ def test_twin_step_trains_only_the_adapter_and_resumes(tmp_path, fresh_backbone)
     tr2.train()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["wall_seconds"] > rows[0]["wall_seconds"]
+
+
+def test_fact_messages_and_unit_order():
+    from deltamem_agents.core.state import DeltaState
+    from deltamem_agents.datasets.synthetic import generate
+    from deltamem_agents.train.gates import closed_message_ids, fact_messages
+
+    upd = generate(1, seed=2, split="train", mix={"update": 1}, distance_range=(80, 80))[0]
+    pos = fact_messages(upd)
+    assert {upd.fact_index, upd.meta["old_fact_index"]} <= pos
+    assert all(upd.meta["value"].lower() in upd.messages[i]["content"].lower()
+               or upd.meta["old_value"].lower() in upd.messages[i]["content"].lower() for i in pos)
+    multi = generate(1, seed=2, split="train", mix={"multi": 1}, distance_range=(80, 80))[0]
+    assert set(multi.meta["fact_indices"]) <= fact_messages(multi)
+    # carried open message 4 closes first, then the call's own messages 5 and 6 (6 stays open: not closed)
+    st = DeltaState(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 3), torch.tensor([3]), torch.tensor([4]))
+    assert closed_message_ids(torch.tensor([True, True, False]), [-1, -1, 5, 5, 6], st) == [4, 5]
