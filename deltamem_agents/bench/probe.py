@@ -4,9 +4,11 @@ Conditions on the *same* episodes and backbone (issue 3 §3, issue 9 §2):
   window         backbone alone, prompt = system + the runtime's visible window + question (the floor)
   deltamem       window + the δ-state written over the whole history, exactly as the session runtime does
   shuffled       window + a δ-state written from a *different* episode (the memory control)
+  counterfactual window + the δ-state of the episode's twin whose asked value differs (the strictest control:
+                 same relation, same words, another value; datasets/counterfactual.py)
   empty          window + δ-mem whose state starts empty at the window (adapter effect without memory)
   full           backbone alone with the entire history in the prompt (the ceiling, where it fits)
-Only `deltamem − shuffled` may be called memory. Scores: normalised-contains of any gold alias.
+Only `deltamem − shuffled` (or `deltamem − counterfactual`) may be called memory. Scores: normalised-contains of any gold alias.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.episode import Episode
 from ..patching.context import disabled
 from ..runtime.decode import Engine, GenerationConfig
@@ -23,7 +26,7 @@ from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
 from ..train.episode import EpisodePasses, history_passes
 
-CONDITIONS = ("window", "deltamem", "shuffled", "empty", "full")
+CONDITIONS = ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -92,6 +95,11 @@ class MemoryProbe:
                     text, n = self.answer(p, states[i], use_memory=True)
                 elif cond == "shuffled":
                     text, n = self.answer(p, states[(i + 1) % len(states)].rebased(), use_memory=True)
+                elif cond == "counterfactual":
+                    if not supports_counterfactual(ep):
+                        continue
+                    twin = history_passes(counterfactual(ep, 7_000 + i), self.renderer, policy)
+                    text, n = self.answer(p, self.build_state(twin).rebased(), use_memory=True)
                 elif cond == "empty":
                     text, n = self.answer(p, self.model.deltamem.zero_state(1), use_memory=True)
                 else:

@@ -15,7 +15,7 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
               conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
-              show_progress: bool = True) -> str:
+              show_progress: bool = True, value_kinds: list[str] | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
@@ -44,6 +44,12 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
 
                 eps = babi_episodes(None, split="test", max_items=max(1, n // 6 + 1), seed=seed)[:n]
                 n = len(eps)
+            elif value_kinds:  # only questions whose answer is of these kinds (e.g. the closed-set curriculum)
+                from ..train.sampler import EpisodeSampler
+
+                sampler = EpisodeSampler(tok, value_kinds=value_kinds)
+                eps = [sampler.generate_one(seed * 100_003 + d * 1_009 + i, split, mix={kind: 1.0},
+                                         distance_range=(d, d)) for i in range(n)]
             else:
                 eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
                                count_tokens=count)
@@ -69,9 +75,11 @@ def summarize(path: Path) -> str:
     for r in rows:
         by[(r["distance"], r["condition"])][r["episode"]] = float(r["correct"])
     dists = sorted({d for d, _ in by})
-    conds = [c for c in ("window", "deltamem", "shuffled", "empty", "full") if any((d, c) in by for d in dists)]
-    lines = ["| distance | n | " + " | ".join(conds) + " | δ-mem − shuffled (memory) | δ-mem − window |",
-             "|---" * (len(conds) + 4) + "|"]
+    conds = [c for c in ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")
+             if any((d, c) in by for d in dists)]
+    others = [c for c in ("shuffled", "counterfactual", "window") if c in conds]
+    lines = ["| distance | n | " + " | ".join(conds) + " | " + " | ".join(f"δ-mem − {o}" for o in others) + " |",
+             "|---" * (len(conds) + len(others) + 2) + "|"]
     for d in dists:
         cells = []
         for c in conds:
@@ -79,7 +87,7 @@ def summarize(path: Path) -> str:
             m, lo, hi = bootstrap_ci(xs)
             cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if xs else "–")
         diffs = []
-        for other in ("shuffled", "window"):
+        for other in others:
             a, b = by.get((d, "deltamem"), {}), by.get((d, other), {})
             keys = sorted(set(a) & set(b))
             if keys:

@@ -35,7 +35,7 @@ class EpisodeSampler:
         self.babi_dir, self.split = babi_dir, split
         self.value_kinds = set(value_kinds) if value_kinds else None  # curriculum: only these answer kinds
 
-    def _generate(self, seed: int, split: str, **kw: Any) -> Episode:
+    def generate_one(self, seed: int, split: str, **kw: Any) -> Episode:
         """One episode; with `value_kinds`, the first of a seeded sequence whose asked value is of those kinds."""
         for attempt in range(200):
             ep = generate(1, seed=seed + attempt * 7919, split=split, count_tokens=self.count_tokens, **kw)[0]
@@ -72,7 +72,7 @@ class EpisodeSampler:
         ep_seed = rng.randrange(2**31)
         if rng.random() < self.in_window_frac:
             dist = rng.randint(0, self.in_window_max)
-            ep = self._generate(ep_seed, self.split, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
+            ep = self.generate_one(ep_seed, self.split, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
                                 distance_range=(dist, dist))
             return ep, WindowPolicy(budget=8192, reserve=self.reserve)
         budget = rng.randint(*self.budget_range)
@@ -83,10 +83,10 @@ class EpisodeSampler:
             return rng.choice(self.babi), policy
         lo = int(0.6 * budget)
         dist = rng.randint(lo, lo + self.span(step))
-        ep = self._generate(ep_seed, self.split, mix={kind: 1.0}, distance_range=(dist, dist))
+        ep = self.generate_one(ep_seed, self.split, mix={kind: 1.0}, distance_range=(dist, dist))
         return ep, policy
 
     def heldout(self, i: int, *, budget: int = 256, distance: int = 400) -> tuple[Episode, WindowPolicy]:
         """Fixed held-out diagnostic episodes (held-out templates and seeds), fact outside the window."""
-        ep = self._generate(10_000 + i, "heldout", mix={"fact": 1.0}, distance_range=(distance, distance))
+        ep = self.generate_one(10_000 + i, "heldout", mix={"fact": 1.0}, distance_range=(distance, distance))
         return ep, WindowPolicy(budget=budget, reserve=self.reserve)

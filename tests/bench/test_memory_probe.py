@@ -1,0 +1,76 @@
+"""The memory probe on the real backbone with a random SSW adapter: conditions, controls, summary table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import randomize_adapter
+
+
+@pytest.fixture(scope="module")
+def probe_setup():
+    from deltamem_agents.backbone import load_backbone
+    from deltamem_agents.bench.probe import MemoryProbe
+    from deltamem_agents.core.config import DeltaMemConfig
+    from deltamem_agents.patching import attach
+    from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+
+    model, tok = load_backbone()
+    randomize_adapter(attach(model, DeltaMemConfig(write_granularity="message_mean", beta_bias_init=-1.0)), seed=3,
+                      scale=0.05)
+    renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    return model, tok, renderer, MemoryProbe(model, tok, renderer, max_new_tokens=4)
+
+
+def _episodes(tok, n=2):
+    from deltamem_agents.datasets.synthetic import generate
+
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return generate(n, seed=5, split="heldout", mix={"fact": 1.0}, distance_range=(160, 160), count_tokens=count)
+
+
+def test_conditions_rows_and_prompt_sizes(probe_setup):
+    from deltamem_agents.runtime.window import WindowPolicy
+
+    model, tok, renderer, probe = probe_setup
+    eps = _episodes(tok)
+    rows = probe.run(eps, WindowPolicy(budget=128, reserve=48), score={0})
+    by = {r["condition"]: r for r in rows}
+    assert set(by) == {"window", "deltamem", "shuffled", "counterfactual", "empty", "full"}
+    assert all(r["episode"] == 0 and not r["fact_in_window"] for r in rows)
+    assert by["full"]["prompt_tokens"] > by["window"]["prompt_tokens"] == by["deltamem"]["prompt_tokens"]
+    assert by["full"]["prompt_tokens"] >= eps[0].tokens_after_fact(lambda s: len(tok(s)["input_ids"]))
+
+
+def test_control_states_differ_from_the_own_state(probe_setup):
+    from deltamem_agents.datasets.counterfactual import counterfactual
+    from deltamem_agents.runtime.window import WindowPolicy
+    from deltamem_agents.train.episode import history_passes
+
+    model, tok, renderer, probe = probe_setup
+    policy = WindowPolicy(budget=128, reserve=48)
+    ep, other = _episodes(tok)
+    own = probe.build_state(history_passes(ep, renderer, policy))
+    twin = probe.build_state(history_passes(counterfactual(ep, 1), renderer, policy))
+    shuf = probe.build_state(history_passes(other, renderer, policy))
+    assert own.S.abs().sum() > 0
+    assert not torch.allclose(own.S, twin.S) and not torch.allclose(own.S, shuf.S)
+    # the twin differs only in the fact and its acknowledgement, so it is closer to the own state than a stranger
+    assert (own.S - twin.S).norm() < (own.S - shuf.S).norm()
+
+
+def test_summary_has_memory_columns(tmp_path):
+    from deltamem_agents.bench.run_probe import summarize
+
+    rows = []
+    for i in range(6):
+        for cond, ok in (("window", 0), ("deltamem", i % 2), ("shuffled", 0), ("counterfactual", 0)):
+            rows.append({"distance": 500, "episode": i, "condition": cond, "correct": bool(ok)})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    text = summarize(path)
+    assert "δ-mem − counterfactual" in text and "δ-mem − shuffled" in text
+    assert "| 500 | 6 | 0.00" in text and "+0.50" in text
