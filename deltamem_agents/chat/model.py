@@ -252,7 +252,10 @@ class DeltaMemChat:
         return [dict(m) for m in rec.messages] if rec else []
 
     def state(self, session_id: str) -> DeltaState | None:
-        return self._conversation(session_id).state
+        """The session's δ-state as last committed; waits for a turn running on it (under the turn lock, so
+        a session that left the live cache mid-turn is never reloaded stale and left live)."""
+        with self.store.lock(session_id):
+            return self._conversation(session_id).state
 
     def fork(self, src: str, dst: str) -> None:
         with self.store.lock(src):
