@@ -1,4 +1,4 @@
-"""The `deltamem-agents` command line: demo, chat, sessions, train, eval-memory."""
+"""The `deltamem-agents` command line: demo, chat, sessions, train, eval-memory, bench."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="δ-mem memory for local LLM agents.")
 sessions_app = typer.Typer(no_args_is_help=True, help="Inspect and manage persistent chat sessions.")
 app.add_typer(sessions_app, name="sessions")
+bench_app = typer.Typer(help="Benchmark δ-mem against window, RAG, full-context and no-history baselines.")
+app.add_typer(bench_app, name="bench")
+BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
+BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled")
 
 
 def _chat(adapter: str, db: Optional[Path]):
@@ -125,6 +129,65 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
 
     run_probe(adapter=adapter, n=n, distances=[int(d) for d in distances.split(",")], budget=budget, out=out,
               seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(ctx: typer.Context,
+          tasks: str = typer.Option(",".join(BENCH_TASKS), help="comma list of tasks"),
+          backends: str = typer.Option(",".join(BENCH_BACKENDS), help="comma list of backends"),
+          budget: int = typer.Option(512, help="visible-token budget shared by every backend"),
+          adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
+          out: Path = typer.Option(Path("runs/bench/default"), help="run directory (rows.jsonl, report.md, plots/)"),
+          limit: Optional[int] = typer.Option(None, help="items per cell (distance, n_facts, bAbI task, LoCoMo "
+                                                         "conversation x category, ...)"),
+          seed: int = 0,
+          distances: str = typer.Option("0,250,500,1000,2000,4000", help="synthetic-distance fact distances"),
+          n_facts: str = typer.Option("1,2,4,8,16,32", help="synthetic-capacity fact counts"),
+          full_budget: int = typer.Option(8192, help="budget of the in-window conditions and the full backend"),
+          locomo: Optional[Path] = typer.Option(None, help="LoCoMo JSON (default $DELTAMEM_DATA/locomo/locomo_dev.json)"),
+          babi_dir: Optional[Path] = typer.Option(None, help="bAbI 'en' dir (default $DELTAMEM_BABI_DIR, else "
+                                                         "../shared/data/babi/en)"),
+          rag_k: int = 3, rag_share: float = typer.Option(1 / 3, help="budget fraction for retrieved messages"),
+          max_new_tokens: Optional[int] = typer.Option(None, help="override each task's answer length"),
+          threads: int = 2, progress: bool = True,
+          report: bool = typer.Option(True, help="write report.md and plots/ at the end")):
+    """Benchmark tasks x backends into OUT/rows.jsonl (resumable), then a markdown report with plots.
+
+    `deltamem-agents bench report OUT` rebuilds the report from the rows."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .bench.report import write_report
+    from .bench.runner import BenchConfig, run_bench
+    from .bench.tasks import TaskConfig
+
+    logging.basicConfig(level=logging.INFO)
+    tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=_ints(distances),
+                      n_facts=_ints(n_facts), babi_dir=str(babi_dir) if babi_dir else None,
+                      locomo_path=str(locomo) if locomo else None)
+    cfg = BenchConfig(out=out, tasks=_names(tasks), backends=_names(backends), budget=budget, adapter=adapter,
+                      rag_k=rag_k, rag_share=rag_share, max_new_tokens=max_new_tokens, threads=threads,
+                      progress=progress, task=tcfg)
+    rows = run_bench(cfg)
+    if report:
+        typer.echo(write_report(rows, out))
+
+
+@bench_app.command("report")
+def bench_report(run: Path = typer.Argument(..., help="run directory (or its rows.jsonl)"),
+                 out_dir: Optional[Path] = typer.Option(None, help="where report.md and plots/ go (default: RUN)")):
+    """Markdown tables (bootstrap 95% CIs, paired differences) and PNG plots from a run's rows."""
+    from .bench.report import write_report
+
+    rows = run / "rows.jsonl" if run.is_dir() else run
+    typer.echo(write_report(rows, out_dir or rows.parent))
 
 
 @app.command("ship-adapter")

@@ -1,0 +1,106 @@
+"""The benchmark backends: one protocol, `backend(ctx, item) -> Prepared`, same backbone, same visible budget.
+
+  floor              the frozen backbone with no history at all (system + question)
+  window             backbone + the runtime's visible window (the buffer baseline)
+  full               backbone + the whole history if it fits `full_budget` (ceiling); otherwise a skipped row
+  rag                backbone + a smaller window + top-k evicted messages retrieved by MiniLM/FAISS
+                     (budget split in context.py)
+  deltamem           window + the δ-state written over the whole history, exactly as the session runtime
+  deltamem_rag       the rag prompt + the δ-state written under the rag window's policy
+  deltamem_shuffled  the memory control: the deltamem prompt, read with the δ-state a *different* episode of
+                     the same task (`item.donor`) holds at its question (its whole history written under the
+                     same policy), and none of this item's own tokens written. The adapter and the state's
+                     size are the same; only the memory's content differs, so only deltamem − shuffled may be
+                     called memory, in and out of the window alike. (The memory probe's `shuffled` keeps the
+                     item's own window writes; out of the window both are controls for the evicted fact.)
+memory_bytes / memory_kind: `delta_state` = δ-state tensor bytes (fp32; what a session persists),
+`retrieved_text` = UTF-8 bytes of the retrieved context (the index size is in `index_bytes`),
+`kv_cache` = the KV cache of the full-history prompt, `none` otherwise. Every row also has `kv_bytes`,
+the KV cache of the prompt actually read, for all backends alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..runtime.window import WindowPolicy
+from ..train.episode import EpisodePasses
+from .context import BenchContext, Prepared
+from .items import Item
+
+Backend = Callable[[BenchContext, Item], Prepared]
+DONOR_QUESTION = "Next question, please."
+
+
+def floor(ctx: BenchContext, item: Item) -> Prepared:
+    p = ctx.passes(item, ctx.policy(item), messages=())
+    return Prepared(p.read_ids, p.read_mids, fields={"in_window": False, "evidence_visible": 0.0 if item.evidence
+                                                     else None})
+
+
+def window(ctx: BenchContext, item: Item) -> Prepared:
+    p = ctx.passes(item, ctx.policy(item))
+    return Prepared(p.read_ids, p.read_mids, fields=ctx.visibility(item, p))
+
+
+def full(ctx: BenchContext, item: Item) -> Prepared:
+    p = ctx.passes(item, ctx.policy(item, budget=max(ctx.full_budget, item.budget or 0)))
+    if p.write_passes:
+        return Prepared(skip=f"history does not fit the full-context budget ({ctx.full_budget} tokens)")
+    return Prepared(p.read_ids, p.read_mids, memory_bytes=ctx.kv_bytes_per_token * len(p.read_ids),
+                    memory_kind="kv_cache", fields=ctx.visibility(item, p))
+
+
+def deltamem(ctx: BenchContext, item: Item) -> Prepared:
+    p = ctx.passes(item, ctx.policy(item))
+    st, secs = ctx.state(p)
+    return Prepared(p.read_ids, p.read_mids, st, st.nbytes(), "delta_state", prep_s=secs,
+                    fields={**ctx.visibility(item, p), "state_norm": float(st.norms().mean())})
+
+
+def donor_passes(ctx: BenchContext, item: Item, policy: WindowPolicy) -> EpisodePasses:
+    """The donor episode's passes under `policy`, up to a fixed placeholder question (so the donor's state does
+    not depend on which item borrows it, and one LoCoMo conversation's state serves all of the next one's)."""
+    donor = replace(item, messages=item.donor, question=DONOR_QUESTION, evidence=())
+    return ctx.passes(donor, policy)
+
+
+def deltamem_shuffled(ctx: BenchContext, item: Item) -> Prepared:
+    if item.donor is None:
+        return Prepared(skip="no other episode of this task to take a state from")
+    pol = ctx.policy(item)
+    p = ctx.passes(item, pol)
+    st, secs = ctx.state(donor_passes(ctx, item, pol), whole=True)
+    return Prepared(p.read_ids, p.read_mids, st.rebased(), st.nbytes(), "delta_state", prep_s=secs, write=False,
+                    fields={**ctx.visibility(item, p), "state_norm": float(st.norms().mean()),
+                            "donor_id": item.donor_id})
+
+
+def _rag(ctx: BenchContext, item: Item, with_state: bool) -> Prepared:
+    share = ctx.rag_tokens(item)
+    p = ctx.passes(item, ctx.policy(item, shrink=share))
+    st, secs = ctx.state(p) if with_state else (None, 0.0)
+    text, picked, n_cands, index_s = ctx.retrieve(item, p, share)
+    ids, mids = ctx.with_system(p, item, text)
+    text_bytes = len(text.encode())
+    fields = {**ctx.visibility(item, p, set(picked)), "retrieved": picked, "rag_tokens": share,
+              "index_bytes": ctx.retriever.index_bytes(n_cands) if n_cands else 0}
+    if st is None:
+        return Prepared(ids, mids, None, text_bytes, "retrieved_text", fields, prep_s=index_s)
+    fields["state_norm"] = float(st.norms().mean())
+    return Prepared(ids, mids, st, st.nbytes() + text_bytes, "delta_state+retrieved_text", fields,
+                    prep_s=secs + index_s)
+
+
+def rag(ctx: BenchContext, item: Item) -> Prepared:
+    return _rag(ctx, item, with_state=False)
+
+
+def deltamem_rag(ctx: BenchContext, item: Item) -> Prepared:
+    return _rag(ctx, item, with_state=True)
+
+
+BACKENDS: dict[str, Backend] = {"floor": floor, "window": window, "full": full, "rag": rag, "deltamem": deltamem,
+                                "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled}
+NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled"})

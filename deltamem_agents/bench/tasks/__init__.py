@@ -1,0 +1,63 @@
+"""Benchmark tasks: each turns data into `Item`s; `build_items(task, cfg, count_tokens)` is the one entry point.
+
+`limit` caps the items per *cell*: per (distance, condition) for synthetic-distance and -update, per number of
+facts for synthetic-capacity, per (bAbI task, condition) for babi and capability, per (conversation, category)
+for LoCoMo. Without a limit, the synthetic, bAbI and capability suites use `default_limit` items per cell and
+LoCoMo uses every question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from ..items import Item
+
+TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    limit: int | None = None
+    seed: int = 0
+    full_budget: int = 8192  # the in-window conditions and the `full` backend use this budget
+    distances: tuple[int, ...] = (0, 250, 500, 1000, 2000, 4000)
+    n_facts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    capacity_distance: int = 500  # tokens of history after the asked fact (synthetic-capacity)
+    update_distances: tuple[int, ...] = (250, 1000)
+    babi_dir: str | None = None
+    babi_filler: int = 1000  # tokens of chit-chat pushing the story out of the window
+    locomo_path: str | None = None
+    default_limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1")
+        if self.full_budget < 64:
+            raise ValueError("full_budget must be >= 64")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list[Item]:
+    """All items of `task` (deterministic for a given config)."""
+    from .babi import babi_items, capability_items
+    from .locomo import locomo_items
+    from .paths import babi_dir
+    from .synthetic import capacity_items, distance_items, update_items
+
+    n = cfg.limit or cfg.default_limit
+    if task == "synthetic-distance":
+        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget)
+    if task == "synthetic-capacity":
+        return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
+    if task == "synthetic-update":
+        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget)
+    if task == "babi":
+        return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
+    if task == "capability":
+        return capability_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir))
+    if task == "locomo":
+        return locomo_items(cfg.locomo_path, limit=cfg.limit, seed=cfg.seed)
+    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")

@@ -1,0 +1,74 @@
+"""Report tables from hand-made rows, the `bench` CLI wiring, and the bench package's import layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from deltamem_agents import cli
+from deltamem_agents.bench.report import ORDER, by_cell, cells_of, render
+from deltamem_agents.bench.tasks import TASKS
+
+BENCH = Path(__file__).resolve().parents[2] / "deltamem_agents" / "bench"
+
+
+def _rows() -> list[dict]:
+    rows = []
+    scores = {"window": [0, 1, 0, 0], "deltamem": [1, 1, 0, 1], "deltamem_shuffled": [0, 1, 0, 1]}
+    for backend, xs in scores.items():
+        for i, s in enumerate(xs):
+            rows.append({"task": "synthetic-distance", "item_id": f"d500/out_of_window/{i}", "backend": backend,
+                         "condition": "out_of_window", "distance": 500, "score": float(s), "skipped": None,
+                         "prompt_tokens": 100, "latency_s": 1.0, "prep_s": 0.5, "memory_bytes": 76812,
+                         "memory_kind": "delta_state", "kv_bytes": 4_608_000, "history_tokens": 700, "budget": 256})
+    rows.append({"task": "synthetic-distance", "item_id": "d500/out_of_window/0", "backend": "full",
+                 "condition": "out_of_window", "distance": 500, "score": None, "skipped": "does not fit",
+                 "history_tokens": 700})
+    rows.append({"task": "locomo", "item_id": "conv-1/q0", "backend": "window", "category": 2, "score": 0.5,
+                 "skipped": None})
+    return rows
+
+
+def test_cells_and_paired_differences():
+    rows = _rows()
+    assert cells_of(rows[-1]) == ["cat 1-4 (F1)", "cat 2 (F1)"]
+    assert cells_of({"task": "locomo", "category": 5}) == ["cat 5 adversarial (acc)"]
+    cells = by_cell(rows)
+    assert "full" not in cells[("synthetic-distance", "out_of_window")]  # skipped rows are never scored
+    text = render(rows)
+    assert "0.750 [" in text and "0.250 [" in text  # δ-mem and window means
+    line = next(x for x in text.splitlines() if x.startswith("| synthetic-distance | out_of_window | +"))
+    assert "+0.500 [" in line and "×3.00" in line  # δ-mem − window: paired mean and ratio of means
+    assert "+0.250 [" in line  # δ-mem − shuffled
+    assert "| full | 0 | 1 |" in text  # cost table counts the skipped row
+
+
+def test_cli_lists_match_the_package():
+    from deltamem_agents.bench.backends import BACKENDS
+
+    assert cli.BENCH_TASKS == TASKS and cli.BENCH_BACKENDS == tuple(BACKENDS) == ORDER
+
+
+def test_cli_report_and_help(tmp_path):
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in _rows()) + "\n")
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["bench", "report", str(tmp_path), "--out-dir", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "## Paired differences" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "plots" / "accuracy_vs_distance.png").stat().st_size > 1000
+    res = runner.invoke(cli.app, ["bench", "--help"])
+    assert res.exit_code == 0 and "--budget" in res.output and "report" in res.output
+
+
+def test_bench_never_imports_integrations():
+    bad = []
+    for f in BENCH.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{f.name}: {n}" for n in names if n.split(".")[0] in
+                    ("langchain_deltamem", "llama_index_deltamem", "langchain", "llama_index", "integrations")]
+    assert not bad, bad
