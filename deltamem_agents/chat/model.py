@@ -253,8 +253,13 @@ class DeltaMemChat:
 
     def state(self, session_id: str) -> DeltaState | None:
         """The session's δ-state as last committed; waits for a turn running on it (under the turn lock, so
-        a session that left the live cache mid-turn is never reloaded stale and left live)."""
+        a session that left the live cache mid-turn is never reloaded stale and left live). None for a session
+        that does not exist (reading never creates one)."""
         with self.store.lock(session_id):
+            with self._live_lock:
+                live = session_id in self._live
+            if not live and self.store.get(session_id) is None:
+                return None
             return self._conversation(session_id).state
 
     def fork(self, src: str, dst: str) -> None:

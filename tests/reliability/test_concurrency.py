@@ -190,6 +190,7 @@ def test_public_api_never_crosses_sessions(concurrent, alone, tmp_path):
             bot.history(bad)
         with pytest.raises(InvalidSessionIdError):
             bot.state(bad)
+    assert bot.state("nobody-here") is None and "nobody-here" not in bot.sessions()  # reading never creates
     bot.fork("s01", "victim")  # a copy evolves and dies alone
     bot.add_messages([user("Only the copy hears this.")], session_id="victim")
     assert bot.delete("victim") and bot.history("victim") == []
