@@ -34,6 +34,9 @@ class DeltaMemConfig:
     online_gain: float = 0.05
     target_layers: tuple[int, ...] = ()  # () = every decoder layer
     write_system: bool = False  # write system-prompt tokens into the state (design.md §3: off)
+    # subtract a fixed per-layer mean of the layer input (a buffer calibrated once on training text) before the
+    # memory projections (q̂, k̂, v, β); off = the spec. docs/design-notes.md #13 has the measurement
+    center_inputs: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:

@@ -54,6 +54,8 @@ class DeltaMemLayer(nn.Module):
         self.delta_o_proj = nn.Parameter(torch.zeros(o_out, R)) if "o" in cfg.delta_heads else None
         for p in (self.memory_q_proj, self.memory_k_proj, self.memory_v_proj):
             nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        # the common component of the layer's inputs, removed before projecting (None = the spec's projection)
+        self.register_buffer("input_center", torch.zeros(hidden) if cfg.center_inputs else None)
 
     @torch.no_grad()
     def init_outputs(self, base_q: Tensor | None, base_o: Tensor | None) -> None:
@@ -77,6 +79,8 @@ class DeltaMemLayer(nn.Module):
         """x[..., d] -> q̂, k̂, v, β each [..., H, r] (fp32; β broadcast over r without rank-wise gates)."""
         H, r = self.cfg.num_state_heads, self.cfg.rank
         x = x.float()
+        if self.input_center is not None:
+            x = x - self.input_center
         q = F.linear(x, self.memory_q_proj).unflatten(-1, (H, r))
         k = F.linear(x, self.memory_k_proj).unflatten(-1, (H, r))
         v = F.linear(x, self.memory_v_proj).unflatten(-1, (H, r))

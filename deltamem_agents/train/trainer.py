@@ -74,6 +74,7 @@ class TrainConfig:
     diag_episodes: int = 8
     diag_budget: int = 256
     diag_distance: int = 400
+    calibration_episodes: int = 16  # training episodes whose written tokens set the input centres (center_inputs)
     init_adapter: str | None = None  # start from these adapter weights (fresh optimizer) unless resuming
     max_minutes: float | None = None
 
@@ -143,6 +144,11 @@ class Trainer:
 
             self.adapter.load_state_dict(load_file(str(Path(cfg.init_adapter) / "adapter.safetensors")), strict=True)
             logger.info("initialised the adapter from %s", cfg.init_adapter)
+        elif self.adapter.config.center_inputs:
+            from .calibrate import calibrate_input_centers
+
+            cal = [self.sampler.sample(10_000_000 + i, 0) for i in range(cfg.calibration_episodes)]
+            calibrate_input_centers(model, [build_passes(ep, self.renderer, pol) for ep, pol in cal])
         self.diag = [self.sampler.heldout(i, budget=cfg.diag_budget, distance=cfg.diag_distance)
                      for i in range(cfg.diag_episodes)]
         self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)

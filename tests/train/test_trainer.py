@@ -69,3 +69,27 @@ def test_fact_messages_and_unit_order():
     # carried open message 4 closes first, then the call's own messages 5 and 6 (6 stays open: not closed)
     st = DeltaState(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 3), torch.tensor([3]), torch.tensor([4]))
     assert closed_message_ids(torch.tensor([True, True, False]), [-1, -1, 5, 5, 6], st) == [4, 5]
+
+
+def test_centred_inputs_are_calibrated_saved_and_keep_zero_state_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    from deltamem_agents.patching import forward_with_state
+
+    from deltamem_agents.patching import disabled
+
+    model, tok = load_backbone()
+    ids = torch.tensor([tok("Hello, I live in Porto.")["input_ids"]])
+    delta = {"write_granularity": "message_mean", "beta_bias_init": -2.0, "center_inputs": True}
+    tr = Trainer(model, tok, _config(tmp_path, steps=1, delta=delta, calibration_episodes=2, diag_every=0))
+    centres = torch.stack([layer.input_center for layer in tr.adapter.layers])
+    assert centres.norm(dim=1).min() > 0.1  # calibrated, one centre per layer, all different
+    assert not torch.allclose(centres[0], centres[-1])
+    with torch.no_grad():  # a zero state still reads nothing: the backbone's logits, whatever the centre
+        out = forward_with_state(model, ids, None, write=False)
+        with disabled():
+            base = model(ids).logits
+    assert torch.equal(out.outputs.logits, base)
+    tr.train()
+    saved = load_file(str(tmp_path / "checkpoint-last" / "adapter" / "adapter.safetensors"))
+    torch.testing.assert_close(saved["layers.3.input_center"], tr.adapter.layers[3].input_center)
