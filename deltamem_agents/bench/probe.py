@@ -62,7 +62,7 @@ class MemoryProbe:
         return cur.state
 
     def answer(self, passes: EpisodePasses, state: Any, *, use_memory: bool) -> tuple[str, int]:
-        msg_id = max(passes.read_mids) + 1 if passes.read_mids else 0
+        msg_id = passes.read_mids[-1] if passes.read_mids else 0  # the reply continues its header's message (as the runtime)
         if use_memory:
             cur = self.engine.new_cursor(state)
             res = self.engine.generate(cur, passes.read_ids, passes.read_mids, msg_id, self.gen)
