@@ -11,17 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..core.state import DeltaState
 from ..datasets.episode import Episode, message_text
 
 
 def closed_message_ids(closed: torch.Tensor, mids: list[int], state_in: DeltaState) -> list[int]:
-    """Message index of each closed unit of one SSW call (batch row 0), in the order the layer wrote them:
-    the carried open message first (if this call closed it), then the call's new messages."""
-    first_ids = sorted({m for m in mids if m >= 0})
-    carried = int(state_in.pend_id[0]) if int(state_in.pend_count[0]) > 0 else None
-    order = ([carried] if carried is not None and carried not in first_ids else []) + first_ids
+    """Message index of each closed unit of one SSW call (batch row 0), in the order the layer wrote them.
+
+    `closed` is `Segments.closed_mask[0]`: slot 0 is the message carried open from the previous call (never
+    closed when nothing was carried), slot k >= 1 the k-th message *started* in this call."""
+    pend = int(state_in.pend_id[0])
+    started = sorted({m for m in mids if m >= 0 and m > pend})
+    order = [pend] + started
     return [m for m, c in zip(order, closed.tolist()) if c]
 
 
@@ -36,7 +39,9 @@ def fact_messages(ep: Episode) -> set[int]:
 
 def gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[int], DeltaState]],
               positives: set[int], n_history: int, hi: float, lo: float) -> torch.Tensor | None:
-    """Mean squared error of each closed history message's β̄ (over heads/ranks) against hi/lo, all layers."""
+    """Binary cross-entropy of each closed history message's β̄ (mean over heads/ranks) against the soft
+    target hi (fact messages) or lo (the rest): averaged over messages, *summed* over layers, so each layer's
+    gate logit gets a gradient of (β̄ − target) per message, not one diluted by the number of layers."""
     errs: list[torch.Tensor] = []
     for gates, mids, state_in in calls:
         if not gates:
@@ -47,7 +52,9 @@ def gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], li
         if not keep:
             continue
         target = torch.tensor([hi if ids[j] in positives else lo for j in keep])
+        per_layer = []
         for g, mask in gates.values():
-            beta = g[0][mask[0]].mean(dim=(-2, -1))  # [U]
-            errs.append((beta[keep] - target.to(beta.device)) ** 2)
-    return torch.cat(errs).mean() if errs else None
+            beta = g[0][mask[0]].mean(dim=(-2, -1)).clamp(1e-6, 1 - 1e-6)  # [U]
+            per_layer.append(F.binary_cross_entropy(beta[keep], target.to(beta.device), reduction="none"))
+        errs.append(torch.stack(per_layer))  # [layers, units]
+    return torch.cat(errs, dim=1).mean(dim=1).sum() if errs else None

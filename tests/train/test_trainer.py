@@ -66,9 +66,20 @@ def test_fact_messages_and_unit_order():
                or upd.meta["old_value"].lower() in upd.messages[i]["content"].lower() for i in pos)
     multi = generate(1, seed=2, split="train", mix={"multi": 1}, distance_range=(80, 80))[0]
     assert set(multi.meta["fact_indices"]) <= fact_messages(multi)
-    # carried open message 4 closes first, then the call's own messages 5 and 6 (6 stays open: not closed)
-    st = DeltaState(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 3), torch.tensor([3]), torch.tensor([4]))
-    assert closed_message_ids(torch.tensor([True, True, False]), [-1, -1, 5, 5, 6], st) == [4, 5]
+    from deltamem_agents.core.segments import Segments
+
+    def units(mids, pend_id, pend_count):
+        st = DeltaState(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 3), torch.tensor([float(pend_count)]),
+                        torch.tensor([pend_id]))
+        ids = torch.tensor([mids])
+        seg = Segments.build(torch.ones_like(ids, dtype=torch.bool), ids, message_mode=True,
+                             pend_id=st.pend_id, pend_count=st.pend_count)
+        return closed_message_ids(seg.closed_mask[0], mids, st)
+
+    assert units([-1, -1, 0, 0, 1, 2, 2], -1, 0) == [0, 1]  # first call: nothing carried; 2 stays open
+    assert units([-1, 5, 5, 6], 4, 3) == [4, 5]  # carried 4 closes first, then 5; 6 stays open
+    assert units([4, 4, 5, 6], 4, 3) == [4, 5]  # the call continues the carried message 4
+    assert units([-1, -1, 7], 6, 0) == []  # nothing carried, the only new message stays open
 
 
 def test_centred_inputs_are_calibrated_saved_and_keep_zero_state_exact(tmp_path):
