@@ -122,13 +122,23 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
 @app.command("eval-memory")
 def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,1000,2000,4000",
                 budget: int = 384, out: Path = typer.Option(Path("runs/eval-memory.jsonl")), seed: int = 0,
-                conditions: str = "window,deltamem,shuffled,empty,full", split: str = "heldout",
-                kind: str = "fact", threads: int = 2):
+                conditions: str = "window,deltamem,shuffled,counterfactual,empty,full", split: str = "heldout",
+                kind: str = "fact", threads: int = 2,
+                value_kinds: str = typer.Option("", help="only answers of these value kinds, e.g. 'closed' (the "
+                                                         "value pools) or colour,food,job")):
     """Memory probe: fact at each distance before the question, outside the visible window."""
     from .bench.run_probe import run_probe
 
+    kinds = None
+    if value_kinds == "closed":
+        from .datasets.pools import POOLS
+
+        kinds = [k for k in POOLS if k != "city"]
+    elif value_kinds:
+        kinds = [k.strip() for k in value_kinds.split(",") if k.strip()]
     run_probe(adapter=adapter, n=n, distances=[int(d) for d in distances.split(",")], budget=budget, out=out,
-              seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads)
+              seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads,
+              value_kinds=kinds)
 
 
 def _ints(text: str) -> tuple[int, ...]:
