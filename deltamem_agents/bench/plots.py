@@ -47,10 +47,7 @@ def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str,
             ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -68,10 +65,7 @@ def _memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_xticks(list(x), [LABEL.get(b, b) for b in bs], rotation=20)
     ax.set(yscale="log", ylabel="bytes per session (mean)", title="Memory per backend")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _latency(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -87,6 +81,10 @@ def _latency(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set(xlabel="history tokens", ylabel="answer latency (s)", title="Latency vs history length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
