@@ -98,26 +98,25 @@ def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None,
     dev = adapter.layers[0].beta_bias.device
     st = state if state is not None else adapter.zero_state(1, dev)
     betas: list[torch.Tensor] = []
-    if True:  # the backbone's own dtype decides (bf16 weights when training with bf16=True)
-        for ids, mids in p.write_passes:
-            out = forward_with_state(model, torch.tensor([ids], device=dev), st,
-                                     message_ids=torch.tensor([mids], device=dev), skip_lm_head=True,
-                                     detach_inputs=truncated, use_cache=False, capture_gates=gate_calls is not None)
-            if gate_calls is not None:
-                gate_calls.append((out.gates, mids, st))
-            st = out.state
-            betas += list(out.beta_means.values())
-        entering = st
-        out = forward_with_state(model, torch.tensor([p.read_ids], device=dev), st,
-                                 message_ids=torch.tensor([p.read_mids], device=dev), skip_lm_head=True,
-                                 use_cache=False, capture_gates=gate_calls is not None)
+    for ids, mids in p.write_passes:
+        out = forward_with_state(model, torch.tensor([ids], device=dev), st,
+                                 message_ids=torch.tensor([mids], device=dev), skip_lm_head=True,
+                                 detach_inputs=truncated, use_cache=False, capture_gates=gate_calls is not None)
         if gate_calls is not None:
-            gate_calls.append((out.gates, p.read_mids, st))
-        hidden = out.outputs.last_hidden_state[0]  # [T, d]
-        labels = torch.tensor(p.labels, device=dev)
-        pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # predict token t+1 from position t
-        logits = model.lm_head(hidden[pos]).float()
-        loss = F.cross_entropy(logits, labels[1:][pos])
+            gate_calls.append((out.gates, mids, st))
+        st = out.state
+        betas += list(out.beta_means.values())
+    entering = st
+    out = forward_with_state(model, torch.tensor([p.read_ids], device=dev), st,
+                             message_ids=torch.tensor([p.read_mids], device=dev), skip_lm_head=True,
+                             use_cache=False, capture_gates=gate_calls is not None)
+    if gate_calls is not None:
+        gate_calls.append((out.gates, p.read_mids, st))
+    hidden = out.outputs.last_hidden_state[0]  # [T, d]
+    labels = torch.tensor(p.labels, device=dev)
+    pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # predict token t+1 from position t
+    logits = model.lm_head(hidden[pos]).float()
+    loss = F.cross_entropy(logits, labels[1:][pos])
     return loss, logits, entering, betas
 
 
