@@ -37,6 +37,10 @@ class DeltaMemConfig:
     # subtract a fixed per-layer mean of the layer input (a buffer calibrated once on training text) before the
     # memory projections (q̂, k̂, v, β); off = the spec. docs/design-notes.md #13 has the measurement
     center_inputs: bool = False
+    # selective token writes: a token whose mean write gate β̄ (over heads and ranks) is below this threshold is
+    # not written at all (keep 1, erase 0, write 0), so unselected tokens cannot erode the state; 0 = the spec.
+    # docs/design-notes.md #15 has the measurement (oracle writes carry a fact, learned dense writes do not)
+    write_threshold: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:
@@ -60,6 +64,10 @@ class DeltaMemConfig:
             bad(f"delta_heads must be a non-empty subset of {DELTA_HEADS}, got {self.delta_heads!r}")
         if any(not isinstance(i, int) or i < 0 for i in self.target_layers):
             bad(f"target_layers must be non-negative ints, got {self.target_layers!r}")
+        if not (isinstance(self.write_threshold, (int, float)) and 0.0 <= self.write_threshold < 1.0):
+            bad(f"write_threshold must be in [0, 1), got {self.write_threshold!r}")
+        if self.write_threshold > 0 and self.write_granularity != "token":
+            bad("write_threshold applies to token writes (write_granularity='token') only")
         if self.online_gain < 0 or self.base_slice_ref_width < 1:
             bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
         object.__setattr__(self, "delta_heads", heads)

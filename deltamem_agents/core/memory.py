@@ -127,7 +127,8 @@ class DeltaMemLayer(nn.Module):
             read = torch.einsum("bhij,bthj->bthi", S.float(), q).flatten(2) * seg.valid[..., None]
             return LayerStep(read, S, pend_sum, None)
         keep, erase, wr = self.coefficients(beta)
-        nowrite = (~seg.written)[..., None, None]  # valid but unwritten tokens (system prompt) only read
+        written = self.selected(beta, seg.written)
+        nowrite = (~written)[..., None, None]  # valid but unwritten tokens (system prompt, unselected) only read
         keep = keep.masked_fill(nowrite, 1.0)
         erase = erase.masked_fill(nowrite, 0.0)
         wr = wr.masked_fill(nowrite, 0.0)
@@ -135,9 +136,16 @@ class DeltaMemLayer(nn.Module):
         reads, S_new = scan(self._flat(q), self._flat(k), self._flat(v), self._flat(keep), self._flat(erase),
                             self._flat(wr), S.flatten(0, 1).float(), mask)
         read = reads.unflatten(0, (B, H)).permute(0, 2, 1, 3).flatten(2)  # [B,T,R]
-        w = seg.written[..., None, None].float()
+        w = seg.written[..., None, None].float()  # the regulariser and gate supervision see every candidate
         beta_mean = (beta * w).sum() / (w.sum() * H * r).clamp_min(1.0) if torch.is_grad_enabled() else None
         return LayerStep(read, S_new.unflatten(0, (B, H)), pend_sum, beta_mean, beta, seg.written)
+
+    def selected(self, beta: Tensor, written: Tensor) -> Tensor:
+        """written[B,T] restricted to tokens whose mean gate β̄ reaches `write_threshold` (a hard, per-layer choice;
+        the gradient still reaches β of the tokens that are written)."""
+        if self.cfg.write_threshold <= 0:
+            return written
+        return written & (beta.detach().mean(dim=(-2, -1)) >= self.cfg.write_threshold)
 
     def _step_message(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:
         B, T, d = x.shape

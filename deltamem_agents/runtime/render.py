@@ -44,6 +44,16 @@ class ChatRenderer:
         assert block.startswith(self._sys_text)
         return tuple(self._encode(block[len(self._sys_text):]))
 
+    def message_block(self, msg: dict[str, Any]) -> tuple[str, list[int], list[tuple[int, int]]]:
+        """One message's block as text, its token ids (== `message_ids`) and each token's character span."""
+        m = validate_message(msg)
+        text = self._render([{"role": m["role"], "content": template_text(m)}])[len(self._sys_text):]
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        if ids != self.message_ids(msg):
+            raise ValueError("tokenising a message block with offsets gave other ids than message_ids")
+        return text, ids, spans
+
     def message_ids(self, msg: dict[str, Any]) -> list[int]:
         """Token ids of one message's block (validated first)."""
         m = validate_message(msg)

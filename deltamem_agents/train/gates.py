@@ -8,6 +8,7 @@ prior-experiment-recall.md was a gate that wrote everything and so erased everyt
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -28,13 +29,70 @@ def closed_message_ids(closed: torch.Tensor, mids: list[int], state_in: DeltaSta
     return [m for m, c in zip(order, closed.tolist()) if c]
 
 
-def fact_messages(ep: Episode) -> set[int]:
-    """Indices of history messages that mention a fact value of the episode (asked, other or older)."""
+def fact_values(ep: Episode) -> set[str]:
+    """Lower-cased fact values of the episode a question can ask about (asked, other or older)."""
     values = {str(ep.meta.get("value", ""))} | {str(v) for v in ep.meta.get("values") or []}
     if ep.meta.get("old_value"):
         values.add(str(ep.meta["old_value"]))
-    values = {v.lower() for v in values if v}
+    return {v.lower() for v in values if v}
+
+
+def fact_messages(ep: Episode) -> set[int]:
+    """Indices of history messages that mention a fact value of the episode (asked, other or older)."""
+    values = fact_values(ep)
     return {i for i, m in enumerate(ep.messages) if any(v in message_text(m).lower() for v in values)}
+
+
+def value_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
+    """For each history message that mentions a fact value: which tokens of its rendered block overlap a
+    mention (whole-word, case-insensitive). These are the tokens selective token writes should store."""
+    values = fact_values(ep)
+    out: dict[int, list[bool]] = {}
+    for i in fact_messages(ep):
+        text, _, spans = renderer.message_block(ep.messages[i])
+        hits = [(m.start(), m.end()) for v in values
+                for m in re.finditer(r"(?<![\w])" + re.escape(v) + r"(?![\w])", text, flags=re.IGNORECASE)]
+        out[i] = [any(a < e and s < b for s, e in hits) for a, b in spans]
+    return out
+
+
+def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[int], DeltaState]],
+                    labels: dict[int, list[bool]], n_history: int, hi: float, lo: float) -> torch.Tensor | None:
+    """Token writes: BCE of each candidate token's β̄ (mean over heads/ranks) against hi (a fact value's
+    token) or lo (every other history or question token; the answer is left out). Positives and negatives
+    are averaged separately and added (a value is ~1 % of the tokens), then summed over layers."""
+    per_layer: dict[int, list[torch.Tensor]] = {}
+    targets: list[torch.Tensor] = []
+    for gates, mids, _ in calls:
+        if not gates:
+            continue
+        tgt, pos_in_msg, prev = [], 0, None
+        for m in mids:
+            pos_in_msg = pos_in_msg + 1 if m == prev else 0
+            prev = m
+            if m < 0 or m > n_history:
+                tgt.append(-1.0)
+            else:
+                lab = labels.get(m)
+                tgt.append(hi if lab is not None and pos_in_msg < len(lab) and lab[pos_in_msg] else lo)
+        t = torch.tensor(tgt)
+        keep = t >= 0
+        if not bool(keep.any()):
+            continue
+        targets.append(t[keep])
+        for slot, (g, mask) in gates.items():
+            beta = g[0].mean(dim=(-2, -1)).clamp(1e-6, 1 - 1e-6)  # [T]
+            per_layer.setdefault(slot, []).append(beta[keep.to(beta.device)])
+    if not targets:
+        return None
+    t = torch.cat(targets)
+    pos, neg = t == hi, t != hi
+    total = torch.zeros(())
+    for betas in per_layer.values():
+        b = torch.cat(betas)
+        bce = F.binary_cross_entropy(b, t.to(b.device), reduction="none")
+        total = total + (bce[neg].mean() if bool(neg.any()) else 0.0) + (bce[pos].mean() if bool(pos.any()) else 0.0)
+    return total
 
 
 def gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[int], DeltaState]],

@@ -33,7 +33,7 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
-from .gates import fact_messages, gate_loss
+from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class TrainConfig:
     gate_weight: float = 0.0
     gate_hi: float = 0.5
     gate_lo: float = 0.02
+    # "message": SSW messages' β̄ (gate_loss); "token": token writes, the fact values' tokens vs every other token
+    # (token_gate_loss) — with `write_threshold` this teaches the adapter which tokens to store at all
+    gate_level: str = "message"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -180,7 +183,12 @@ class Trainer:
         calls: list[Any] | None = [] if self.cfg.gate_weight else None
         loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated",
                                               gate_calls=calls)
-        g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo) if calls else None
+        g = None
+        if calls and self.cfg.gate_level == "token":
+            g = token_gate_loss(calls, value_token_labels(ep, self.renderer), len(ep.messages), self.cfg.gate_hi,
+                                self.cfg.gate_lo)
+        elif calls:
+            g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo)
         return loss, entering, betas, self.cfg.gate_weight * g if g is not None else torch.zeros(())
 
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:

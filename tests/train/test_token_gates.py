@@ -1,0 +1,77 @@
+"""Token-level write-gate supervision: value-token labels on the real tokenizer, the balanced BCE, and the gate
+fit that teaches selective token writes which tokens to store."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deltamem_agents.core.config import DeltaMemConfig
+from deltamem_agents.datasets.episode import Episode
+from deltamem_agents.patching import attach
+from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+from deltamem_agents.runtime.window import WindowPolicy
+from deltamem_agents.train.episode import build_passes
+from deltamem_agents.train.gates import token_gate_loss, value_token_labels
+from deltamem_agents.train.write_selector import _calls, fit_write_gates, selector_report
+
+
+def episode() -> Episode:
+    msgs = [{"role": "user", "content": "By the way, my favourite colour is Teal, not navy."},
+            {"role": "assistant", "content": "Noted!"},
+            {"role": "user", "content": "The weather was grim all week, honestly."},
+            {"role": "assistant", "content": "Sorry to hear that."}]
+    return Episode(kind="fact", messages=msgs, question="What is my favourite colour?", answer="teal", aliases=(),
+                   fact_index=0, meta={"value": "teal", "relation": "favourite_colour"})
+
+
+@pytest.fixture(scope="module")
+def renderer(real_backbone):
+    return ChatRenderer(real_backbone[1], DEFAULT_SYSTEM_PROMPT)
+
+
+def test_labels_mark_exactly_the_value_tokens(renderer):
+    ep = episode()
+    labels = value_token_labels(ep, renderer)
+    assert set(labels) == {0}  # only the message that mentions the value
+    text, ids, spans = renderer.message_block(ep.messages[0])
+    assert ids == renderer.message_ids(ep.messages[0])
+    marked = "".join(text[a:b] for (a, b), y in zip(spans, labels[0]) if y)
+    assert marked.strip().lower() == "teal"  # case-insensitive, whole word, not "navy" or the header
+
+
+def test_balanced_bce_prefers_the_labelled_tokens(renderer):
+    ep = episode()
+    labels = value_token_labels(ep, renderer)
+    ids = renderer.message_ids(ep.messages[0])
+    mids = [-1] * 3 + [0] * len(ids)  # three unwritten (system) tokens, then message 0
+    lab = [False] * 3 + labels[0]
+    good = torch.tensor([0.9 if y else 0.01 for y in lab]).view(1, -1, 1, 1).expand(1, len(lab), 1, 2)
+    bad = 1 - good
+    mask = torch.ones(1, len(lab), dtype=torch.bool)
+    lg = token_gate_loss([({0: (good, mask)}, mids, None)], labels, len(ep.messages), 0.9, 0.01)
+    lb = token_gate_loss([({0: (bad, mask)}, mids, None)], labels, len(ep.messages), 0.9, 0.01)
+    # at the targets the loss is the targets' own entropy H(0.9) + H(0.01) (its minimum), far below the inverse
+    assert lg is not None and lb is not None and 3.0 < lb.item()
+    ent = lambda p: -(p * torch.log(torch.tensor(p)) + (1 - p) * torch.log(torch.tensor(1 - p)))  # noqa: E731
+    assert abs(lg.item() - (ent(0.9) + ent(0.01)).item()) < 1e-4
+
+
+def test_fit_raises_value_recall_and_lowers_false_writes(real_backbone, renderer):
+    model, tok = real_backbone
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    attach(model, DeltaMemConfig(write_granularity="token", write_threshold=0.5, beta_bias_init=-4.6))
+    pol = WindowPolicy(budget=96, reserve=32)
+    data = [(episode(), pol)] * 8
+    before = selector_report(model, renderer, data[:1], 0.5)
+    fit_write_gates(model, renderer, iter(data), steps=8, batch=1, lr=5e-2, progress=False)
+    after = selector_report(model, renderer, data[:1], 0.5)
+    assert before.n_pos >= 1 and sum(before.recall) == 0  # nothing selected at β ≈ 0.01
+    assert sum(after.recall) / len(after.recall) > 0.5  # most layers now store the value token
+    assert max(after.false_rate) < 0.2
+    # the fit only moved the gates
+    calls = _calls(model, build_passes(episode(), renderer, pol), False)
+    assert all(g.shape[-1] == 8 for gates, _, _ in calls for g, _ in gates.values())
