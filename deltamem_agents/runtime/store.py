@@ -12,8 +12,14 @@ succeeded, under an internal per-session (striped) lock, so inside one process t
 goes back to an older version.  Writers in *other* processes are caught by optimistic concurrency:
 a commit based on a stale record raises :class:`ConcurrentWriteError` and evicts the entry.  Use
 ``cache_size=0`` (or :meth:`SessionStore.invalidate`) when other processes write and reads must be
-fresh.  Records handed out are deep copies, so mutating them never changes the cache.  Export
-files are plain JSON (never pickle) with SHA-256 checksums verified on import.
+fresh.  Records handed out never share objects with the cache, so mutating them never changes it.
+Export files are plain JSON (never pickle) with SHA-256 checksums verified on import.
+
+Append-only commits: a turn usually commits the previous log plus a few messages.  When the cached
+record is at ``expected_version`` and the new log starts with its messages (one C-speed ``==`` over
+the log, ~50 ns a message), only the new messages are validated, encoded and written
+(:meth:`SessionBackend.append`); nothing is read back.  Any other log (history rewritten, e.g. a
+restore to an older snapshot, or no cached copy) takes the full path, :meth:`SessionBackend.commit`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,15 @@ def _clone(rec: SessionRecord) -> SessionRecord:
     messages, metadata = json.loads(json.dumps([list(rec.messages), rec.metadata]))
     return SessionRecord(rec.session_id, rec.state, tuple(messages), metadata, rec.version,
                          rec.created_at, rec.updated_at)
+
+
+def _stored_prefix(messages: Any, stored: tuple[dict, ...]) -> tuple[Any, ...] | None:
+    """``messages[:len(stored)]`` as a tuple if ``messages`` is a list/tuple starting with ``stored``
+    (compared with ``==``, at C speed), else None."""
+    if not isinstance(messages, (list, tuple)) or len(messages) < len(stored):
+        return None
+    prefix = tuple(messages[:len(stored)])
+    return prefix if prefix == stored else None
 
 
 def _payload_digest(session_id: str, messages: Sequence[Any], metadata: Any) -> str:
@@ -158,13 +173,21 @@ class SessionStore:
                 self._cache.move_to_end(sid)
             return rec
 
-    def _remember(self, rec: SessionRecord) -> SessionRecord:
+    def _peek(self, sid: str) -> SessionRecord | None:
+        """The cached record (shared, never handed out) without counting a hit or a miss."""
+        with self._cache_lock:
+            return self._cache.get(sid)
+
+    def _cache_put(self, rec: SessionRecord) -> None:
         if self.cache_size:
             with self._cache_lock:
                 self._cache[rec.session_id] = rec
                 self._cache.move_to_end(rec.session_id)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
+
+    def _remember(self, rec: SessionRecord) -> SessionRecord:
+        self._cache_put(rec)
         return _clone(rec)
 
     def invalidate(self, session_id: str | None = None) -> None:
@@ -222,7 +245,11 @@ class SessionStore:
                expected_version: int | None = None) -> SessionRecord:
         """Write-through commit of a whole turn; ``expected_version`` defaults to the record's version.
 
-        ConcurrentWriteError (stale version) and SessionNotFoundError evict the cached entry.
+        ``messages`` is the whole log.  If it extends the cached log (see the module docstring), only
+        the new messages are encoded and written, and the returned record holds the dicts you passed
+        for the already-stored part (they compare equal to it) plus fresh copies of the new ones;
+        otherwise the whole log is committed and the record is a fresh copy.  ConcurrentWriteError
+        (stale version) and SessionNotFoundError evict the cached entry.
         """
         is_record = isinstance(record_or_id, SessionRecord)
         sid = validate_session_id(record_or_id.session_id if is_record else record_or_id)
@@ -233,12 +260,37 @@ class SessionStore:
             expected_version = record_or_id.version
         with self._locked(sid):
             try:
+                appended = self._commit_append(sid, state, messages, metadata, expected_version)
+                if appended is not None:
+                    return appended
                 rec = self.backend.commit(sid, state=state, messages=messages, metadata=metadata,
                                           expected_version=expected_version)
             except (ConcurrentWriteError, SessionNotFoundError):
                 self.invalidate(sid)
                 raise
             return self._remember(rec)
+
+    def _commit_append(self, sid: str, state: bytes | None, messages: Sequence[Mapping[str, Any]],
+                       metadata: Mapping[str, Any] | None, expected_version: int) -> SessionRecord | None:
+        """The append-only commit (caller holds the session's stripe lock), or None if it does not apply
+        (no cached record at ``expected_version``, a log that does not extend it, or a stored log that
+        is not the cached one); then nothing was written."""
+        cached = self._peek(sid)
+        if cached is None or cached.version != expected_version:
+            return None
+        prefix = _stored_prefix(messages, cached.messages)
+        if prefix is None:
+            return None
+        res = self.backend.append(sid, state=state, messages=messages[len(prefix):], metadata=metadata,
+                                  expected_version=expected_version, base_length=len(prefix),
+                                  created_at=cached.created_at)
+        if res is None:
+            return None
+        self._cache_put(SessionRecord(sid, res.state, cached.messages + res.messages, res.metadata,
+                                      res.version, res.created_at, res.updated_at))
+        new_messages, new_metadata = json.loads(json.dumps([list(res.messages), res.metadata]))
+        return SessionRecord(sid, res.state, prefix + tuple(new_messages), new_metadata, res.version,
+                             res.created_at, res.updated_at)
 
     def delete(self, session_id: str) -> bool:
         """Forget the session everywhere (backend and cache).  True if it existed."""

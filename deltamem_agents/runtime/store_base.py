@@ -9,6 +9,10 @@ session id and payload, JSON-encode messages/metadata *before* anything is writt
 decode what the backend returns.  A concrete backend (SQLite, memory, later Redis or
 Postgres) implements only the ``_get/_create/_commit/_list/_delete/_copy`` primitives,
 which receive already-validated ids and already-encoded JSON strings (:class:`RawSession`).
+
+``append`` is the per-turn fast path: it encodes and stores only the messages a turn adds, so its
+cost does not grow with the log.  Its primitive ``_append`` has a correct default (read the session,
+then ``_commit`` the whole log); a backend overrides it to write only the new messages.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from ..errors import (
 )
 
 __all__ = [
-    "MAX_SESSION_ID_LENGTH", "SessionRecord", "RawSession", "EncodedPayload", "SessionBackend",
-    "validate_session_id", "check_json_value", "dumps_json", "encode_payload", "encode_messages",
-    "encode_metadata", "decode_raw", "not_found", "exists", "conflict",
+    "MAX_SESSION_ID_LENGTH", "SessionRecord", "RawSession", "EncodedPayload", "AppendResult", "SessionBackend",
+    "validate_session_id", "check_json_value", "dumps_json", "encode_payload", "encode_state", "encode_messages",
+    "encode_metadata", "decode_json", "decode_raw", "not_found", "exists", "conflict",
 ]
 
 MAX_SESSION_ID_LENGTH = 128
@@ -94,6 +98,20 @@ class EncodedPayload:
     metadata: str = "{}"
 
 
+@dataclass(frozen=True)
+class AppendResult:
+    """What :meth:`SessionBackend.append` returns: like a :class:`SessionRecord`, but ``messages`` holds
+    only the appended messages (fresh JSON objects); the earlier log is not read back."""
+
+    session_id: str
+    state: bytes | None
+    messages: tuple[dict, ...]
+    metadata: dict
+    version: int
+    created_at: float
+    updated_at: float
+
+
 _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
@@ -132,23 +150,34 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
         "finite float, str, list and dict with str keys")
 
 
-def encode_payload(state: Any, messages: Any, metadata: Any) -> EncodedPayload:
-    """Validate and encode a commit payload.  Raises :class:`InvalidSessionDataError`; writes nothing."""
-    if state is not None:
-        if not isinstance(state, (bytes, bytearray, memoryview)):
-            raise InvalidSessionDataError(
-                f"state must be bytes or None (serialise tensors first), not {type(state).__name__}")
-        state = bytes(state)
-    return EncodedPayload(state, encode_messages(messages), encode_metadata(metadata))
+def encode_payload(state: Any, messages: Any, metadata: Any, start: int = 0) -> EncodedPayload:
+    """Validate and encode a commit payload.  Raises :class:`InvalidSessionDataError`; writes nothing.
+
+    ``start`` is the index of ``messages[0]`` in the whole log (see :func:`encode_messages`).
+    """
+    return EncodedPayload(encode_state(state), encode_messages(messages, start), encode_metadata(metadata))
 
 
-def encode_messages(messages: Any) -> tuple[str, ...]:
-    """Validate a message log (list/tuple of JSON-safe dicts) and return one JSON text per message."""
+def encode_state(state: Any) -> bytes | None:
+    """Validate the state blob (bytes-like or None) and return it as ``bytes`` (or None)."""
+    if state is None:
+        return None
+    if not isinstance(state, (bytes, bytearray, memoryview)):
+        raise InvalidSessionDataError(
+            f"state must be bytes or None (serialise tensors first), not {type(state).__name__}")
+    return bytes(state)
+
+
+def encode_messages(messages: Any, start: int = 0) -> tuple[str, ...]:
+    """Validate a message log (list/tuple of JSON-safe dicts) and return one JSON text per message.
+
+    ``start`` is the index of ``messages[0]`` in the whole log (it only numbers the error messages).
+    """
     if not isinstance(messages, (list, tuple)):
         raise InvalidSessionDataError(
             f"messages must be a list of dicts, not {type(messages).__name__}")
     out = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages, start):
         if not isinstance(message, Mapping):
             raise InvalidSessionDataError(
                 f"messages[{i}] must be a dict (e.g. {{'role': ..., 'content': ...}}), "
@@ -195,15 +224,28 @@ def _check_version(expected_version: Any) -> int:
     return expected_version
 
 
+def _check_base_length(base_length: Any) -> int:
+    if isinstance(base_length, bool) or not isinstance(base_length, int) or base_length < 0:
+        raise InvalidSessionDataError(
+            f"base_length must be a non-negative int (the stored log's length), got {base_length!r}")
+    return base_length
+
+
+def decode_json(session_id: str, messages: Sequence[str], metadata: str) -> tuple[tuple[dict, ...], dict]:
+    """Decode stored message and metadata JSON texts (CorruptSessionError if undecodable or not objects)."""
+    try:
+        decoded = tuple(json.loads(m) for m in messages)
+        meta = json.loads(metadata)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CorruptSessionError(f"session {session_id!r}: stored JSON is undecodable: {exc}") from exc
+    if not isinstance(meta, dict) or not all(isinstance(m, dict) for m in decoded):
+        raise CorruptSessionError(f"session {session_id!r}: stored messages/metadata are not JSON objects")
+    return decoded, meta
+
+
 def decode_raw(raw: RawSession) -> SessionRecord:
     """Turn stored JSON texts back into a :class:`SessionRecord` (CorruptSessionError if undecodable)."""
-    try:
-        messages = tuple(json.loads(m) for m in raw.messages)
-        metadata = json.loads(raw.metadata)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise CorruptSessionError(f"session {raw.session_id!r}: stored JSON is undecodable: {exc}") from exc
-    if not isinstance(metadata, dict) or not all(isinstance(m, dict) for m in messages):
-        raise CorruptSessionError(f"session {raw.session_id!r}: stored messages/metadata are not JSON objects")
+    messages, metadata = decode_json(raw.session_id, raw.messages, raw.metadata)
     state = None if raw.state is None else bytes(raw.state)
     return SessionRecord(raw.session_id, state, messages, metadata, int(raw.version),
                          float(raw.created_at), float(raw.updated_at))
@@ -241,6 +283,29 @@ class SessionBackend(ABC):
         payload = encode_payload(state, messages, metadata)
         return decode_raw(self._commit(sid, payload, version))
 
+    def append(self, session_id: str, *, state: bytes | None, messages: Sequence[Mapping[str, Any]],
+               metadata: Mapping[str, Any] | None, expected_version: int, base_length: int,
+               created_at: float | None = None) -> AppendResult | None:
+        """Atomically append ``messages`` to the stored log and replace state and metadata (version +1).
+
+        ``base_length`` is the length of the log at ``expected_version`` as the caller read it, and
+        ``created_at`` (optional) the session's creation time as read; only the new messages are encoded
+        and written.  Returns None (and writes nothing) if the stored log does not have ``base_length``
+        messages or the session has another ``created_at`` (it was deleted and re-created elsewhere, so
+        the version alone does not identify the log): then commit the whole log.  Raises
+        SessionNotFoundError / ConcurrentWriteError like :meth:`commit`.
+        """
+        sid = validate_session_id(session_id)
+        version = _check_version(expected_version)
+        base = _check_base_length(base_length)
+        payload = encode_payload(state, messages, metadata, start=base)
+        stamp = self._append(sid, payload, version, base, None if created_at is None else float(created_at))
+        if stamp is None:
+            return None
+        new_version, stored_created_at, updated_at = stamp
+        decoded, meta = decode_json(sid, payload.messages, payload.metadata)
+        return AppendResult(sid, payload.state, decoded, meta, new_version, stored_created_at, updated_at)
+
     def list(self, prefix: str | None = None) -> list[str]:
         """Sorted ids of all sessions, or of those starting with ``prefix``."""
         if prefix is not None and not isinstance(prefix, str):
@@ -277,6 +342,27 @@ class SessionBackend(ABC):
     @abstractmethod
     def _commit(self, session_id: str, payload: EncodedPayload, expected_version: int) -> RawSession:
         """In one transaction: check the version, replace everything, bump the version."""
+
+    def _append(self, session_id: str, payload: EncodedPayload, expected_version: int,
+                base_length: int, created_at: float | None) -> tuple[int, float, float] | None:
+        """In one transaction: check the version (ConcurrentWriteError), that the stored log has
+        ``base_length`` messages and, unless ``created_at`` is None, the creation time (else return None,
+        writing nothing); add ``payload.messages`` after the log, replace state and metadata, bump the
+        version; return (new version, created_at, updated_at).
+
+        This default reads the whole session and commits the whole log (correct, but O(log length));
+        the optimistic version check in ``_commit`` keeps it safe against a writer in between.
+        """
+        raw = self._get(session_id)
+        if raw is None:
+            raise not_found(session_id)
+        if raw.version != expected_version:
+            raise conflict(session_id, expected_version, raw.version)
+        if len(raw.messages) != base_length or (created_at is not None and created_at != raw.created_at):
+            return None
+        full = EncodedPayload(payload.state, raw.messages + payload.messages, payload.metadata)
+        new = self._commit(session_id, full, expected_version)
+        return new.version, new.created_at, new.updated_at
 
     @abstractmethod
     def _list(self, prefix: str | None) -> list[str]:

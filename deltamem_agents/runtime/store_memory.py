@@ -3,7 +3,8 @@
 Same semantics as the SQLite backend (validation, versions, optimistic concurrency,
 copy/delete), but nothing survives the process.  Records are kept as immutable
 :class:`RawSession` values (JSON texts), so callers can never mutate stored data through a
-returned record; one re-entrant lock makes every operation atomic across threads.
+returned record; one re-entrant lock makes every operation atomic across threads.  ``_append``
+re-encodes nothing already stored (it only concatenates tuples of JSON texts).
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class MemoryBackend(SessionBackend):
                              old.version + 1, old.created_at, max(time.time(), old.updated_at))
             self._rows[session_id] = row
             return row
+
+    def _append(self, session_id: str, payload: EncodedPayload, expected_version: int,
+                base_length: int, created_at: float | None) -> tuple[int, float, float] | None:
+        with self._lock:
+            old = self._rows.get(session_id)
+            if old is None:
+                raise not_found(session_id)
+            if old.version != expected_version:
+                raise conflict(session_id, expected_version, old.version)
+            if len(old.messages) != base_length or (created_at is not None and created_at != old.created_at):
+                return None
+            row = RawSession(session_id, payload.state, old.messages + payload.messages, payload.metadata,
+                             old.version + 1, old.created_at, max(time.time(), old.updated_at))
+            self._rows[session_id] = row
+            return row.version, row.created_at, row.updated_at
 
     def _list(self, prefix: str | None) -> list[str]:
         with self._lock:

@@ -7,12 +7,14 @@ Schema (``PRAGMA user_version`` = 1)::
     messages(session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE, idx INTEGER, json TEXT,
              PRIMARY KEY (session_id, idx))
 
-Why one row per message rather than the whole log in one JSON column: a commit replaces the full
-log *logically*, but the log of a long-lived session is append-mostly, so ``_commit`` compares the
-stored rows with the new log and rewrites only from the first differing index.  A turn therefore
-writes O(new messages) pages instead of re-writing the whole (ever-growing) log, which keeps WAL
-traffic and secure-delete zeroing small.  Reads and writes of one session still happen inside one
-transaction, so the log can never be seen half-updated.
+Why one row per message rather than the whole log in one JSON column: the log of a long-lived
+session is append-mostly.  ``_append`` (the per-turn path, used by ``SessionStore.commit`` when its
+cache shows the new log extends the stored one) inserts only the new rows after checking the version
+and the stored length (one index lookup), so a turn reads and writes O(new messages) rows whatever
+the log's length.  ``_commit`` (a log that is not an extension, or no cached copy) compares the
+stored rows with the new log and rewrites only from the first differing index: correct, but it reads
+the whole log.  Either way little WAL traffic and secure-delete zeroing, and reads and writes of one
+session happen inside one transaction, so the log can never be seen half-updated.
 
 Concurrency: one connection per thread (``threading.local``), WAL journal so readers never block
 the writer, ``BEGIN IMMEDIATE`` for every write (the version check and the write happen under the
@@ -63,6 +65,10 @@ class _Connection(sqlite3.Connection):
 
 
 _SELECT_SESSION = "SELECT state, metadata, version, created_at, updated_at FROM sessions WHERE id = ?"
+# the stored log's length in one index seek (the primary key index; rows are contiguous from 0)
+_SELECT_LOG_LENGTH = "SELECT idx + 1 FROM messages WHERE session_id = ? ORDER BY idx DESC LIMIT 1"
+_UPDATE_SESSION = "UPDATE sessions SET state = ?, metadata = ?, version = ?, updated_at = ? WHERE id = ?"
+_INSERT_MESSAGE = "INSERT INTO messages (session_id, idx, json) VALUES (?, ?, ?)"
 
 
 class SQLiteBackend(SessionBackend):
@@ -205,17 +211,24 @@ class SQLiteBackend(SessionBackend):
                 raise exists(session_id)
         return RawSession(session_id, None, (), metadata, 0, now, now)
 
+    @staticmethod
+    def _check_current(conn: sqlite3.Connection, session_id: str, expected_version: int) -> tuple[float, float]:
+        """Inside a write transaction: (created_at, updated_at) if the session is at ``expected_version``."""
+        row = conn.execute("SELECT version, created_at, updated_at FROM sessions WHERE id = ?",
+                           (session_id,)).fetchone()
+        if row is None:
+            raise not_found(session_id)
+        version, created_at, updated_at = row
+        if version != expected_version:
+            raise conflict(session_id, expected_version, version)
+        return created_at, updated_at
+
     def _commit(self, session_id: str, payload: EncodedPayload, expected_version: int) -> RawSession:
+        version = expected_version + 1
         with self._txn(write=True) as conn:
-            row = conn.execute(_SELECT_SESSION, (session_id,)).fetchone()
-            if row is None:
-                raise not_found(session_id)
-            _, _, version, created_at, updated_at = row
-            if version != expected_version:
-                raise conflict(session_id, expected_version, version)
+            created_at, updated_at = self._check_current(conn, session_id, expected_version)
             now = max(time.time(), updated_at)
-            conn.execute("UPDATE sessions SET state = ?, metadata = ?, version = ?, updated_at = ? "
-                         "WHERE id = ?", (payload.state, payload.metadata, version + 1, now, session_id))
+            conn.execute(_UPDATE_SESSION, (payload.state, payload.metadata, version, now, session_id))
             old = [j for (j,) in conn.execute(
                 "SELECT json FROM messages WHERE session_id = ? ORDER BY idx", (session_id,))]
             new = payload.messages
@@ -224,9 +237,23 @@ class SQLiteBackend(SessionBackend):
                 keep += 1
             if keep < len(old):
                 conn.execute("DELETE FROM messages WHERE session_id = ? AND idx >= ?", (session_id, keep))
-            conn.executemany("INSERT INTO messages (session_id, idx, json) VALUES (?, ?, ?)",
-                             ((session_id, i, new[i]) for i in range(keep, len(new))))
-        return RawSession(session_id, payload.state, new, payload.metadata, version + 1, created_at, now)
+            conn.executemany(_INSERT_MESSAGE, ((session_id, i, new[i]) for i in range(keep, len(new))))
+        return RawSession(session_id, payload.state, new, payload.metadata, version, created_at, now)
+
+    def _append(self, session_id: str, payload: EncodedPayload, expected_version: int,
+                base_length: int, created_at: float | None) -> tuple[int, float, float] | None:
+        """Insert only the new rows: reads one session row and one index entry, whatever the log's length."""
+        with self._txn(write=True) as conn:
+            stored_created_at, updated_at = self._check_current(conn, session_id, expected_version)
+            last = conn.execute(_SELECT_LOG_LENGTH, (session_id,)).fetchone()
+            stored_length = last[0] if last else 0
+            if stored_length != base_length or (created_at is not None and created_at != stored_created_at):
+                return None  # the stored log is not the one the caller extends: nothing written
+            now = max(time.time(), updated_at)
+            conn.execute(_UPDATE_SESSION, (payload.state, payload.metadata, expected_version + 1, now, session_id))
+            conn.executemany(_INSERT_MESSAGE, ((session_id, base_length + i, text)
+                                               for i, text in enumerate(payload.messages)))
+        return expected_version + 1, stored_created_at, now
 
     def _list(self, prefix: str | None) -> list[str]:
         with self._txn(write=False) as conn:

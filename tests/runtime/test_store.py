@@ -34,6 +34,7 @@ from deltamem_agents.errors import (
 )
 from deltamem_agents.runtime.store import (
     MemoryBackend,
+    SessionBackend,
     SessionRecord,
     SessionStore,
     SQLiteBackend,
@@ -583,3 +584,224 @@ def test_property_export_import_round_trip(messages, metadata, state):
         back = store.import_session(path, "q")
     assert back.state == state and list(back.messages) == messages and back.metadata == metadata
     assert (back.messages, back.metadata) == (rec.messages, rec.metadata)
+
+
+# -- append-only commits ----------------------------------------------------------------------------
+def _turn(i: int, size: int = 20) -> dict:
+    return {"role": "user", "content": f"turn {i}: " + "x" * size}
+
+
+class _SQLiteMeter:
+    """What a block does on this thread's connection of a SQLiteBackend: SQLite VM steps (in units of
+    10, via the progress handler), rows inserted/updated/deleted (``total_changes``) and statements."""
+
+    def __init__(self, backend: SQLiteBackend) -> None:
+        self.conn = backend._conn()
+        self.steps, self.changes, self.statements = 0, 0, []
+
+    def _tick(self) -> int:
+        self.steps += 1
+        return 0
+
+    def __enter__(self) -> "_SQLiteMeter":
+        self._changes0 = self.conn.total_changes
+        self.conn.set_progress_handler(self._tick, 10)
+        self.conn.set_trace_callback(self.statements.append)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.set_progress_handler(None, 0)
+        self.conn.set_trace_callback(None)
+        self.changes = self.conn.total_changes - self._changes0
+
+
+def test_turn_commit_after_2000_messages_touches_only_the_new_rows(tmp_path):
+    store = SessionStore(SQLiteBackend(tmp_path / "s.db"))
+    rec, log, meters = store.get_or_create("long"), [], {}
+    for size in (20, 2000):
+        log += [_turn(i) for i in range(len(log), size)]
+        rec = store.commit(rec, state=b"s" * 1000, messages=log, metadata={"n": len(log)})
+        log += [_turn(size), {"role": "assistant", "content": "ok"}]
+        with _SQLiteMeter(store.backend) as meters[size]:
+            rec = store.commit(rec, state=b"t" * 1000, messages=log, metadata={"n": len(log)})
+        assert meters[size].changes == 3  # the session row and the two new message rows, nothing else
+        assert not [s for s in meters[size].statements if "SELECT json" in s]  # the log is never read back
+    assert meters[2000].steps <= 2 * meters[20].steps + 2  # SQLite's work does not grow with the log
+    assert list(store.backend.get("long").messages) == log
+    # the meter would catch an O(messages) commit: the full path (no cached copy) reads every row
+    full = SessionStore(store.backend, cache_size=0)
+    log.append(_turn(len(log)))
+    with _SQLiteMeter(store.backend) as slow:
+        full.commit("long", state=b"u", messages=log, metadata={}, expected_version=rec.version)
+    assert slow.changes == 2 and slow.steps > 20 * meters[2000].steps
+    assert list(store.backend.get("long").messages) == log
+    store.close()
+
+
+def test_turn_commit_after_2000_messages_encodes_and_copies_only_the_new_messages(store, monkeypatch):
+    import tracemalloc
+
+    from deltamem_agents.runtime import store_base
+
+    encoded: list = []
+    real_dumps = store_base.dumps_json
+    monkeypatch.setattr(store_base, "dumps_json", lambda v: encoded.append(v) or real_dumps(v))
+    rec, log, peaks = store.get_or_create("long"), [], {}
+    for size in (20, 2000):
+        log += [_turn(i, size=1000) for i in range(len(log), size)]
+        rec = store.commit(rec, state=b"s" * 100, messages=log, metadata={"n": len(log)})
+        log = [*log, _turn(size, size=1000)]
+        encoded.clear()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            rec = store.commit(rec, state=b"t" * 100, messages=log, metadata={"n": len(log)})
+            peaks[size] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        assert encoded == [log[-1], {"n": len(log)}]  # only the new message and the metadata were encoded
+    # re-encoding, decoding or deep-copying the log would allocate >= 1 KB a message (2 MB here); what
+    # remains is a few tuples of pointers (8 bytes a message)
+    assert peaks[2000] - peaks[20] < 2000 * 100, peaks
+    assert list(store.get("long").messages) == log and list(store.backend.get("long").messages) == log
+
+
+def test_history_rewrites_take_the_full_path_and_stay_exact(store):
+    log = [_turn(i) for i in range(30)]
+    rec = store.commit(store.get_or_create("h"), state=b"a", messages=log, metadata={})
+    rewrites = [
+        log[:-1],  # the last reply rolled back
+        [*log[:-1], {"role": "assistant", "content": "another reply"}],  # ... and replaced
+        [{**log[0], "content": "edited"}, *log[1:]],  # an old message edited (a copy)
+        [],  # cleared
+        log,  # everything again
+        [*log[:10], *log[11:]],  # one message removed in the middle
+    ]
+    for new in rewrites:
+        rec = store.commit(rec, state=bytes([len(new)]), messages=new, metadata={"n": len(new)})
+        assert list(rec.messages) == new and rec.metadata == {"n": len(new)}
+        assert list(store.get("h").messages) == new and list(store.backend.get("h").messages) == new
+    # the returned record holds the caller's dicts for the stored part; editing one in place and committing
+    # is seen, because the cache compares against its own copy
+    rec.messages[3]["content"] = "edited in place"
+    new = [*rec.messages, _turn(99)]
+    rec = store.commit(rec, state=b"b", messages=new, metadata={})
+    assert list(store.get("h").messages) == new and list(store.backend.get("h").messages) == new
+    assert store.backend.get("h").messages[3]["content"] == "edited in place"
+
+
+@pytest.mark.parametrize("other_length", [2, 3])
+def test_append_falls_back_to_a_full_commit_when_the_session_was_recreated(tmp_path, other_length):
+    a = SessionStore(SQLiteBackend(tmp_path / "s.db"))
+    b = SessionStore(SQLiteBackend(tmp_path / "s.db"))
+    rec = a.commit(a.get_or_create("s"), state=b"a", messages=[_turn(0), _turn(1)], metadata={})
+    # another process deletes and re-creates the session up to the same version (other created_at)
+    assert b.delete("s")
+    other = [{"role": "user", "content": f"b{i}"} for i in range(other_length)]
+    assert b.commit(b.get_or_create("s"), state=b"b", messages=other, metadata={}).version == rec.version
+    out = a.commit(rec, state=b"a2", messages=[*rec.messages, _turn(2)], metadata={"by": "a"})
+    # the same outcome as the full path always had: the version matched, so a's whole log is committed
+    stored = b.backend.get("s")
+    assert stored == out and list(stored.messages) == [_turn(0), _turn(1), _turn(2)] and stored.version == 2
+    # and a stale cached version still raises, writes nothing and evicts the entry
+    b.commit(stored, state=b"b2", messages=[*stored.messages, _turn(3)], metadata={"by": "b"})
+    with pytest.raises(ConcurrentWriteError):
+        a.commit(out, state=b"a3", messages=[*out.messages, _turn(4)], metadata={"by": "a"})
+    assert a.get("s") == b.backend.get("s") and a.get("s").metadata == {"by": "b"}
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "default-append"])
+def test_backend_append_validates_and_checks_the_base(tmp_path, kind):
+    backend = {"sqlite": lambda: SQLiteBackend(tmp_path / "s.db"), "memory": MemoryBackend,
+               "default-append": _DefaultAppendBackend}[kind]()
+    backend.create("s")
+    rec = backend.commit("s", state=None, messages=MESSAGES, metadata={}, expected_version=0)
+    base = {"state": b"x", "metadata": {"m": 1}, "expected_version": 1, "base_length": 3}
+    with pytest.raises(InvalidSessionDataError, match=r"messages\[4\]"):  # numbered in the whole log
+        backend.append("s", messages=[{"ok": 1}, {"bad": float("nan")}], **base)
+    with pytest.raises(InvalidSessionDataError, match="base_length"):
+        backend.append("s", messages=[], **{**base, "base_length": -1})
+    with pytest.raises(ConcurrentWriteError):
+        backend.append("s", messages=[{"a": 1}], **{**base, "expected_version": 0})
+    with pytest.raises(SessionNotFoundError):
+        backend.append("missing", messages=[{"a": 1}], **base)
+    assert backend.append("s", messages=[{"a": 1}], **{**base, "base_length": 2}) is None  # wrong length
+    assert backend.append("s", messages=[{"a": 1}], **base, created_at=rec.created_at + 1) is None  # re-created
+    assert backend.get("s") == rec  # nothing written by any of the above
+    out = backend.append("s", messages=[{"a": (1, 2)}], **base, created_at=rec.created_at)
+    assert (out.version, out.messages, out.metadata, out.state, out.created_at) == (2, ({"a": [1, 2]},), {"m": 1},
+                                                                                    b"x", rec.created_at)
+    got = backend.get("s")
+    assert list(got.messages) == [*MESSAGES, {"a": [1, 2]}] and got.version == 2 and got.updated_at == out.updated_at
+    backend.close()
+
+
+def test_many_append_turns_round_trip_across_restarts(tmp_path):
+    path, log, expected = tmp_path / "s.db", [], None
+    for run in range(3):  # three "processes": a new backend and store on the same file each time
+        with SessionStore(SQLiteBackend(path)) as store:
+            full_commits: list = []
+            real_commit = store.backend.commit
+            store.backend.commit = lambda *a, **kw: full_commits.append(1) or real_commit(*a, **kw)
+            rec = store.get_or_create("long")
+            assert rec == expected if expected else rec.version == 0
+            for turn in range(250):
+                i = len(log)
+                log.append({"role": "user", "content": f"turn {i} \u2603"})
+                if turn % 10 == 9:  # a reply with a tool call now and then: two messages in one turn
+                    log.append({"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"i": i}}]})
+                rec = store.commit(rec, state=f"state {i};".encode() * 40, messages=log,
+                                   metadata={"turn": i, "run": run})
+            assert not full_commits  # every turn took the append path
+            expected = rec
+    assert expected.version == 750 and list(expected.messages) == log and len(log) == 825
+    with SessionStore(SQLiteBackend(path)) as store:
+        assert store.get("long") == expected
+        store.fork("long", "copy")
+        assert list(store.get("copy").messages) == log
+    with sqlite3.connect(path) as raw:
+        idx = [r[0] for r in raw.execute("SELECT idx FROM messages WHERE session_id = 'long' ORDER BY idx")]
+    assert idx == list(range(len(log)))
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["append", "truncate", "edit", "edit-in-place", "read"]),
+                          st.integers(0, 5)), max_size=12)
+
+
+class _DefaultAppendBackend(MemoryBackend):
+    """A backend that does not override ``_append``: the base class's read-then-commit default."""
+
+    _append = SessionBackend._append
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS, kind=st.sampled_from(["sqlite", "memory", "default-append"]))
+def test_property_mixed_appends_and_rewrites_match_a_fresh_read(ops, kind):
+    use_sqlite = kind == "sqlite"
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = {"sqlite": lambda: SQLiteBackend(Path(tmp) / "p.db"), "memory": MemoryBackend,
+                   "default-append": _DefaultAppendBackend}[kind]()
+        store = SessionStore(backend, cache_size=2)
+        rec, log = store.get_or_create("p"), []
+        for step, (op, k) in enumerate(ops):
+            if op == "append":
+                log = [*log, *(_turn(step * 10 + j) for j in range(k))]
+            elif op == "truncate":
+                log = log[:max(0, len(log) - k)]
+            elif op == "edit" and log:
+                log = [*log[:k % len(log)], {"role": "edited", "content": str(step)}, *log[k % len(log) + 1:]]
+            elif op == "edit-in-place" and log:
+                log[k % len(log)]["content"] = f"in place {step}"
+            elif op == "read":
+                rec = store.get("p")
+                log = [dict(m) for m in rec.messages]
+                continue
+            rec = store.commit(rec, state=str(step).encode(), messages=log, metadata={"step": step})
+            assert list(rec.messages) == log
+        fresh = type(backend)(backend.path) if use_sqlite else backend
+        assert list(fresh.get("p").messages) == log and fresh.get("p").version == rec.version
+        assert store.get("p") == fresh.get("p")
+        store.close()
+        fresh.close()
