@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--fit-bias-init", type=float, default=-4.6, help="gate bias the fit starts from (after calibration)")
     ap.add_argument("--heldout", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default="", help="continue from gates saved by an earlier fit")
+    ap.add_argument("--report-thresholds", default="0.5,0.7,0.8,0.9")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,6 +56,9 @@ def main() -> None:
     with torch.no_grad():
         for layer in model.deltamem.layers:
             layer.beta_bias.fill_(args.fit_bias_init)
+    if args.init:
+        from safetensors.torch import load_file
+        model.deltamem.load_state_dict(load_file(args.init), strict=False)
     sampler = EpisodeSampler(tok, value_kinds=KINDS, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
                              in_window_frac=0.2, budget_range=(128, 320), distance_start=60, distance_end=500,
                              total_steps=args.steps, seed=1)
@@ -70,6 +75,12 @@ def main() -> None:
                       "false_before": [round(x, 4) for x in before.false_rate],
                       "recall": [round(x, 3) for x in after.recall],
                       "false_rate": [round(x, 4) for x in after.false_rate]}), flush=True)
+    for tau in [float(x) for x in args.report_thresholds.split(",")]:
+        rep = selector_report(model, renderer, held, tau)
+        print(json.dumps({"threshold": tau, "recall_mean": round(sum(rep.recall) / len(rep.recall), 3),
+                          "recall_min": round(min(rep.recall), 3),
+                          "false_mean": round(sum(rep.false_rate) / len(rep.false_rate), 4),
+                          "false_max": round(max(rep.false_rate), 4)}), flush=True)
     sd = {k: v.detach().contiguous() for k, v in model.deltamem.state_dict().items()
           if k.endswith(("beta_proj", "beta_bias", "input_center"))}
     save_file(sd, args.out)

@@ -24,11 +24,14 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--update-mode", default="standard", help="state_update_mode; from a zero state a single write "
+                    "is the same in every mode, so an oracle-trained read path is mode-agnostic")
     ap.add_argument("--info", default="", help="free text recorded in the adapter's info")
     args = ap.parse_args()
     model, _ = load_backbone()
     ad = attach(model, DeltaMemConfig(write_granularity="token", rank=args.rank, center_inputs=True,
-                                      write_threshold=args.threshold, beta_bias_init=1.0))
+                                      write_threshold=args.threshold, beta_bias_init=1.0,
+                                      state_update_mode=args.update_mode))
     sd = load_file(args.read_path)
     gates = load_file(args.gates)
     centre_diff = max((sd[k].float() - gates[k].float()).norm().item() / max(sd[k].float().norm().item(), 1e-9)
