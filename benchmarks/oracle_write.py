@@ -147,6 +147,8 @@ def main() -> None:
             row |= {f"train_{k}": round(v, 4) for k, v in evaluate(model, train[:8]).items()}
             row |= {f"held_{k}": round(v, 4) for k, v in evaluate(model, held).items()}
             print(json.dumps(row), flush=True)
+            if args.save:  # a checkpoint at every report: a killed run keeps its last one
+                save_weights(ad, args.save)
         if step == args.steps:
             break
         opt.zero_grad()
@@ -155,8 +157,13 @@ def main() -> None:
             (loss / args.batch).backward()
         opt.step()
     if args.save:
-        from safetensors.torch import save_file
-        save_file({k: v.detach().contiguous() for k, v in ad.state_dict().items()}, args.save)
+        save_weights(ad, args.save)
+
+
+def save_weights(adapter, path: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, path)
 
 
 if __name__ == "__main__":
