@@ -119,23 +119,34 @@ def main() -> None:
     ap.add_argument("--beta-bias", type=float, default=1.0)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--mode", choices=["oracle", "all"], default="oracle")
-    ap.add_argument("--distance", type=int, default=60)
+    ap.add_argument("--distance", default="60", help="fact distance(s), comma-separated: pairs split evenly")
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", default="")
+    ap.add_argument("--init", default="", help="adapter dir to fine-tune (its config, e.g. write_threshold, is "
+                    "used); with --mode all the adapter's own selective writes are trained in the loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = load_backbone()
     model.to(torch.bfloat16)
-    ad = attach(model, DeltaMemConfig(write_granularity="token", rank=args.rank, beta_bias_init=args.beta_bias,
-                                      center_inputs=True))
+    if args.init:
+        from deltamem_agents.patching.adapter_io import load_adapter
+
+        ad = load_adapter(model, args.init)
+    else:
+        ad = attach(model, DeltaMemConfig(write_granularity="token", rank=args.rank, beta_bias_init=args.beta_bias,
+                                          center_inputs=True))
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     sampler = EpisodeSampler(tok, value_kinds=KINDS, mix={"fact": 1.0}, in_window_frac=0.0)
     policy = WindowPolicy(budget=args.budget, reserve=48)
-    train = make_pairs(sampler, renderer, policy, args.pairs, "train", 0, args.mode, args.distance)
-    held = make_pairs(sampler, renderer, policy, args.heldout, "heldout", 100_000, args.mode, args.distance)
-    calibrate_input_centers(model, [p for _, raw in train[:8] for p in raw])
+    dists = [int(x) for x in str(args.distance).split(",")]
+    train = [p for i, d in enumerate(dists) for p in make_pairs(sampler, renderer, policy, args.pairs // len(dists),
+                                                               "train", 1000 * i, args.mode, d)]
+    held = [p for i, d in enumerate(dists) for p in make_pairs(sampler, renderer, policy, args.heldout // len(dists),
+                                                              "heldout", 100_000 + 1000 * i, args.mode, d)]
+    if not args.init:
+        calibrate_input_centers(model, [p for _, raw in train[:8] for p in raw])
     opt = torch.optim.AdamW(ad.parameters(), lr=args.lr, weight_decay=0.0)
     rng = random.Random(0)
     t0 = time.time()
