@@ -37,13 +37,18 @@ class MemoryBackend(SessionBackend):
             self._rows[session_id] = row
             return row
 
+    def _current(self, session_id: str, expected_version: int) -> RawSession:
+        """The stored row, checked against the caller's version (call with the lock held)."""
+        old = self._rows.get(session_id)
+        if old is None:
+            raise not_found(session_id)
+        if old.version != expected_version:
+            raise conflict(session_id, expected_version, old.version)
+        return old
+
     def _commit(self, session_id: str, payload: EncodedPayload, expected_version: int) -> RawSession:
         with self._lock:
-            old = self._rows.get(session_id)
-            if old is None:
-                raise not_found(session_id)
-            if old.version != expected_version:
-                raise conflict(session_id, expected_version, old.version)
+            old = self._current(session_id, expected_version)
             row = RawSession(session_id, payload.state, payload.messages, payload.metadata,
                              old.version + 1, old.created_at, max(time.time(), old.updated_at))
             self._rows[session_id] = row
@@ -52,11 +57,7 @@ class MemoryBackend(SessionBackend):
     def _append(self, session_id: str, payload: EncodedPayload, expected_version: int,
                 base_length: int, created_at: float | None) -> tuple[int, float, float] | None:
         with self._lock:
-            old = self._rows.get(session_id)
-            if old is None:
-                raise not_found(session_id)
-            if old.version != expected_version:
-                raise conflict(session_id, expected_version, old.version)
+            old = self._current(session_id, expected_version)
             if len(old.messages) != base_length or (created_at is not None and created_at != old.created_at):
                 return None
             row = RawSession(session_id, payload.state, old.messages + payload.messages, payload.metadata,
