@@ -34,7 +34,7 @@ from ..errors import (
 )
 
 __all__ = [
-    "MAX_SESSION_ID_LENGTH", "SessionRecord", "RawSession", "EncodedPayload", "AppendResult", "SessionBackend",
+    "MAX_SESSION_ID_LENGTH", "SessionRecord", "RawSession", "EncodedPayload", "SessionBackend",
     "validate_session_id", "check_json_value", "dumps_json", "encode_payload", "encode_state", "encode_messages",
     "encode_metadata", "decode_json", "decode_raw", "not_found", "exists", "conflict",
 ]
@@ -96,20 +96,6 @@ class EncodedPayload:
     state: bytes | None
     messages: tuple[str, ...] = field(default=())
     metadata: str = "{}"
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    """What :meth:`SessionBackend.append` returns: like a :class:`SessionRecord`, but ``messages`` holds
-    only the appended messages (fresh JSON objects); the earlier log is not read back."""
-
-    session_id: str
-    state: bytes | None
-    messages: tuple[dict, ...]
-    metadata: dict
-    version: int
-    created_at: float
-    updated_at: float
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
@@ -285,7 +271,7 @@ class SessionBackend(ABC):
 
     def append(self, session_id: str, *, state: bytes | None, messages: Sequence[Mapping[str, Any]],
                metadata: Mapping[str, Any] | None, expected_version: int, base_length: int,
-               created_at: float | None = None) -> AppendResult | None:
+               created_at: float | None = None) -> SessionRecord | None:
         """Atomically append ``messages`` to the stored log and replace state and metadata (version +1).
 
         ``base_length`` is the length of the log at ``expected_version`` as the caller read it, and
@@ -293,7 +279,8 @@ class SessionBackend(ABC):
         and written.  Returns None (and writes nothing) if the stored log does not have ``base_length``
         messages or the session has another ``created_at`` (it was deleted and re-created elsewhere, so
         the version alone does not identify the log): then commit the whole log.  Raises
-        SessionNotFoundError / ConcurrentWriteError like :meth:`commit`.
+        SessionNotFoundError / ConcurrentWriteError like :meth:`commit`.  The returned record's ``messages``
+        holds only the appended messages (fresh JSON objects): the earlier log is not read back.
         """
         sid = validate_session_id(session_id)
         version = _check_version(expected_version)
@@ -304,7 +291,7 @@ class SessionBackend(ABC):
             return None
         new_version, stored_created_at, updated_at = stamp
         decoded, meta = decode_json(sid, payload.messages, payload.metadata)
-        return AppendResult(sid, payload.state, decoded, meta, new_version, stored_created_at, updated_at)
+        return SessionRecord(sid, payload.state, decoded, meta, new_version, stored_created_at, updated_at)
 
     def list(self, prefix: str | None = None) -> list[str]:
         """Sorted ids of all sessions, or of those starting with ``prefix``."""
