@@ -56,6 +56,21 @@ def value_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
     return out
 
 
+def token_classes(mids: list[int], labels: dict[int, list[bool]], n_history: int) -> list[int]:
+    """Per token of one call: 1 = a fact value's token, 0 = another history/question token, -1 = left out
+    (unwritten tokens and the answer). A written message's tokens are contiguous within a call."""
+    out, pos, prev = [], 0, None
+    for m in mids:
+        pos = pos + 1 if m == prev else 0
+        prev = m
+        if m < 0 or m > n_history:
+            out.append(-1)
+        else:
+            lab = labels.get(m)
+            out.append(int(bool(lab is not None and pos < len(lab) and lab[pos])))
+    return out
+
+
 def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[int], DeltaState]],
                     labels: dict[int, list[bool]], n_history: int, hi: float, lo: float) -> torch.Tensor | None:
     """Token writes: BCE of each candidate token's β̄ (mean over heads/ranks) against hi (a fact value's
@@ -66,27 +81,19 @@ def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor
     for gates, mids, _ in calls:
         if not gates:
             continue
-        tgt, pos_in_msg, prev = [], 0, None
-        for m in mids:
-            pos_in_msg = pos_in_msg + 1 if m == prev else 0
-            prev = m
-            if m < 0 or m > n_history:
-                tgt.append(-1.0)
-            else:
-                lab = labels.get(m)
-                tgt.append(hi if lab is not None and pos_in_msg < len(lab) and lab[pos_in_msg] else lo)
-        t = torch.tensor(tgt)
-        keep = t >= 0
+        cls = torch.tensor(token_classes(mids, labels, n_history))
+        keep = cls >= 0
         if not bool(keep.any()):
             continue
-        targets.append(t[keep])
+        targets.append(cls[keep])
         for slot, (g, mask) in gates.items():
             beta = g[0].mean(dim=(-2, -1)).clamp(1e-6, 1 - 1e-6)  # [T]
             per_layer.setdefault(slot, []).append(beta[keep.to(beta.device)])
     if not targets:
         return None
-    t = torch.cat(targets)
-    pos, neg = t == hi, t != hi
+    cls = torch.cat(targets)
+    pos, neg = cls == 1, cls == 0
+    t = torch.where(pos, hi, lo).float()
     total = torch.zeros(())
     for betas in per_layer.values():
         b = torch.cat(betas)

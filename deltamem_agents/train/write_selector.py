@@ -19,7 +19,7 @@ from ..patching.forward import forward_with_state
 from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
 from .episode import EpisodePasses, build_passes
-from .gates import token_gate_loss, value_token_labels
+from .gates import token_classes, token_gate_loss, value_token_labels
 
 
 def _calls(model: Any, p: EpisodePasses, grad: bool) -> list[Any]:
@@ -88,14 +88,7 @@ def selector_report(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple
         p = build_passes(ep, renderer, pol)
         labels = value_token_labels(ep, renderer)
         for gates, mids, _ in _calls(model, p, False):
-            prev, k = None, 0
-            tgt = []
-            for m in mids:
-                k = k + 1 if m == prev else 0
-                prev = m
-                lab = labels.get(m)
-                tgt.append(-1 if m < 0 or m > len(ep.messages) else int(bool(lab and k < len(lab) and lab[k])))
-            t = torch.tensor(tgt)
+            t = torch.tensor(token_classes(mids, labels, len(ep.messages)))
             n_pos += int((t == 1).sum())
             n_neg += int((t == 0).sum())
             for slot, (g, _) in gates.items():
