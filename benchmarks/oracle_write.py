@@ -46,8 +46,8 @@ def value_span(a: list[int], b: list[int]) -> tuple[tuple[int, int], tuple[int, 
 
 
 def oracle(pa: EpisodePasses, pb: EpisodePasses, mode: str) -> tuple[EpisodePasses, EpisodePasses] | None:
-    """The pair with writes restricted to the value span (mode 'oracle') or unchanged writes ('all');
-    no writes in the read pass either way. None if the twins' passes do not align."""
+    """The pair with writes restricted to the value span and none in the read pass (mode 'oracle'), or the
+    runtime's writes unchanged (mode 'all'). None if the twins' passes do not align."""
     if len(pa.write_passes) != len(pb.write_passes) or not pa.write_passes:
         return None
     qa = pa.labels.index(next(x for x in pa.labels if x != IGNORE))
@@ -72,8 +72,12 @@ def oracle(pa: EpisodePasses, pb: EpisodePasses, mode: str) -> tuple[EpisodePass
         wa.append((ia, ma)); wb.append((ib, mb))
     if found != 1:
         return None
-    ra = EpisodePasses(wa, pa.read_ids, [-1] * len(pa.read_ids), pa.labels)
-    rb = EpisodePasses(wb, pb.read_ids, [-1] * len(pb.read_ids), pb.labels)
+    if mode == "oracle":  # the read pass writes nothing
+        ra = EpisodePasses(wa, pa.read_ids, [-1] * len(pa.read_ids), pa.labels)
+        rb = EpisodePasses(wb, pb.read_ids, [-1] * len(pb.read_ids), pb.labels)
+    else:  # as the runtime: the read pass writes its new messages (the question) with the adapter's own selection
+        ra = EpisodePasses(wa, pa.read_ids, pa.read_mids, pa.labels)
+        rb = EpisodePasses(wb, pb.read_ids, pb.read_mids, pb.labels)
     return ra, rb
 
 
@@ -122,6 +126,8 @@ def main() -> None:
     ap.add_argument("--distance", default="60", help="fact distance(s), comma-separated: pairs split evenly")
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-seed", type=int, default=0, help="first seed of the training pairs (held-out pairs "
+                    "always start at 100000): a continuation can draw pairs its init never saw")
     ap.add_argument("--save", default="")
     ap.add_argument("--init", default="", help="adapter dir to fine-tune (its config, e.g. write_threshold, is "
                     "used); with --mode all the adapter's own selective writes are trained in the loop")
@@ -142,7 +148,7 @@ def main() -> None:
     policy = WindowPolicy(budget=args.budget, reserve=48)
     dists = [int(x) for x in str(args.distance).split(",")]
     train = [p for i, d in enumerate(dists) for p in make_pairs(sampler, renderer, policy, args.pairs // len(dists),
-                                                               "train", 1000 * i, args.mode, d)]
+                                                               "train", args.train_seed + 10_000 * i, args.mode, d)]
     held = [p for i, d in enumerate(dists) for p in make_pairs(sampler, renderer, policy, args.heldout // len(dists),
                                                               "heldout", 100_000 + 1000 * i, args.mode, d)]
     if not args.init:

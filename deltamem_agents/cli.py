@@ -125,7 +125,9 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
                 conditions: str = "window,deltamem,shuffled,counterfactual,empty,full", split: str = "heldout",
                 kind: str = "fact", threads: int = 2,
                 value_kinds: str = typer.Option("", help="only answers of these value kinds, e.g. 'closed' (the "
-                                                         "value pools) or colour,food,job")):
+                                                         "value pools) or colour,food,job"),
+                max_new_tokens: int = typer.Option(16, help="greedy answer length; verbose answers (the backbone "
+                                                            "with the full history) need more to reach the value")):
     """Memory probe: fact at each distance before the question, outside the visible window."""
     from .bench.run_probe import run_probe
 
@@ -138,7 +140,7 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
         kinds = [k.strip() for k in value_kinds.split(",") if k.strip()]
     run_probe(adapter=adapter, n=n, distances=[int(d) for d in distances.split(",")], budget=budget, out=out,
               seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads,
-              value_kinds=kinds)
+              value_kinds=kinds, max_new_tokens=max_new_tokens)
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
               conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
-              show_progress: bool = True, value_kinds: list[str] | None = None) -> str:
+              show_progress: bool = True, value_kinds: list[str] | None = None, max_new_tokens: int = 16) -> str:
     import torch
     from tqdm.auto import tqdm
 
@@ -28,7 +28,7 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     torch.set_num_threads(threads)
     model, tok = load_model(None, adapter)
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
-    probe = MemoryProbe(model, tok, renderer)
+    probe = MemoryProbe(model, tok, renderer, max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)
     count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,8 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
                 rows = probe.run(pair, policy, conditions, score={0})  # eps[i+1] only donates its state
                 for r in rows:
                     if r["episode"] == 0:
-                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=str(adapter))
+                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=str(adapter),
+                                 max_new_tokens=max_new_tokens)
                         f.write(json.dumps(r) + "\n")
                 f.flush()
     text = summarize(out)
