@@ -2,7 +2,9 @@
 per-layer recall of fact-value tokens and false-write rate of other tokens on held-out episodes.
 
 Reproduces oracle_write.py's adapter initialisation and input centres (same seed, same calibration pairs), so
-the fitted gates can be merged into an adapter whose read path was trained there:
+the fitted gates can be merged into an adapter whose read path was trained there. The fit itself is
+`deltamem_agents.train.selector_fit` (= `deltamem-agents fit-selector`, which copies the centres from a stage-1
+adapter instead):
 
     python benchmarks/fit_selector.py --steps 60 --out runs/selector/gates.safetensors
 """
@@ -10,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
-from safetensors.torch import save_file
 
 from deltamem_agents.backbone import load_backbone
 from deltamem_agents.core.config import DeltaMemConfig
@@ -22,7 +22,7 @@ from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
 from deltamem_agents.train.calibrate import calibrate_input_centers
 from deltamem_agents.train.sampler import EpisodeSampler
-from deltamem_agents.train.write_selector import fit_write_gates, selector_report
+from deltamem_agents.train.selector_fit import SelectorFitConfig, run_selector_fit
 
 from oracle_write import KINDS, make_pairs  # noqa: E402  (same directory)
 
@@ -53,37 +53,14 @@ def main() -> None:
     pair_sampler = EpisodeSampler(tok, value_kinds=KINDS, mix={"fact": 1.0}, in_window_frac=0.0)
     train_pairs = make_pairs(pair_sampler, renderer, WindowPolicy(budget=128, reserve=48), 8, "train", 0, "oracle", 60)
     calibrate_input_centers(model, [p for _, raw in train_pairs for p in raw])
-    with torch.no_grad():
-        for layer in model.deltamem.layers:
-            layer.beta_bias.fill_(args.fit_bias_init)
-    if args.init:
-        from safetensors.torch import load_file
-        model.deltamem.load_state_dict(load_file(args.init), strict=False)
-    sampler = EpisodeSampler(tok, value_kinds=KINDS, mix={"fact": 0.6, "update": 0.2, "multi": 0.2},
-                             in_window_frac=0.2, budget_range=(128, 320), distance_start=60, distance_end=500,
-                             total_steps=args.steps, seed=1)
-    episodes = (sampler.sample(step, micro) for step in range(10**6) for micro in range(args.batch))
-    held = [sampler.heldout(i, budget=256, distance=300) for i in range(args.heldout)]
-    t0 = time.time()
-    before = selector_report(model, renderer, held, args.threshold)
-    losses = fit_write_gates(model, renderer, episodes, steps=args.steps, batch=args.batch, lr=args.lr, hi=args.hi,
-                             lo=args.lo)
-    after = selector_report(model, renderer, held, args.threshold)
-    print(json.dumps({"args": vars(args), "seconds": round(time.time() - t0), "loss_first": losses[:3],
-                      "loss_last": losses[-3:], "n_pos": after.n_pos, "n_neg": after.n_neg,
-                      "recall_before": [round(x, 3) for x in before.recall],
-                      "false_before": [round(x, 4) for x in before.false_rate],
-                      "recall": [round(x, 3) for x in after.recall],
-                      "false_rate": [round(x, 4) for x in after.false_rate]}), flush=True)
-    for tau in [float(x) for x in args.report_thresholds.split(",")]:
-        rep = selector_report(model, renderer, held, tau)
-        print(json.dumps({"threshold": tau, "recall_mean": round(sum(rep.recall) / len(rep.recall), 3),
-                          "recall_min": round(min(rep.recall), 3),
-                          "false_mean": round(sum(rep.false_rate) / len(rep.false_rate), 4),
-                          "false_max": round(max(rep.false_rate), 4)}), flush=True)
-    sd = {k: v.detach().contiguous() for k, v in model.deltamem.state_dict().items()
-          if k.endswith(("beta_proj", "beta_bias", "input_center"))}
-    save_file(sd, args.out)
+    cfg = SelectorFitConfig(steps=args.steps, batch=args.batch, lr=args.lr, threshold=args.threshold, hi=args.hi,
+                            lo=args.lo, fit_bias_init=args.fit_bias_init, heldout=args.heldout, init_gates=args.init,
+                            report_thresholds=tuple(float(x) for x in args.report_thresholds.split(",")),
+                            value_kinds=tuple(KINDS))
+    rows = run_selector_fit(model, tok, renderer, cfg, args.out)
+    print(json.dumps({"args": vars(args), **rows[0]}), flush=True)
+    for row in rows[1:]:
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -94,13 +94,44 @@ def sessions_import(path: Path, session: Optional[str] = None, db: Optional[Path
     typer.echo(_chat("default", db).import_session(path, session, overwrite=overwrite))
 
 
+def _mix(text: str) -> dict[str, float] | None:
+    """'fact=0.6,update=0.2' -> {'fact': 0.6, 'update': 0.2}; '' -> None (the sampler's default mix)."""
+    pairs = [x.split("=") for x in text.split(",") if x.strip()]
+    return {k.strip(): float(v) for k, v in pairs} if pairs else None
+
+
 @app.command()
 def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, grad_accum: int = 4,
           lr: float = 1e-3, granularity: str = "message_mean", rank: int = 8, heads: int = 1,
           beta_bias_init: float = -3.0, target_layers: str = "", babi_dir: Optional[Path] = None,
           max_minutes: Optional[float] = None, seed: int = 0, threads: int = 2, bf16: bool = True,
-          contrast_weight: float = 0.0, contrast_margin: float = 1.0):
-    """Train (or resume) a δ-mem adapter on the default backbone; checkpoints in OUT_DIR/checkpoint-last."""
+          contrast_weight: float = 0.0, contrast_margin: float = 1.0,
+          center_inputs: bool = typer.Option(False, help="centre the memory inputs (calibrated once)"),
+          write_threshold: Optional[float] = typer.Option(None, help="selective token writes: tokens with β̄ below "
+                                                                     "it are not written (0 = dense)"),
+          update_mode: Optional[str] = typer.Option(None, help="state_update_mode: standard|lambda_outside|no_lambda"),
+          init_adapter: Optional[Path] = typer.Option(None, help="start from this adapter (dir or checkpoint dir) in "
+                                                     "its own config; --write-threshold/--update-mode override it"),
+          writes: str = typer.Option("runtime", help="runtime (the session runtime's writes) | value_only (only the "
+                                                     "asked value's tokens, nothing in the final pass; token writes)"),
+          counterfactual: bool = typer.Option(False, help="train fact episodes beside their counterfactual twins"),
+          gate_weight: float = 0.0, gate_level: str = "message", gate_hi: float = 0.5, gate_lo: float = 0.02,
+          lr_schedule: str = typer.Option("cosine", help="cosine | constant (after the warm-up)"),
+          warmup_frac: float = 0.05,
+          max_grad_norm: float = typer.Option(1.0, help="gradient clipping (<= 0: none)"),
+          mix: str = typer.Option("", help="episode kinds, e.g. fact=1 or fact=0.6,update=0.2,multi=0.2"),
+          value_kinds: str = typer.Option("", help="only answers of these value kinds, e.g. colour,food,sport,drink"),
+          in_window_frac: float = 0.2,
+          budget_range: str = typer.Option("160,448", help="window budgets drawn per episode (min,max)"),
+          distance_range: str = typer.Option("150,1500", help="curriculum: extra fact distance beyond 0.6 x budget, "
+                                                              "from start to end"),
+          diag_every: int = 25, diag_episodes: int = 8, diag_budget: int = 256, diag_distance: int = 400,
+          ckpt_every_min: float = 10.0,
+          backbone: str = typer.Option("default", help="backbone: 'default' or a local HF model dir")):
+    """Train (or resume) a δ-mem adapter on a frozen backbone; checkpoints in OUT_DIR/checkpoint-last.
+
+    The selective-write recipe (docs/training.md) is stage 1 `--writes value_only` and stage 4 `--init-adapter`
+    with `--counterfactual --contrast-weight`."""
     import torch
 
     from .backbone import load_backbone
@@ -108,15 +139,97 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
 
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(threads)
-    layers = [int(x) for x in target_layers.split(",") if x.strip()]
-    delta = {"write_granularity": granularity, "rank": rank, "num_state_heads": heads,
-             "beta_bias_init": beta_bias_init, "target_layers": layers}
+    overrides = {k: v for k, v in (("write_threshold", write_threshold), ("state_update_mode", update_mode))
+                 if v is not None}
+    if init_adapter:
+        from .train.adapter_files import delta_from_adapter
+
+        delta = delta_from_adapter(init_adapter, **overrides)
+    else:
+        layers = [int(x) for x in target_layers.split(",") if x.strip()]
+        delta = {"write_granularity": granularity, "rank": rank, "num_state_heads": heads,
+                 "beta_bias_init": beta_bias_init, "target_layers": layers, "center_inputs": center_inputs,
+                 **overrides}
+    budgets, dists = _ints(budget_range), _ints(distance_range)
+    sampler = {"babi_dir": str(babi_dir) if babi_dir else None, "mix": _mix(mix),
+               "value_kinds": list(_names(value_kinds)) or None, "in_window_frac": in_window_frac,
+               "budget_range": budgets, "distance_start": dists[0], "distance_end": dists[1]}
     cfg = TrainConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, delta=delta, seed=seed,
                       max_minutes=max_minutes, bf16=bf16, contrast_weight=contrast_weight,
-                      contrast_margin=contrast_margin,
-                      sampler={"babi_dir": str(babi_dir) if babi_dir else None})
-    model, tok = load_backbone()
+                      contrast_margin=contrast_margin, counterfactual=counterfactual, writes=writes,
+                      init_adapter=str(init_adapter) if init_adapter else None, gate_weight=gate_weight,
+                      gate_level=gate_level, gate_hi=gate_hi, gate_lo=gate_lo, lr_schedule=lr_schedule,
+                      warmup_frac=warmup_frac, max_grad_norm=max_grad_norm, diag_every=diag_every,
+                      diag_episodes=diag_episodes, diag_budget=diag_budget, diag_distance=diag_distance,
+                      ckpt_every_min=ckpt_every_min, sampler=sampler)
+    model, tok = load_backbone(backbone)
     Trainer(model, tok, cfg).train()
+
+
+@app.command("fit-selector")
+def fit_selector(out: Path = typer.Option(..., help="the fitted gates (safetensors) for merge-selective"),
+                 init_adapter: Optional[Path] = typer.Option(None, help="the stage-1 read path (adapter or "
+                                                             "checkpoint dir): its config and input centres are used"),
+                 steps: int = 60, batch: int = 4, lr: float = 1e-2,
+                 threshold: float = typer.Option(0.5, help="threshold of the before/after report"),
+                 hi: float = 0.9, lo: float = 0.01,
+                 fit_bias_init: float = typer.Option(-4.6, help="gate bias the fit starts from"),
+                 heldout: int = 16, init_gates: Optional[Path] = typer.Option(None, help="continue an earlier fit"),
+                 report_thresholds: str = "0.5,0.7,0.8,0.9",
+                 value_kinds: str = typer.Option(",".join(("colour", "food", "sport", "drink")),
+                                                 help="answer kinds of the fit's episodes ('' = all)"),
+                 calibration_episodes: int = typer.Option(16, help="without --init-adapter: episodes whose written "
+                                                          "tokens set the input centres"),
+                 seed: int = 1, threads: int = 2, progress: bool = True,
+                 backbone: str = typer.Option("default", help="backbone: 'default' or a local HF model dir")):
+    """Fit only the write gates as a token selector (stage 2 of docs/training.md); prints per-threshold
+    recall of value tokens and false-write rate of other tokens on held-out episodes, saves the gates to OUT."""
+    import torch
+
+    from .backbone import load_backbone
+    from .runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+    from .train.selector_fit import SelectorFitConfig, prepare_selector, run_selector_fit, selector_sampler
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = SelectorFitConfig(steps=steps, batch=batch, lr=lr, threshold=threshold, hi=hi, lo=lo,
+                            fit_bias_init=fit_bias_init, heldout=heldout, init_gates=str(init_gates or ""),
+                            report_thresholds=tuple(float(x) for x in report_thresholds.split(",") if x.strip()),
+                            value_kinds=_names(value_kinds), seed=seed)
+    model, tok = load_backbone(backbone)
+    model.to(torch.bfloat16)
+    renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    calib = None
+    if init_adapter is None:
+        cal_sampler = selector_sampler(tok, cfg)
+        calib = [cal_sampler.sample(10_000_000 + i, 0) for i in range(calibration_episodes)]
+    prepare_selector(model, renderer, init_adapter=init_adapter, threshold=threshold, calibration=calib)
+    for row in run_selector_fit(model, tok, renderer, cfg, out, progress=progress):
+        typer.echo(json.dumps(row))
+    typer.echo(f"saved {out}")
+
+
+@app.command("merge-selective")
+def merge_selective_cmd(read_path: Path = typer.Argument(..., help="stage-1 read path: adapter/checkpoint dir or "
+                                                         "safetensors file"),
+                        gates: Path = typer.Argument(..., help="stage-2 gates (fit-selector --out)"),
+                        out: Path = typer.Argument(..., help="the merged adapter dir"),
+                        threshold: float = typer.Option(0.5, help="write_threshold τ of the merged adapter"),
+                        update_mode: str = typer.Option("standard", help="state_update_mode, e.g. no_lambda"),
+                        rank: int = typer.Option(8, help="rank when the read path is a bare weights file"),
+                        info: str = typer.Option("", help="free text recorded in the adapter's info"),
+                        backbone: str = typer.Option("default", help="backbone: 'default' or a local HF model dir")):
+    """Merge a read path and a fitted token selector into one adapter with selective token writes (stage 3)."""
+    from .backbone import load_backbone
+    from .train.merge import merge_selective
+
+    model, _ = load_backbone(backbone)
+    try:
+        path, diff = merge_selective(model, read_path, gates, out, threshold=threshold, update_mode=update_mode,
+                                     rank=rank, info=info)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"saved {path} (input centres of the two parts differ by {diff:.2e})")
 
 
 @app.command("eval-memory")

@@ -37,18 +37,26 @@ def fact_values(ep: Episode) -> set[str]:
     return {v.lower() for v in values if v}
 
 
-def fact_messages(ep: Episode) -> set[int]:
-    """Indices of history messages that mention a fact value of the episode (asked, other or older)."""
-    values = fact_values(ep)
+def fact_messages(ep: Episode, values: set[str] | None = None) -> set[int]:
+    """Indices of history messages that mention a fact value of the episode (asked, other or older), or one
+    of `values` (lower-cased) when given."""
+    values = fact_values(ep) if values is None else values
     return {i for i, m in enumerate(ep.messages) if any(v in message_text(m).lower() for v in values)}
 
 
-def value_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
-    """For each history message that mentions a fact value: which tokens of its rendered block overlap a
-    mention (whole-word, case-insensitive). These are the tokens selective token writes should store."""
-    values = fact_values(ep)
+def asked_values(ep: Episode) -> set[str]:
+    """The asked fact's value (lower-cased; empty for episodes without one, e.g. bAbI or tool results)."""
+    value = str(ep.meta.get("value", "") or "")
+    return {value.lower()} if value else set()
+
+
+def value_token_labels(ep: Episode, renderer: Any, values: set[str] | None = None) -> dict[int, list[bool]]:
+    """For each history message that mentions a fact value (every fact value of the episode, or only
+    `values`, lower-cased, e.g. `asked_values(ep)`): which tokens of its rendered block overlap a mention
+    (whole-word, case-insensitive). These are the tokens selective token writes should store."""
+    values = fact_values(ep) if values is None else values
     out: dict[int, list[bool]] = {}
-    for i in fact_messages(ep):
+    for i in fact_messages(ep, values):
         text, _, spans = renderer.message_block(ep.messages[i])
         hits = [(m.start(), m.end()) for v in values
                 for m in re.finditer(r"(?<![\w])" + re.escape(v) + r"(?![\w])", text, flags=re.IGNORECASE)]

@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
+from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class TrainConfig:
     grad_accum: int = 8
     lr: float = 1e-3
     warmup_frac: float = 0.05
+    lr_schedule: str = "cosine"  # "cosine" (decay to 0 after the warm-up) | "constant" (flat after the warm-up)
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still logged)
     seed: int = 0
     bf16: bool = True
     write_grad: str = "truncated"  # "truncated" | "full"
@@ -70,6 +72,10 @@ class TrainConfig:
     # "message": SSW messages' β̄ (gate_loss); "token": token writes, the fact values' tokens vs every other token
     # (token_gate_loss) — with `write_threshold` this teaches the adapter which tokens to store at all
     gate_level: str = "message"
+    # which tokens the episodes write (train/writes.py): "runtime" = the session runtime's writes; "value_only" =
+    # only the asked fact's value tokens in the history passes and nothing in the final pass (oracle selection,
+    # stage 1 of docs/training.md; token writes only). The held-out diagnostics use the same writes
+    writes: str = "runtime"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -89,6 +95,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     warm = max(1, math.ceil(cfg.warmup_frac * cfg.steps))
     if step < warm:
         return cfg.lr * (step + 1) / warm
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     prog = min(1.0, (step - warm) / max(1, cfg.steps - warm))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * prog))
 
@@ -129,7 +137,12 @@ class Trainer:
         if cfg.bf16:  # bf16 weights, not autocast: autocast re-casts frozen weights on every call (measured 10x slower)
             model.to(torch.bfloat16)
         self.out = Path(cfg.out_dir)
-        self.adapter = attach(model, DeltaMemConfig(**cfg.delta))
+        if cfg.writes not in WRITES or cfg.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"writes must be one of {WRITES} and lr_schedule 'cosine' or 'constant'")
+        dcfg = DeltaMemConfig(**cfg.delta)
+        if cfg.writes == "value_only" and dcfg.write_granularity != "token":
+            raise ValueError("writes='value_only' needs token writes (delta write_granularity='token')")
+        self.adapter = attach(model, dcfg)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable and all(n.startswith("deltamem.") for n in trainable), "backbone must stay frozen"
         self.renderer = ChatRenderer(tokenizer, cfg.system_prompt)
@@ -144,7 +157,9 @@ class Trainer:
         elif cfg.init_adapter:
             from safetensors.torch import load_file
 
-            self.adapter.load_state_dict(load_file(str(Path(cfg.init_adapter) / "adapter.safetensors")), strict=True)
+            from .adapter_files import weights_file
+
+            self.adapter.load_state_dict(load_file(str(weights_file(cfg.init_adapter))), strict=True)
             logger.info("initialised the adapter from %s", cfg.init_adapter)
         elif self.adapter.config.center_inputs:
             from .calibrate import calibrate_input_centers
@@ -157,7 +172,7 @@ class Trainer:
 
     def _twin_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
-        pa, pb = (build_passes(e, self.renderer, policy) for e in (ep, twin))
+        pa, pb = (self._passes(e, policy) for e in (ep, twin))
         trunc = self.cfg.write_grad == "truncated"
         la, sa, ba, ga = self._own(ep, pa)
         lb, sb, bb, gb = self._own(twin, pb)
@@ -178,6 +193,10 @@ class Trainer:
                        "in_window": pa.fact_in_window,
                        "beta": torch.stack(betas).mean().item() if betas else None}
 
+    def _passes(self, ep: Episode, policy: WindowPolicy) -> EpisodePasses:
+        """The episode's forward passes with the configured writes (`TrainConfig.writes`)."""
+        return select_writes(build_passes(ep, self.renderer, policy), ep, self.renderer, self.cfg.writes)
+
     def _own(self, ep: Episode, p: EpisodePasses) -> tuple[torch.Tensor, DeltaState, list[torch.Tensor], torch.Tensor]:
         """(answer loss, state entering the final epoch, betas, weighted gate-supervision loss) of one episode."""
         calls: list[Any] | None = [] if self.cfg.gate_weight else None
@@ -194,7 +213,7 @@ class Trainer:
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.cfg.counterfactual and supports_counterfactual(ep):
             return self._twin_loss(ep, policy)
-        p = build_passes(ep, self.renderer, policy)
+        p = self._passes(ep, policy)
         loss, entering, betas, gl = self._own(ep, p)
         total = loss + gl
         extra: dict[str, Any] = {"gate_loss": gl.item() if self.cfg.gate_weight else None}
@@ -216,7 +235,7 @@ class Trainer:
     def memory_gap(self) -> dict[str, float]:
         """Answer loss with the own state, a state from another episode, and a zero state (held-out set)."""
         own, shuf, zero, cf = [], [], [], []
-        passes = [build_passes(ep, self.renderer, pol) for ep, pol in self.diag]
+        passes = [self._passes(ep, pol) for ep, pol in self.diag]
         states = [run_passes(self.model, p)[2] for p in passes]
         for i, p in enumerate(passes):
             own.append(run_passes(self.model, p)[0].item())
@@ -225,7 +244,7 @@ class Trainer:
             zero.append(self._final_loss(p, self.adapter.zero_state(1)))
             ep, pol = self.diag[i]
             if supports_counterfactual(ep):  # the twin's state: same relation and words, another value
-                twin = build_passes(counterfactual(ep, 7_000 + i), self.renderer, pol)
+                twin = self._passes(counterfactual(ep, 7_000 + i), pol)
                 cf.append(self._final_loss(p, run_passes(self.model, twin)[2].rebased()))
         m = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         return {"diag_loss": m(own), "diag_loss_shuffled": m(shuf), "diag_loss_zero": m(zero),
@@ -258,7 +277,8 @@ class Trainer:
                 loss, st = self._episode_loss(ep, policy)
                 (loss / cfg.grad_accum).backward()
                 stats.append(st)
-            gnorm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.max_grad_norm).item()
+            clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            gnorm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), clip).item()
             self.opt.step()
             self.step += 1
             dt = time.perf_counter() - t0
