@@ -14,6 +14,11 @@ starts over). At the end: a summary (printed, and `<work-dir>/summary.json`) and
 The adapter is `--adapter random` by default (δ-mem attached with seeded random weights, like the tests:
 no trained adapter is shipped yet and the state must really move), `init` (attach's initial weights) or an
 adapter directory.
+
+Memory diagnosis (docs/soak.md, "RSS growth: diagnosis"): every sample also records RssAnon/RssFile and glibc's
+heap counters (benchmarks/memprobe.py); `--malloc-trim-every N` calls glibc `malloc_trim(0)` after every N-th
+turn; `--tracemalloc 300,1500` traces Python allocations and writes the growth between the first listed turn
+and each later one to `<work-dir>/tracemalloc.txt` (tracing slows the run and adds its own memory to RSS).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memprobe  # noqa: E402
+
 SESSION = "soak"
 WORDS = ("apple", "river", "candle", "violet", "copper", "meadow", "harbor", "pepper", "falcon", "marble")
 
@@ -50,7 +58,21 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def build_bot(adapter: str, db: Path, budget: int) -> Any:
+def tiny_backbone() -> tuple[Any, Any]:
+    """A 3-layer random Llama (hidden 64) on the real backbone's tokenizer: the same runtime, store, renderer
+    and tokenizer code per turn at a fraction of the compute (for Python-level leak hunting, not for RSS)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir(None))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=8192)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+def build_bot(adapter: str, db: Path, budget: int, tiny: bool = False) -> Any:
     from deltamem_agents.backbone import load_backbone
     from deltamem_agents.chat.model import DeltaMemChat
     from deltamem_agents.core.config import ssw
@@ -60,9 +82,9 @@ def build_bot(adapter: str, db: Path, budget: int) -> Any:
 
     store = SessionStore(SQLiteBackend(db))
     policy = WindowPolicy(budget=budget, reserve=64)
-    if adapter not in ("random", "init"):
+    if adapter not in ("random", "init") and not tiny:
         return DeltaMemChat.from_pretrained(None, adapter=adapter, store=store, policy=policy)
-    model, tok = load_backbone()
+    model, tok = tiny_backbone() if tiny else load_backbone()
     ad = attach(model, ssw())
     if adapter == "random":  # the tests' randomize_adapter (tests/conftest.py), seed 0, scale 0.3
         g = torch.Generator().manual_seed(0)
@@ -83,7 +105,8 @@ def sample(bot: Any) -> dict[str, float]:
     st, rec = bot.state(SESSION), bot.store.get(SESSION)
     assert rec is not None and len(rec.messages) == rec.metadata["num_messages"]
     return {"state_norm_max": float(st.norms().max()), "state_absmax": float(st.S.abs().max()), "rss_mb": rss_mb(),
-            "window_start": rec.metadata["window_start"], "state_bytes": len(rec.state or b"")}
+            "window_start": rec.metadata["window_start"], "state_bytes": len(rec.state or b""),
+            **memprobe.rss_split(), **memprobe.heap_stats()}
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -153,10 +176,13 @@ def main() -> None:
     ap.add_argument("--sample-every", type=int, default=10, help="state norm and RSS every K turns")
     ap.add_argument("--budget", type=int, default=1024, help="window budget in tokens (evictions happen)")
     ap.add_argument("--adapter", default="random", help="random | init | an adapter directory")
+    ap.add_argument("--tiny", action="store_true", help="tiny random Llama on the real tokenizer (leak hunting)")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: <cache dir>/soak")
     ap.add_argument("--plot", type=Path, default=Path("docs/soak.png"))
     ap.add_argument("--fresh", action="store_true", help="delete the work dir first (no resume)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--malloc-trim-every", type=int, default=0, help="glibc malloc_trim(0) after every N-th turn")
+    ap.add_argument("--tracemalloc", default="", help="turns to snapshot, e.g. 300,1500 (report: tracemalloc.txt)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from deltamem_agents.backbone import cache_dir
@@ -166,7 +192,7 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     jsonl, db = work / "soak.jsonl", work / "soak.db"
-    bot = build_bot(args.adapter, db, args.budget)
+    bot = build_bot(args.adapter, db, args.budget, args.tiny)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
     n_messages = len(bot.history(SESSION))
     if n_messages != (rows[-1]["n_messages"] if rows else 0):  # e.g. killed between the commit and the row
@@ -174,6 +200,7 @@ def main() -> None:
                  "rerun with --fresh")
     done = rows[-1]["turn"] + 1 if rows else 0
     pid = os.getpid()
+    trace = memprobe.TraceDiff([int(t) for t in args.tracemalloc.split(",")]) if args.tracemalloc else None
     with open(jsonl, "a") as out:
         for i in tqdm(range(done, args.turns), initial=done, total=args.turns, disable=args.no_progress,
                       desc="soak", unit="turn"):
@@ -185,15 +212,23 @@ def main() -> None:
             else:
                 bot.add_messages([{"role": "user", "content": user_text(i)}], session_id=SESSION)
             n_messages += 2 if reply else 1
+            trimmed = None
+            if args.malloc_trim_every and i % args.malloc_trim_every == args.malloc_trim_every - 1:
+                trimmed = memprobe.malloc_trim()
             row = {"turn": i, "kind": "reply" if reply else "add", "latency_s": time.perf_counter() - t0,
                    "cpu_s": time.process_time() - c0, "pid": pid, "n_messages": n_messages}
+            if trimmed is not None:
+                row["trimmed"] = trimmed
             if i % args.sample_every == 0 or i == args.turns - 1:
                 row.update(sample(bot))
+            if trace is not None and trace.maybe_snapshot(i):
+                (work / "tracemalloc.txt").write_text(trace.report())
             out.write(json.dumps(row) + "\n")
             out.flush()
             rows.append(row)
     summary = summarize(rows)
     summary.update(threads=args.threads, adapter=args.adapter, budget=args.budget, reply_every=args.reply_every,
+                   malloc_trim_every=args.malloc_trim_every, tiny=args.tiny, tracemalloc=args.tracemalloc,
                    load_average_end=os.getloadavg()[0])
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     plot(rows, summary, args.plot, f"δ-mem soak, adapter={args.adapter}")

@@ -27,19 +27,25 @@ def message_key(m: dict[str, Any]) -> tuple:
 
 
 def new_messages(log: list[dict[str, Any]], given: list[dict[str, Any]], mode: str = "auto") -> list[dict[str, Any]]:
+    """The new part of `given` (policy above). Costs O(len(given)) message keys, not O(len(log)): cases 2
+    and 3 only look at the log's last n = min(len(log), len(given)) messages, and case 1 needs the whole log
+    only when `given` is at least as long (a shorter list cannot start with it)."""
     if mode == "new" or not log:
         return list(given)
-    L, G = [message_key(m) for m in log], [message_key(m) for m in given]
-    if G[:len(L)] == L:
-        return list(given[len(L):])
+    G = [message_key(m) for m in given]
+    n = min(len(log), len(G))
+    tail = [message_key(x) for x in log[len(log) - n:]]  # the log's last n keys (all of them if G is longer)
+    if len(G) >= len(log) and G[:len(log)] == tail:
+        return list(given[len(log):])
     if mode == "full":
         raise InvalidMessageError("mode='full' but the given messages do not start with the session's history")
     if mode != "auto":
         raise ValueError(f"unknown history mode {mode!r}")
-    for k in range(min(len(L), len(G)), 0, -1):
-        if G[:k] == L[-k:]:
+    for k in range(n, 0, -1):
+        if G[:k] == tail[n - k:]:
             return list(given[k:])
-    last = [i for i, g in enumerate(G) if g == L[-1]]
+    last_key = tail[-1] if tail else message_key(log[-1])
+    last = [i for i, g in enumerate(G) if g == last_key]
     if last:
         return list(given[last[-1] + 1:])
     return list(given)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from ..core.state import DeltaState
 from ..errors import InvalidMessageError
 from .decode import Cursor, Engine, Generation, GenerationConfig, LogitsConstraint
+from .memtrim import release_free_memory
 from .messages import validate_message
 from .render import ChatRenderer
 from .window import WindowPolicy
@@ -75,7 +76,9 @@ class SessionRunner:
             ids = list(r.system_ids) + ids
             self.engine.forward(cur, ids, [-1] * len(ids))  # re-read only: nothing is written twice
             conv.state = cur.state
-            conv.cursor, conv.cursor_system = cur, conv.system_prompt
+            conv.cursor, conv.cursor_system = cur, conv.system_prompt  # the old KV cache is freed here
+            if drop:
+                release_free_memory()  # give the freed KV buffers back to the OS (runtime/memtrim.py)
 
     # --- turns --------------------------------------------------------------------------------------
     def add(self, conv: Conversation, new: list[dict[str, Any]]) -> None:

@@ -1,0 +1,93 @@
+"""Long sessions keep a bounded amount of live memory (issue 8, docs/soak.md "RSS growth: diagnosis").
+
+A tiny random Llama with δ-mem on the real tokenizer and a real SQLite store runs many turns through a small
+window (an eviction every few turns). Between an early and a late turn, the live torch tensors must be the
+same number (the KV cache and δ-state are replaced, not accumulated), gc-tracked objects may grow only by
+the message log, and every per-session cache stays at its size. The runtime also hands freed memory back
+to the OS once per eviction (runtime/memtrim.py). Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import pytest
+import torch
+
+from deltamem_agents.chat.model import DeltaMemChat
+from deltamem_agents.core.config import ssw
+from deltamem_agents.patching import attach
+from deltamem_agents.runtime import memtrim, session
+from deltamem_agents.runtime.store import SessionStore, SQLiteBackend
+from deltamem_agents.runtime.window import WindowPolicy
+from tests.conftest import randomize_adapter
+
+
+@pytest.fixture(scope="module")
+def tiny_on_real_tokenizer():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir(None))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024)
+    model = LlamaForCausalLM(cfg).eval()
+    randomize_adapter(attach(model, ssw()), seed=3, scale=0.3)
+    return model, tok
+
+
+def _live() -> tuple[int, int]:
+    gc.collect()
+    objs = gc.get_objects()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors = sum(isinstance(o, torch.Tensor) for o in objs)
+    return tensors, len(objs)
+
+
+def test_live_memory_stays_bounded_over_many_turns(tiny_on_real_tokenizer, tmp_path, monkeypatch):
+    model, tok = tiny_on_real_tokenizer
+    trims = []
+    monkeypatch.setattr(session, "release_free_memory", lambda: trims.append(1) or True)
+    bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(tmp_path / "s.db"), cache_size=4),
+                       policy=WindowPolicy(budget=160, reserve=16), system_prompt="Be brief.")
+
+    def turn(i: int) -> None:
+        if i % 25 == 24:
+            bot.chat(f"Turn {i}: and now?", session_id="s", max_new_tokens=3)
+        else:
+            bot.add_messages([{"role": "user", "content": f"Turn {i}: the code is {(i * 7919) % 10000}."}],
+                             session_id="s")
+
+    starts = []
+    for i in range(60):
+        turn(i)
+        starts.append(bot._live["s"].window_start)
+    tensors0, objs0 = _live()
+    n0 = len(bot._live["s"].messages)
+    for i in range(60, 200):
+        turn(i)
+        starts.append(bot._live["s"].window_start)
+    tensors1, objs1 = _live()
+    n1 = len(bot._live["s"].messages)
+
+    evictions = sum(b > a for a, b in zip(starts, starts[1:]))
+    assert evictions >= 20  # the window really turned over many times
+    assert tensors1 == tensors0, "live tensors grew: a KV cache, state or activation is being kept per turn"
+    # each logged message is held as a dict by the live conversation and by the store's cache (plus the
+    # renderer's token cache entry): a few gc objects per message, nothing per token or per forward
+    assert objs1 - objs0 <= 6 * (n1 - n0), (objs1 - objs0, n1 - n0)
+    assert bot.store.cache_info()["size"] <= 4
+    assert len(bot.runner._renderers) == 1 and len(bot._live) == 1
+    assert not bot.store._turn_locks  # per-session turn locks are dropped when unused
+    assert len(trims) == evictions  # one malloc_trim per eviction, none on ordinary turns
+
+
+def test_release_free_memory_respects_the_switch(monkeypatch):
+    monkeypatch.setenv("DELTAMEM_MALLOC_TRIM", "0")
+    assert memtrim.release_free_memory() is False
+    monkeypatch.delenv("DELTAMEM_MALLOC_TRIM")
+    assert memtrim.release_free_memory() in (True, False)  # runs (glibc) or is a no-op elsewhere
