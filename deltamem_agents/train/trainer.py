@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
+from .preserve import preserve_kl
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class TrainConfig:
     # only the asked fact's value tokens in the history passes and nothing in the final pass (oracle selection,
     # stage 1 of docs/training.md; token writes only). The held-out diagnostics use the same writes
     writes: str = "runtime"
+    # preservation (train/preserve.py): weight of KL(backbone ‖ δ-mem) on the final pass's non-answer tokens, so a
+    # state changes the answers it is about and leaves other text as the frozen backbone predicts it (0 = off)
+    preserve_weight: float = 0.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -102,9 +106,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None, truncated: bool = True,
-               gate_calls: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, DeltaState, list[torch.Tensor]]:
+               gate_calls: list[Any] | None = None, hidden_out: list[torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, DeltaState, list[torch.Tensor]]:
     """Run an episode's passes; returns (answer loss, answer logits, state entering the final epoch, betas).
-    With `gate_calls`, every pass appends (gates with their graph, message ids, state before the pass)."""
+    With `gate_calls`, every pass appends (gates with their graph, message ids, state before the pass); with
+    `hidden_out`, the final pass's last hidden state [T, d] is appended (for the preservation term)."""
     adapter: DeltaMemAdapter = model.deltamem
     dev = adapter.layers[0].beta_bias.device
     st = state if state is not None else adapter.zero_state(1, dev)
@@ -124,6 +130,8 @@ def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None,
     if gate_calls is not None:
         gate_calls.append((out.gates, p.read_mids, st))
     hidden = out.outputs.last_hidden_state[0]  # [T, d]
+    if hidden_out is not None:
+        hidden_out.append(hidden)
     labels = torch.tensor(p.labels, device=dev)
     pos = (labels[1:] != IGNORE).nonzero().squeeze(-1)  # predict token t+1 from position t
     logits = model.lm_head(hidden[pos]).float()
@@ -169,6 +177,7 @@ class Trainer:
         self.diag = [self.sampler.heldout(i, budget=cfg.diag_budget, distance=cfg.diag_distance)
                      for i in range(cfg.diag_episodes)]
         self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)
+        self._kls: list[float] = []  # this step's preservation KLs (logged)
 
     def _twin_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
@@ -200,15 +209,21 @@ class Trainer:
     def _own(self, ep: Episode, p: EpisodePasses) -> tuple[torch.Tensor, DeltaState, list[torch.Tensor], torch.Tensor]:
         """(answer loss, state entering the final epoch, betas, weighted gate-supervision loss) of one episode."""
         calls: list[Any] | None = [] if self.cfg.gate_weight else None
+        hid: list[torch.Tensor] | None = [] if self.cfg.preserve_weight else None
         loss, _, entering, betas = run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated",
-                                              gate_calls=calls)
+                                              gate_calls=calls, hidden_out=hid)
+        aux = torch.zeros(())
+        if hid:
+            kl = preserve_kl(self.model, p, hid[0])
+            self._kls.append(kl.item())
+            aux = aux + self.cfg.preserve_weight * kl
         g = None
         if calls and self.cfg.gate_level == "token":
             g = token_gate_loss(calls, value_token_labels(ep, self.renderer), len(ep.messages), self.cfg.gate_hi,
                                 self.cfg.gate_lo)
         elif calls:
             g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo)
-        return loss, entering, betas, self.cfg.gate_weight * g if g is not None else torch.zeros(())
+        return loss, entering, betas, aux + (self.cfg.gate_weight * g if g is not None else 0.0)
 
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.cfg.counterfactual and supports_counterfactual(ep):
@@ -234,11 +249,13 @@ class Trainer:
     @torch.no_grad()
     def memory_gap(self) -> dict[str, float]:
         """Answer loss with the own state, a state from another episode, and a zero state (held-out set)."""
-        own, shuf, zero, cf = [], [], [], []
+        own, shuf, zero, cf, kl = [], [], [], [], []
         passes = [self._passes(ep, pol) for ep, pol in self.diag]
         states = [run_passes(self.model, p)[2] for p in passes]
         for i, p in enumerate(passes):
-            own.append(run_passes(self.model, p)[0].item())
+            hid: list[torch.Tensor] = []
+            own.append(run_passes(self.model, p, hidden_out=hid)[0].item())
+            kl.append(preserve_kl(self.model, p, hid[0]).item())
             other = states[(i + 1) % len(states)].rebased()
             shuf.append(self._final_loss(p, other))
             zero.append(self._final_loss(p, self.adapter.zero_state(1)))
@@ -249,7 +266,7 @@ class Trainer:
         m = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         return {"diag_loss": m(own), "diag_loss_shuffled": m(shuf), "diag_loss_zero": m(zero),
                 "diag_loss_counterfactual": m(cf), "memory_gap": m(shuf) - m(own),
-                "counterfactual_gap": m(cf) - m(own)}
+                "counterfactual_gap": m(cf) - m(own), "diag_preserve_kl": m(kl)}
 
     def _final_loss(self, p: EpisodePasses, state: DeltaState) -> float:
         q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
@@ -272,6 +289,7 @@ class Trainer:
                 g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
             stats: list[dict[str, Any]] = []
+            self._kls = []
             for micro in range(cfg.grad_accum):
                 ep, policy = self.sampler.sample(self.step, micro)
                 loss, st = self._episode_loss(ep, policy)
@@ -291,6 +309,7 @@ class Trainer:
                 "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
                 "train_gap": _mean([s.get("gap") for s in stats]),
                 "gate_loss": _mean([s.get("gate_loss") for s in stats]),
+                "preserve_kl": _mean(self._kls),
                 "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
             }
             if cfg.diag_every and (self.step % cfg.diag_every == 0 or self.step == 1):

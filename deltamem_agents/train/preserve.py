@@ -1,0 +1,47 @@
+"""Preservation: with a δ-state present, text that does not need the memory is predicted as the frozen
+backbone predicts it.
+
+An adapter trained only on the answer loss of fact questions learns a *style* as well as a memory: with any
+non-empty state its corrections turn every reply terse ("How long should I boil an egg?" -> "1."), which the
+answer loss and the shuffled-state control cannot see (docs/results.md §8). The preservation term is the
+KL divergence KL(backbone ‖ δ-mem) of the next-token distributions on the final pass's tokens that are not
+the answer (system prompt, the window's messages, the question and the reply header): the frozen backbone
+(δ-mem disabled, no gradient) is the teacher. The answer positions are left to the answer loss, so the state
+may change exactly what the memory is for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..patching.context import disabled
+from .episode import IGNORE, EpisodePasses
+
+
+def preserve_positions(p: EpisodePasses) -> torch.Tensor:
+    """Positions t of the final pass whose next token (t+1) is not an answer token."""
+    labels = torch.tensor(p.labels)
+    return (labels[1:] == IGNORE).nonzero().squeeze(-1)
+
+
+@torch.no_grad()
+def backbone_logprobs(model: Any, p: EpisodePasses, pos: torch.Tensor) -> torch.Tensor:
+    """The frozen backbone's next-token log-probabilities at `pos` of the final pass (δ-mem off)."""
+    dev = model.lm_head.weight.device
+    with disabled():
+        hidden = model.model(input_ids=torch.tensor([p.read_ids], device=dev), use_cache=False).last_hidden_state[0]
+    return F.log_softmax(model.lm_head(hidden[pos.to(dev)]).float(), dim=-1)
+
+
+def preserve_kl(model: Any, p: EpisodePasses, hidden: torch.Tensor) -> torch.Tensor:
+    """Mean over non-answer positions of KL(backbone ‖ δ-mem); `hidden` is the final pass's last hidden state
+    [T, d] under the δ-state (with its graph when training)."""
+    pos = preserve_positions(p)
+    if pos.numel() == 0:
+        return hidden.sum() * 0.0
+    teacher = backbone_logprobs(model, p, pos)
+    student = F.log_softmax(model.lm_head(hidden[pos.to(hidden.device)]).float(), dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
