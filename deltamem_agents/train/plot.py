@@ -17,6 +17,7 @@ def plot_log(log: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    rows_all, rows = rows, [r for r in rows if r.get("loss") is not None]  # a step of chat-ending episodes only has no CE
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     ax[0].plot(steps, [r["loss"] for r in rows], alpha=0.4, label="train loss (per step)")
@@ -25,7 +26,7 @@ def plot_log(log: Path, out: Path) -> Path:
               for i in range(len(rows))]
     ax[0].plot(steps, smooth, label=f"mean of last {k}")
     ax[0].set(xlabel="optimizer step", ylabel="answer CE (nats/token)", title="training loss")
-    diag = [r for r in rows if r.get("memory_gap") is not None]
+    diag = [r for r in rows_all if r.get("memory_gap") is not None]
     for key, lab in (("diag_loss", "own state"), ("diag_loss_shuffled", "state of another conversation"),
                      ("diag_loss_zero", "zero state")):
         ax[1].plot([r["step"] for r in diag], [r[key] for r in diag], marker="o", label=lab)

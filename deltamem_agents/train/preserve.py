@@ -8,6 +8,10 @@ KL divergence KL(backbone ‖ δ-mem) of the next-token distributions on the fin
 the answer (system prompt, the window's messages, the question and the reply header): the frozen backbone
 (δ-mem disabled, no gradient) is the teacher. The answer positions are left to the answer loss, so the state
 may change exactly what the memory is for.
+
+Chat-ending episodes (`TrainConfig.chat_frac`) end the same fact-bearing history with a chit-chat question
+instead of the fact question; their whole final pass, reply included, is preserved: a state full of facts
+must not change how the model answers a question that is not about them.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from ..patching.context import disabled
 from .episode import IGNORE, EpisodePasses
 
 
-def preserve_positions(p: EpisodePasses) -> torch.Tensor:
-    """Positions t of the final pass whose next token (t+1) is not an answer token."""
+def preserve_positions(p: EpisodePasses, include_answer: bool = False) -> torch.Tensor:
+    """Positions t of the final pass whose next token (t+1) is not an answer token (every position but the
+    last with `include_answer`: a chat-ending episode, whose reply the backbone should write as it would)."""
+    if include_answer:
+        return torch.arange(len(p.read_ids) - 1)
     labels = torch.tensor(p.labels)
     return (labels[1:] == IGNORE).nonzero().squeeze(-1)
 
@@ -36,10 +43,10 @@ def backbone_logprobs(model: Any, p: EpisodePasses, pos: torch.Tensor) -> torch.
     return F.log_softmax(model.lm_head(hidden[pos.to(dev)]).float(), dim=-1)
 
 
-def preserve_kl(model: Any, p: EpisodePasses, hidden: torch.Tensor) -> torch.Tensor:
-    """Mean over non-answer positions of KL(backbone ‖ δ-mem); `hidden` is the final pass's last hidden state
-    [T, d] under the δ-state (with its graph when training)."""
-    pos = preserve_positions(p)
+def preserve_kl(model: Any, p: EpisodePasses, hidden: torch.Tensor, include_answer: bool = False) -> torch.Tensor:
+    """Mean over non-answer positions (all positions with `include_answer`) of KL(backbone ‖ δ-mem); `hidden` is
+    the final pass's last hidden state [T, d] under the δ-state (with its graph when training)."""
+    pos = preserve_positions(p, include_answer)
     if pos.numel() == 0:
         return hidden.sum() * 0.0
     teacher = backbone_logprobs(model, p, pos)

@@ -11,6 +11,7 @@ state. Only that gap is memory; a falling loss with a flat gap is a task fine-tu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from ..core.config import DeltaMemConfig
 from ..core.state import DeltaState
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
+from ..datasets.distractors import distractor, faker_for
 from ..datasets.episode import Episode
 from ..patching import attach, forward_with_state
 from ..patching.attach import DeltaMemAdapter
@@ -33,7 +35,7 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
-from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
+from .gates import fact_messages, fact_values, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
 from .preserve import preserve_kl
 from .writes import WRITES, select_writes
@@ -80,6 +82,9 @@ class TrainConfig:
     # preservation (train/preserve.py): weight of KL(backbone ‖ δ-mem) on the final pass's non-answer tokens, so a
     # state changes the answers it is about and leaves other text as the frozen backbone predicts it (0 = off)
     preserve_weight: float = 0.0
+    # share of episodes whose history ends with a chit-chat question instead of the fact question; their loss is
+    # the preservation KL over the whole final pass, reply included (needs preserve_weight > 0)
+    chat_frac: float = 0.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
     ckpt_every_min: float = 10.0
@@ -147,6 +152,8 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         if cfg.writes not in WRITES or cfg.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"writes must be one of {WRITES} and lr_schedule 'cosine' or 'constant'")
+        if cfg.chat_frac and not cfg.preserve_weight:
+            raise ValueError("chat_frac > 0 trains chat-ending episodes on the preservation KL only: set preserve_weight")
         dcfg = DeltaMemConfig(**cfg.delta)
         if cfg.writes == "value_only" and dcfg.write_granularity != "token":
             raise ValueError("writes='value_only' needs token writes (delta write_granularity='token')")
@@ -178,6 +185,7 @@ class Trainer:
                      for i in range(cfg.diag_episodes)]
         self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)
         self._kls: list[float] = []  # this step's preservation KLs (logged)
+        self._calls = 0  # episodes drawn in this step (seeds the chat-ending draw)
 
     def _twin_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
@@ -225,7 +233,23 @@ class Trainer:
             g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo)
         return loss, entering, betas, aux + (self.cfg.gate_weight * g if g is not None else 0.0)
 
+    def _chat_loss(self, ep: Episode, policy: WindowPolicy, rng: random.Random) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The episode's history (a state full of facts) ending in a chit-chat exchange: preservation only."""
+        q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
+        chat = dataclasses.replace(ep, question=q, answer=a)
+        p = self._passes(chat, policy)
+        hid: list[torch.Tensor] = []
+        run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated", hidden_out=hid)
+        kl = preserve_kl(self.model, p, hid[0], include_answer=True)
+        return self.cfg.preserve_weight * kl, {"loss": None, "chat_kl": kl.item(), "tokens": p.num_tokens,
+                                               "in_window": p.fact_in_window, "beta": None}
+
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.cfg.chat_frac:
+            rng = random.Random(f"chat:{self.cfg.seed}:{self.step}:{self._calls}")
+            self._calls += 1
+            if rng.random() < self.cfg.chat_frac:
+                return self._chat_loss(ep, policy, rng)
         if self.cfg.counterfactual and supports_counterfactual(ep):
             return self._twin_loss(ep, policy)
         p = self._passes(ep, policy)
@@ -290,6 +314,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             stats: list[dict[str, Any]] = []
             self._kls = []
+            self._calls = 0
             for micro in range(cfg.grad_accum):
                 ep, policy = self.sampler.sample(self.step, micro)
                 loss, st = self._episode_loss(ep, policy)
@@ -303,9 +328,10 @@ class Trainer:
             self.wall += dt
             row: dict[str, Any] = {
                 "step": self.step, "lr": lr, "grad_norm": gnorm, "seconds": dt, "wall_seconds": self.wall,
-                "loss": sum(s["loss"] for s in stats) / len(stats),
+                "loss": _mean([s["loss"] for s in stats]),
                 "loss_out_of_window": _mean([s["loss"] for s in stats if not s["in_window"]]),
                 "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
+                "chat_kl": _mean([s.get("chat_kl") for s in stats]),
                 "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
                 "train_gap": _mean([s.get("gap") for s in stats]),
                 "gate_loss": _mean([s.get("gate_loss") for s in stats]),
@@ -317,7 +343,7 @@ class Trainer:
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", gap=f"{row.get('memory_gap') or float('nan'):.3f}")
+            bar.set_postfix(loss=f"{row['loss'] if row['loss'] is not None else float('nan'):.3f}", gap=f"{row.get('memory_gap') or float('nan'):.3f}")
             done = self.step >= cfg.steps
             out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
             if done or out_of_time or time.monotonic() - last_ckpt > 60 * cfg.ckpt_every_min:

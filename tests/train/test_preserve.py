@@ -65,3 +65,27 @@ def test_trainer_logs_and_uses_the_preservation_term(real_tokenizer, tmp_path):
     row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert row["preserve_kl"] is not None and row["preserve_kl"] >= 0
     assert row["diag_preserve_kl"] == row["diag_preserve_kl"] and row["diag_preserve_kl"] >= 0
+
+
+def test_chat_ending_episodes_train_on_the_preservation_kl_only(real_tokenizer, tmp_path):
+    model = tiny_real_vocab(real_tokenizer)
+    tr = Trainer(model, real_tokenizer, _cfg(tmp_path, preserve_weight=1.0, chat_frac=1.0, writes="runtime",
+                                              counterfactual=False, contrast_weight=0.0, diag_every=0))
+    before = {n: p.detach().clone() for n, p in tr.adapter.named_parameters()}
+    tr.train()
+    row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert row["loss"] is None and row["chat_kl"] > 0  # no answer CE: the reply is the backbone's to write
+    assert any(not torch.equal(p, before[n]) for n, p in tr.adapter.named_parameters())
+    from deltamem_agents.patching import detach
+    from deltamem_agents.train.plot import plot_log
+
+    plot_log(tmp_path / "log.jsonl", tmp_path / "loss.png")  # a step without CE does not break the plot
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    detach(model)
+    with pytest.raises(ValueError, match="preserve_weight"):
+        Trainer(model, real_tokenizer, _cfg(tmp_path / "b", chat_frac=0.5, writes="runtime"))
+
+
+def test_positions_with_the_answer_are_every_position(setup):
+    _, _, p = setup
+    assert preserve_positions(p, include_answer=True).tolist() == list(range(len(p.read_ids) - 1))
