@@ -237,6 +237,19 @@ def merge_selective_cmd(read_path: Path = typer.Argument(..., help="stage-1 read
     typer.echo(f"saved {path} (input centres of the two parts differ by {diff:.2e})")
 
 
+@app.command("eval-harm")
+def eval_harm(adapter: str = "default", n: int = 40, distance: int = 150, budget: int = 128, seed: int = 0,
+              out: Path = typer.Option(Path("runs/eval-harm.jsonl")), threads: int = 2,
+              value_kinds: str = typer.Option("colour,food,sport,drink", help="kinds of the histories' facts"),
+              max_new_tokens: int = 24):
+    """Reply preservation: chit-chat questions after fact-bearing histories; δ-mem's replies vs the backbone's."""
+    from .bench.run_harm import run_harm
+
+    run_harm(adapter=adapter, n=n, distance=distance, budget=budget, out=out, seed=seed, threads=threads,
+             value_kinds=[k.strip() for k in value_kinds.split(",") if k.strip()] or None,
+             max_new_tokens=max_new_tokens)
+
+
 @app.command("eval-memory")
 def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,1000,2000,4000",
                 budget: int = 384, out: Path = typer.Option(Path("runs/eval-memory.jsonl")), seed: int = 0,
