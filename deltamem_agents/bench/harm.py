@@ -34,14 +34,17 @@ def _first_words(text: str, n: int = 3) -> list[str]:
     return text.lower().split()[:n]
 
 
-def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per episode: the three replies and their scores against the backbone's (episodes[i+1] donates
-    the shuffled state of episode i)."""
+def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: int = 0,
+               score: set[int] | None = None) -> list[dict[str, Any]]:
+    """One row per scored episode (all by default): the three replies and their scores against the backbone's
+    (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate)."""
     chats = [chat_ending(ep, seed * 1_000_003 + i) for i, ep in enumerate(episodes)]
     passes = [history_passes(c, probe.renderer, policy) for c in chats]
     states = [probe.build_state(p) for p in passes]
     rows = []
     for i, (c, p) in enumerate(zip(chats, passes)):
+        if score is not None and i not in score:
+            continue
         ref, _ = probe.answer(p, None, use_memory=False)
         own, _ = probe.answer(p, states[i], use_memory=True)
         shuf, _ = probe.answer(p, states[(i + 1) % len(states)].rebased(), use_memory=True)

@@ -36,7 +36,7 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
     rows = []
     with out.open("w") as f:
         for i in tqdm(range(n), desc="reply preservation", disable=not show_progress):
-            r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i)[0]
+            r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0})[0]
             r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter))
             rows.append(r)
             f.write(json.dumps(r) + "\n")

@@ -59,3 +59,5 @@ def test_scores_are_one_when_the_reads_change_nothing_and_bounded_otherwise(setu
     rows = reply_rows(probe, eps, policy)
     assert all(0.0 <= r["deltamem_f1"] <= 1.0 and r["backbone"] for r in rows)
     assert any(r["deltamem"] != r["backbone"] for r in rows)  # large corrections do change replies
+    only = reply_rows(probe, eps, policy, score={1})
+    assert [r["episode"] for r in only] == [1] and only[0] == rows[1]  # scoring a subset changes nothing
