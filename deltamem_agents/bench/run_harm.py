@@ -19,9 +19,9 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
     from ..chat.loading import load_model
     from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
     from ..runtime.window import WindowPolicy
-    from ..train.sampler import EpisodeSampler
     from .harm import reply_rows
     from .probe import MemoryProbe
+    from .run_probe import kind_episodes
 
     torch.set_num_threads(threads)
     model, tok = load_model(None, adapter)
@@ -29,9 +29,7 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
         raise ValueError("eval-harm needs an adapter (it compares δ-mem's replies with the backbone's)")
     probe = MemoryProbe(model, tok, ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT), max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)
-    sampler = EpisodeSampler(tok, value_kinds=value_kinds)
-    eps = [sampler.generate_one(seed * 100_003 + distance * 1_009 + i, "heldout", mix={"fact": 1.0},
-                                distance_range=(distance, distance)) for i in range(n)]
+    eps = kind_episodes(tok, n, distance, seed, "heldout", value_kinds)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with out.open("w") as f:

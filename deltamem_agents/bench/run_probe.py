@@ -45,11 +45,7 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
                 eps = babi_episodes(None, split="test", max_items=max(1, n // 6 + 1), seed=seed)[:n]
                 n = len(eps)
             elif value_kinds:  # only questions whose answer is of these kinds (e.g. the closed-set curriculum)
-                from ..train.sampler import EpisodeSampler
-
-                sampler = EpisodeSampler(tok, value_kinds=value_kinds)
-                eps = [sampler.generate_one(seed * 100_003 + d * 1_009 + i, split, mix={kind: 1.0},
-                                         distance_range=(d, d)) for i in range(n)]
+                eps = kind_episodes(tok, n, d, seed, split, value_kinds, kind)
             else:
                 eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
                                count_tokens=count)
@@ -68,6 +64,17 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     out.with_suffix(".md").write_text(text)
     print(text)
     return text
+
+
+def kind_episodes(tok: Any, n: int, distance: int, seed: int, split: str, value_kinds: list[str] | None,
+                  kind: str = "fact") -> list[Any]:
+    """The probe's seeded episodes whose answers are of `value_kinds`, fact `distance` tokens back (the same
+    episodes for eval-memory and eval-harm at the same seed and distance)."""
+    from ..train.sampler import EpisodeSampler
+
+    sampler = EpisodeSampler(tok, value_kinds=value_kinds)
+    return [sampler.generate_one(seed * 100_003 + distance * 1_009 + i, split, mix={kind: 1.0},
+                                 distance_range=(distance, distance)) for i in range(n)]
 
 
 def summarize(path: Path) -> str:
