@@ -5,8 +5,12 @@ The memory probe scores fact questions; it cannot see an adapter that also rewri
 chit-chat question instead (a distractor exchange the history does not contain), and three replies are
 generated greedily with the same window: the frozen backbone's (the reference), δ-mem with the episode's own
 state, and δ-mem with another episode's state. Scores per reply, against the backbone's: token F1 (SQuAD-style,
-stemmed; 1.0 = the same words) and whether the first three words agree; plus the length ratio. An adapter that
-does no harm scores near 1; the plain backbone scores exactly 1 by construction.
+stemmed; 1.0 = the same words) and whether the first three words agree; plus the length ratio. The plain
+backbone scores exactly 1 by construction, so 1 is not the bar: a greedy 135M model's reply moves with any change
+of context. Two backbone-only references measure how far harmless changes move it, on the same episodes: the
+backbone seeing a wider window of the same conversation (`wider`, budget ×2) and seeing the whole history
+(`full`). An adapter whose replies move no further than those does no more harm than showing the model more of
+its own conversation.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ def _first_words(text: str, n: int = 3) -> list[str]:
     return text.lower().split()[:n]
 
 
+ARMS = ("deltamem", "shuffled", "wider", "full")
+
+
 def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: int = 0,
-               score: set[int] | None = None) -> list[dict[str, Any]]:
+               score: set[int] | None = None, references: bool = True) -> list[dict[str, Any]]:
     """One row per scored episode (all by default): the three replies and their scores against the backbone's
     (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate)."""
     chats = [chat_ending(ep, seed * 1_000_003 + i) for i, ep in enumerate(episodes)]
@@ -49,7 +56,12 @@ def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: i
         own, _ = probe.answer(p, states[i], use_memory=True)
         shuf, _ = probe.answer(p, states[(i + 1) % len(states)].rebased(), use_memory=True)
         row = {"episode": i, "question": c.question, "backbone": ref, "deltamem": own, "shuffled": shuf}
-        for name, text in (("deltamem", own), ("shuffled", shuf)):
+        if references:  # backbone-only: the same conversation seen through a wider window / whole
+            for name, budget in (("wider", 2 * policy.budget), ("full", 8192)):
+                wide = history_passes(c, probe.renderer, dataclasses.replace(policy, budget=budget))
+                row[name], _ = probe.answer(wide, None, use_memory=False)
+        for name in [a for a in ARMS if a in row]:
+            text = row[name]
             row[f"{name}_f1"] = f1_score(text, ref) if ref.strip() else float(not text.strip())
             row[f"{name}_first3"] = _first_words(text) == _first_words(ref)
             row[f"{name}_len_ratio"] = len(text.split()) / max(1, len(ref.split()))

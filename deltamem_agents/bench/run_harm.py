@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .harm import ARMS
 from .stats import bootstrap_ci, paired_diff_ci
 
 
@@ -47,14 +48,20 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
 
 def summarize(rows: list[dict]) -> str:
     lines = ["| state | n | token F1 vs backbone reply | first 3 words agree | length ratio |", "|---|---|---|---|---|"]
-    for name in ("deltamem", "shuffled"):
+    labels = {"deltamem": "δ-mem, own state", "shuffled": "δ-mem, another conversation's state",
+              "wider": "backbone, window ×2 (reference)", "full": "backbone, whole history (reference)"}
+    for name in [a for a in ARMS if f"{a}_f1" in rows[0]]:
         cells = []
         for key in ("f1", "first3", "len_ratio"):
             m, lo, hi = bootstrap_ci([float(r[f"{name}_{key}"]) for r in rows])
             cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]")
-        label = "own (δ-mem)" if name == "deltamem" else "another conversation's"
-        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[name]} | {len(rows)} | " + " | ".join(cells) + " |")
     m, lo, hi = paired_diff_ci([r["deltamem_f1"] for r in rows], [r["shuffled_f1"] for r in rows])
     lines.append(f"\nown − shuffled token F1: {m:+.2f} [{lo:+.2f}, {hi:+.2f}] (the plain backbone scores 1.00 by "
                  "construction)")
+    for ref in ("wider", "full"):
+        if f"{ref}_f1" in rows[0]:
+            m, lo, hi = paired_diff_ci([r["deltamem_f1"] for r in rows], [r[f"{ref}_f1"] for r in rows])
+            lines.append(f"δ-mem − backbone {ref} token F1: {m:+.2f} [{lo:+.2f}, {hi:+.2f}] (≥ 0: δ-mem moves the "
+                         "reply no further than that harmless change)")
     return "\n".join(lines) + "\n"

@@ -61,3 +61,15 @@ def test_scores_are_one_when_the_reads_change_nothing_and_bounded_otherwise(setu
     assert any(r["deltamem"] != r["backbone"] for r in rows)  # large corrections do change replies
     only = reply_rows(probe, eps, policy, score={1})
     assert [r["episode"] for r in only] == [1] and only[0] == rows[1]  # scoring a subset changes nothing
+
+
+def test_backbone_references_see_more_of_the_same_conversation(setup):
+    from deltamem_agents.bench.harm import reply_rows
+    from deltamem_agents.runtime.window import WindowPolicy
+
+    model, ad, probe, eps = setup
+    # a window that already holds the whole history: both references see exactly what the backbone saw
+    rows = reply_rows(probe, eps, WindowPolicy(budget=4096, reserve=48))
+    assert all(r["wider"] == r["full"] == r["backbone"] and r["full_f1"] == 1.0 for r in rows)
+    rows = reply_rows(probe, eps, WindowPolicy(budget=128, reserve=48), references=False)
+    assert all("wider" not in r and "full_f1" not in r for r in rows)
