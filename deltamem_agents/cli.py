@@ -258,8 +258,11 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
                 value_kinds: str = typer.Option("", help="only answers of these value kinds, e.g. 'closed' (the "
                                                          "value pools) or colour,food,job"),
                 max_new_tokens: int = typer.Option(16, help="greedy answer length; verbose answers (the backbone "
-                                                            "with the full history) need more to reach the value")):
-    """Memory probe: fact at each distance before the question, outside the visible window."""
+                                                            "with the full history) need more to reach the value"),
+                lora: Optional[Path] = typer.Option(None, help="evaluate a LoRA control (train-lora-control) instead "
+                                                               "of δ-mem: --adapter none --conditions window[,full]")):
+    """Memory probe: fact at each distance before the question, outside the visible window (or inside it, with a
+    budget that holds the whole history)."""
     from .bench.run_probe import run_probe
 
     kinds = None
@@ -271,7 +274,34 @@ def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,10
         kinds = [k.strip() for k in value_kinds.split(",") if k.strip()]
     run_probe(adapter=adapter, n=n, distances=[int(d) for d in distances.split(",")], budget=budget, out=out,
               seed=seed, conditions=conditions.split(","), split=split, kind=kind, threads=threads,
-              value_kinds=kinds, max_new_tokens=max_new_tokens)
+              value_kinds=kinds, max_new_tokens=max_new_tokens, lora=str(lora) if lora else None)
+
+
+@app.command("train-lora-control")
+def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), steps: int = 300,
+                       grad_accum: int = 4, lr: float = 1e-3, warmup_frac: float = 0.05, seed: int = 0,
+                       rank: int = typer.Option(12, help="12 on q_proj+o_proj matches δ-mem rank 8's parameter count"),
+                       counterfactual: bool = True, threads: int = 2, max_minutes: Optional[float] = None,
+                       mix: str = typer.Option("", help="episode kinds, as for train"),
+                       value_kinds: str = typer.Option("", help="only answers of these value kinds, as for train"),
+                       in_window_frac: float = 0.2, budget_range: str = "160,448", distance_range: str = "150,1500",
+                       ckpt_every_min: float = 10.0):
+    """Train (or resume) the LoRA control of issue 9: the same sampler's episodes, the prompt only, no state."""
+    import torch
+
+    from .backbone import load_backbone
+    from .train.lora_control import LoRAControlConfig, LoRAControlTrainer
+
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(threads)
+    budgets, dists = _ints(budget_range), _ints(distance_range)
+    sampler = {"mix": _mix(mix), "value_kinds": list(_names(value_kinds)) or None, "in_window_frac": in_window_frac,
+               "budget_range": budgets, "distance_start": dists[0], "distance_end": dists[1]}
+    cfg = LoRAControlConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, warmup_frac=warmup_frac,
+                            seed=seed, rank=rank, alpha=2.0 * rank, counterfactual=counterfactual, sampler=sampler,
+                            ckpt_every_min=ckpt_every_min, max_minutes=max_minutes)
+    model, tok = load_backbone()
+    LoRAControlTrainer(model, tok, cfg).train()
 
 
 def _ints(text: str) -> tuple[int, ...]:

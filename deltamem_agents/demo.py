@@ -1,16 +1,20 @@
 """The README's demo: a short built-in multi-session scenario through four memories side by side.
 
-A user tells the assistant a few personal facts, chats about other things until the facts have left the
-visible window, then (in a later "session", same memory) asks about them. Every column uses the same frozen
-backbone, the same session runtime and the same visible-token budget B:
+Two users each tell the assistant a few personal facts, in the same words but with different values, chat about
+other things until the facts have left the visible window, then (in a later "session", same memory) ask about
+them. Every column uses the same frozen backbone, the same session runtime and the same visible-token budget B:
 
   buffer        the runtime's window of recent messages only (what fits in B)
   RAG           a window of B − B/3 plus the top-3 evicted messages retrieved by MiniLM + FAISS (≤ B/3 tokens)
   δ-mem         the window of B plus the session's δ-state (every message written once, in order)
   δ-mem + RAG   both
 
-Printed: each answer, whether it contains the gold value, latency, and the δ-state's size. A column only
-counts as memory where it beats the buffer; docs/results.md has the controlled measurements.
+Printed: each answer, whether it contains the user's own value (✓) or the other user's (✗ other), latency, and
+the δ-state's size. The two users' conversations differ only in their values, so a memory that answers from
+priors or from the wording gives both users the same answer: only answers that follow each user's own values
+count as remembered. A column counts as memory only where it beats the buffer; docs/results.md has the
+controlled measurements. The shipped adapter was trained on colour / food / sport / drink facts only; the
+sister's name is an untrained kind, shown as such.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 from .bench.probe import contains_answer
 from .runtime.render import DEFAULT_SYSTEM_PROMPT
 
-FACTS = [
-    ("My sister is called Daphne.", "What is my sister called?", "Daphne"),
-    ("I keep my bike at locker number 417.", "What is my bike locker number?", "417"),
-    ("My favourite food is ramen.", "What is my favourite food?", "ramen"),
+FACTS = [  # (statement with {}, question, kind the shipped adapter was trained on?)
+    ("My favourite colour is {}.", "What is my favourite colour?", True),
+    ("My favourite food is {}.", "What is my favourite food?", True),
+    ("My sister is called {}.", "What is my sister called?", False),
 ]
+USERS = {"ana": ("teal", "ramen", "Daphne"), "bram": ("maroon", "paella", "Ingrid")}
 CHITCHAT = [
     "What's a good way to start the morning?", "Can you recommend a board game for four people?",
     "How long should I boil an egg?", "What's the tallest mountain in Europe?",
@@ -105,32 +110,37 @@ def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 
         cols.append(Column(f"{label} + RAG", new(mem.model, mem.tokenizer, rag_policy, True), retriever, rag_tokens))
     print(f"loaded the default backbone + adapter in {time.perf_counter() - t0:.1f} s; visible budget {budget} "
           f"tokens for every column (RAG: {budget - rag_tokens} window + {rag_tokens} retrieved)")
-    sid = "demo-user"
-    print("\n-- session 1: the user shares facts, then chats about other things --")
-    for text in [f for f, _, _ in FACTS] + CHITCHAT:
-        for c in cols:
-            c.chat(text, sid, max_new_tokens)
-    conv = mem._conversation(sid)
-    print(f"{len(conv.messages)} messages so far; δ-mem's visible window now starts at message {conv.window_start} "
+    print("\n-- session 1: each user shares facts (same words, own values), then chats about other things --")
+    for sid, values in USERS.items():
+        for text in [f.format(v) for (f, _, _), v in zip(FACTS, values)] + CHITCHAT:
+            for c in cols:
+                c.chat(text, sid, max_new_tokens)
+    conv = mem._conversation(next(iter(USERS)))
+    print(f"{len(conv.messages)} messages per user; δ-mem's visible window now starts at message {conv.window_start} "
           f"(the facts were messages 0, 2 and 4)")
-    print("\n-- session 2: questions about the facts --")
-    results: list[list[tuple[str, bool, float]]] = []
-    for _, q, gold in FACTS:
-        row = []
-        for c in cols:
-            t = time.perf_counter()
-            r = c.chat(q, sid, max_new_tokens)
-            row.append((r.text.replace("\n", " ").replace("|", "/")[:48], contains_answer(r.text, [gold]),
-                        time.perf_counter() - t))
-        results.append(row)
-    print("| question | gold | " + " | ".join(f"{c.name} answer | ok | s" for c in cols) + " |")
-    print("|---|---|" + "---|---|---|" * len(cols))
-    for (_, q, gold), row in zip(FACTS, results):
-        cells = " | ".join(f"{a} | {'✓' if ok else '✗'} | {s:.1f}" for a, ok, s in row)
-        print(f"| {q} | {gold} | {cells} |")
-    print("\ncorrect: " + ", ".join(f"{c.name} {sum(r[i][1] for r in results)}/{len(results)}"
-                                    for i, c in enumerate(cols)))
-    st = mem.state(sid)
-    if st is not None:
-        print(f"δ-state: {st.nbytes() / 1024:.1f} KiB for {len(conv.messages)} messages; "
-              "norm per layer: " + " ".join(f"{x:.2f}" for x in st.norms().tolist()))
+    print("\n-- session 2: each user asks about their facts --")
+    print("| user | question | gold | " + " | ".join(f"{c.name} answer | ok | s" for c in cols) + " |")
+    print("|---|---|---|" + "---|---|---|" * len(cols))
+    score = {(c.name, trained): 0 for c in cols for trained in (True, False)}
+    for sid, values in USERS.items():
+        others = [v for u, vs in USERS.items() if u != sid for v in vs]
+        for (_, q, trained), gold in zip(FACTS, values):
+            cells = []
+            for c in cols:
+                t = time.perf_counter()
+                text = c.chat(q, sid, max_new_tokens).text
+                ok = contains_answer(text, [gold])
+                mark = "✓" if ok else "✗ other" if any(contains_answer(text, [o]) for o in others) else "✗"
+                score[c.name, trained] += ok
+                cells.append(f"{text.replace(chr(10), ' ').replace('|', '/')[:48]} | {mark} | "
+                             f"{time.perf_counter() - t:.1f}")
+            print(f"| {sid} | {q}{'' if trained else ' (untrained kind)'} | {gold} | " + " | ".join(cells) + " |")
+    n_tr = sum(t for _, _, t in FACTS) * len(USERS)
+    n_un = len(FACTS) * len(USERS) - n_tr
+    print("\ncorrect (trained kinds / untrained kind): " + ", ".join(
+        f"{c.name} {score[c.name, True]}/{n_tr} · {score[c.name, False]}/{n_un}" for c in cols))
+    for sid in USERS:
+        st = mem.state(sid)
+        if st is not None:
+            print(f"δ-state of {sid}: {st.nbytes() / 1024:.1f} KiB for {len(conv.messages)} messages; "
+                  "norm per layer: " + " ".join(f"{x:.2f}" for x in st.norms().tolist()[:6]) + " …")

@@ -15,7 +15,8 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
               conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
-              show_progress: bool = True, value_kinds: list[str] | None = None, max_new_tokens: int = 16) -> str:
+              show_progress: bool = True, value_kinds: list[str] | None = None, max_new_tokens: int = 16,
+              lora: str | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
@@ -26,7 +27,18 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     from .probe import MemoryProbe
 
     torch.set_num_threads(threads)
-    model, tok = load_model(None, adapter)
+    if lora:  # the LoRA control of issue 9: backbone + merged LoRA, no δ-mem (merged in place: not the cached model)
+        from ..backbone import load_backbone
+        from ..train.lora_control import load_lora_control
+
+        if adapter not in (None, "none") or set(conditions) - {"window", "full", "empty"}:
+            raise ValueError("--lora evaluates a LoRA control without δ-mem: use --adapter none and only the "
+                             "window/full conditions")
+        model, tok = load_backbone()
+        model = load_lora_control(model, lora)
+        adapter = f"lora:{lora}"
+    else:
+        model, tok = load_model(None, adapter)
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     probe = MemoryProbe(model, tok, renderer, max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)

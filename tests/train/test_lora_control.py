@@ -38,3 +38,16 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     ids = torch.tensor([tok("Hello there, how are you?")["input_ids"]])
     with torch.no_grad():
         assert not torch.allclose(merged(ids).logits, base(ids).logits)
+    # the probe evaluates the merged control through `eval-memory --lora` (window condition only, no δ-mem)
+    import pytest
+
+    from deltamem_agents.bench.run_probe import run_probe
+
+    out = tmp_path / "probe.jsonl"
+    run_probe(adapter="none", n=1, distances=[20], budget=256, out=out, seed=0, conditions=["window"], threads=1,
+              show_progress=False, max_new_tokens=2, lora=str(tmp_path / "checkpoint-last"))
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["condition"] == "window" and row["adapter"].startswith("lora:")
+    with pytest.raises(ValueError, match="LoRA control"):
+        run_probe(adapter="none", n=1, distances=[20], budget=256, out=out, seed=0, conditions=["deltamem"],
+                  lora=str(tmp_path / "checkpoint-last"))
