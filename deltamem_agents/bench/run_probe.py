@@ -97,8 +97,8 @@ def summarize(path: Path) -> str:
     dists = sorted({d for d, _ in by})
     conds = [c for c in ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")
              if any((d, c) in by for d in dists)]
-    others = [c for c in ("shuffled", "counterfactual", "window") if c in conds]
-    lines = ["| distance | n | " + " | ".join(conds) + " | " + " | ".join(f"δ-mem − {o}" for o in others) + " |",
+    others = [c for c in ("shuffled", "counterfactual", "window") if c in conds] if "deltamem" in conds else []
+    lines = ["| " + " | ".join(["distance", "n", *conds, *(f"δ-mem − {o}" for o in others)]) + " |",
              "|---" * (len(conds) + len(others) + 2) + "|"]
     for d in dists:
         cells = []
@@ -116,7 +116,7 @@ def summarize(path: Path) -> str:
             else:
                 diffs.append("–")
         n = len(by.get((d, "deltamem"), by.get((d, conds[0]), {})))
-        lines.append(f"| {d} | {n} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+        lines.append("| " + " | ".join([str(d), str(n), *cells, *diffs]) + " |")
     return "\n".join(lines) + "\n"
 
 

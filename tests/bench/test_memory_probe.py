@@ -74,3 +74,7 @@ def test_summary_has_memory_columns(tmp_path):
     text = summarize(path)
     assert "δ-mem − counterfactual" in text and "δ-mem − shuffled" in text
     assert "| 500 | 6 | 0.00" in text and "+0.50" in text
+    # a backbone-only run (e.g. the full-history ceiling) has no δ-mem differences and no empty columns
+    path.write_text("\n".join(json.dumps(r) for r in rows if r["condition"] == "window"))
+    lines = summarize(path).splitlines()
+    assert lines[0] == "| distance | n | window |" and lines[2] == "| 500 | 6 | 0.00 [0.00, 0.00] |"
