@@ -8,7 +8,13 @@ Conditions on the *same* episodes and backbone (issue 3 §3, issue 9 §2):
                  same relation, same words, another value; datasets/counterfactual.py)
   empty          window + δ-mem whose state starts empty at the window (adapter effect without memory)
   full           backbone alone with the entire history in the prompt (the ceiling, where it fits)
-Only `deltamem − shuffled` (or `deltamem − counterfactual`) may be called memory. Scores: normalised-contains of any gold alias.
+  deltamem_frozen / shuffled_frozen
+                 the state written over the *whole* episode (history, window and question) beforehand — its own /
+                 another episode's — then read with writes off. The in-window controls: with the fact in the window,
+                 `shuffled` is no control at all (reading the window writes the fact into any state), so in-window
+                 memory is `deltamem_frozen − shuffled_frozen` (same mechanics, only the state's content differs).
+Only `deltamem − shuffled` (or `deltamem − counterfactual`, `deltamem_frozen − shuffled_frozen`) may be called
+memory. Scores: normalised-contains of any gold alias.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
 from ..train.episode import EpisodePasses, history_passes
 
-CONDITIONS = ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")
+CONDITIONS = ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")  # the default run
+FROZEN = ("deltamem_frozen", "shuffled_frozen")  # on request (eval-memory --conditions): the in-window controls
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -61,10 +68,16 @@ class MemoryProbe:
             self.engine.forward(cur, ids, mids)
         return cur.state
 
-    def answer(self, passes: EpisodePasses, state: Any, *, use_memory: bool) -> tuple[str, int]:
+    def build_full_state(self, passes: EpisodePasses) -> Any:
+        """The state after the whole episode (history epochs, then the final window and question) is written."""
+        cur = self.engine.new_cursor(self.build_state(passes))
+        self.engine.forward(cur, passes.read_ids, passes.read_mids)
+        return cur.state
+
+    def answer(self, passes: EpisodePasses, state: Any, *, use_memory: bool, write: bool = True) -> tuple[str, int]:
         msg_id = passes.read_mids[-1] if passes.read_mids else 0  # the reply continues its header's message (as the runtime)
         if use_memory:
-            cur = self.engine.new_cursor(state)
+            cur = self.engine.new_cursor(state, write=write)
             res = self.engine.generate(cur, passes.read_ids, passes.read_mids, msg_id, self.gen)
         else:
             with disabled():
@@ -79,6 +92,8 @@ class MemoryProbe:
         passes = [history_passes(ep, self.renderer, policy) for ep in episodes]
         need_states = any(c in conditions for c in ("deltamem", "shuffled"))
         states = [self.build_state(p) for p in passes] if need_states else []
+        need_full = any(c in conditions for c in ("deltamem_frozen", "shuffled_frozen"))
+        full_states = [self.build_full_state(p) for p in passes] if need_full else []
         rows = []
         for i, (ep, p) in enumerate(zip(episodes, passes)):
             if score is not None and i not in score:
@@ -100,6 +115,11 @@ class MemoryProbe:
                         continue
                     twin = history_passes(counterfactual(ep, 7_000 + i), self.renderer, policy)
                     text, n = self.answer(p, self.build_state(twin).rebased(), use_memory=True)
+                elif cond == "deltamem_frozen":
+                    text, n = self.answer(p, full_states[i].rebased(), use_memory=True, write=False)
+                elif cond == "shuffled_frozen":
+                    text, n = self.answer(p, full_states[(i + 1) % len(passes)].rebased(), use_memory=True,
+                                          write=False)
                 elif cond == "empty":
                     text, n = self.answer(p, self.model.deltamem.zero_state(1), use_memory=True)
                 else:

@@ -95,11 +95,14 @@ def summarize(path: Path) -> str:
     for r in rows:
         by[(r["distance"], r["condition"])][r["episode"]] = float(r["correct"])
     dists = sorted({d for d, _ in by})
-    conds = [c for c in ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")
-             if any((d, c) in by for d in dists)]
-    others = [c for c in ("shuffled", "counterfactual", "window") if c in conds] if "deltamem" in conds else []
-    lines = ["| " + " | ".join(["distance", "n", *conds, *(f"δ-mem − {o}" for o in others)]) + " |",
-             "|---" * (len(conds) + len(others) + 2) + "|"]
+    conds = [c for c in ("window", "deltamem", "shuffled", "counterfactual", "empty", "full", "deltamem_frozen",
+                         "shuffled_frozen") if any((d, c) in by for d in dists)]
+    pairs = [("deltamem", o) for o in ("shuffled", "counterfactual", "window") if o in conds and "deltamem" in conds]
+    if "deltamem_frozen" in conds:
+        pairs += [("deltamem_frozen", o) for o in ("shuffled_frozen", "window") if o in conds]
+    name = {"deltamem": "δ-mem", "deltamem_frozen": "δ-mem frozen", "shuffled_frozen": "shuffled frozen"}
+    lines = ["| " + " | ".join(["distance", "n", *conds, *(f"{name[a]} − {name.get(o, o)}" for a, o in pairs)]) + " |",
+             "|---" * (len(conds) + len(pairs) + 2) + "|"]
     for d in dists:
         cells = []
         for c in conds:
@@ -107,8 +110,8 @@ def summarize(path: Path) -> str:
             m, lo, hi = bootstrap_ci(xs)
             cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if xs else "–")
         diffs = []
-        for other in others:
-            a, b = by.get((d, "deltamem"), {}), by.get((d, other), {})
+        for mine, other in pairs:
+            a, b = by.get((d, mine), {}), by.get((d, other), {})
             keys = sorted(set(a) & set(b))
             if keys:
                 m, lo, hi = paired_diff_ci([a[k] for k in keys], [b[k] for k in keys])

@@ -50,6 +50,7 @@ class Cursor:
     cache: Any
     state: DeltaState | None
     tokens: list[int] = field(default_factory=list)
+    write: bool = True  # False: the state is read but never written (evaluation controls; the runtime always writes)
 
 
 @dataclass
@@ -70,10 +71,10 @@ class Engine:
         self.eos_ids = tuple(int(e) for e in eos if e is not None)
         self.device = next(model.parameters()).device
 
-    def new_cursor(self, state: DeltaState | None) -> Cursor:
+    def new_cursor(self, state: DeltaState | None, *, write: bool = True) -> Cursor:
         from transformers import DynamicCache
 
-        return Cursor(DynamicCache(config=self.model.config), state, [])
+        return Cursor(DynamicCache(config=self.model.config), state, [], write)
 
     @torch.inference_mode()
     def forward(self, cur: Cursor, ids: list[int], mids: list[int], *, write: bool = True) -> Tensor:
@@ -85,7 +86,7 @@ class Engine:
         kw = dict(past_key_values=cur.cache, use_cache=True, position_ids=pos, logits_to_keep=1)
         if is_attached(self.model) and cur.state is not None:
             out = forward_with_state(self.model, x, cur.state, message_ids=torch.tensor([mids], device=self.device),
-                                     write=write, **kw)
+                                     write=write and cur.write, **kw)
             cur.state = out.state
             outputs = out.outputs
         else:

@@ -78,3 +78,37 @@ def test_summary_has_memory_columns(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows if r["condition"] == "window"))
     lines = summarize(path).splitlines()
     assert lines[0] == "| distance | n | window |" and lines[2] == "| 500 | 6 | 0.00 [0.00, 0.00] |"
+
+
+def test_read_only_cursor_reads_the_state_but_never_writes_it(probe_setup):
+    from deltamem_agents.runtime.decode import Engine
+
+    model, tok, renderer, probe = probe_setup
+    eng = Engine(model, tok)
+    ids = tok("My favourite colour is teal and I like tea.", add_special_tokens=False)["input_ids"]
+    cur = eng.new_cursor(model.deltamem.zero_state(1))
+    eng.forward(cur, ids, [0] * len(ids))
+    state = cur.state.rebased()
+    ro, rw = eng.new_cursor(state, write=False), eng.new_cursor(state)
+    lo_ro, lo_rw = eng.forward(ro, ids, [1] * len(ids)), eng.forward(rw, ids, [1] * len(ids))
+    assert ro.state is state and torch.equal(ro.state.S, state.S)
+    assert not torch.equal(rw.state.S, state.S)
+    assert not torch.allclose(lo_ro, lo_rw)  # the written tokens change what later tokens read
+
+
+def test_frozen_controls_in_the_window(probe_setup):
+    from deltamem_agents.runtime.window import WindowPolicy
+    from deltamem_agents.train.episode import history_passes
+
+    model, tok, renderer, probe = probe_setup
+    eps = _episodes(tok)
+    policy = WindowPolicy(budget=2048, reserve=48)
+    rows = probe.run(eps, policy, ["deltamem", "shuffled", "deltamem_frozen", "shuffled_frozen"], score={0})
+    assert {r["condition"] for r in rows} == {"deltamem", "shuffled", "deltamem_frozen", "shuffled_frozen"}
+    assert all(r["fact_in_window"] for r in rows)
+    # in the window there are no history epochs: the plain shuffled state is empty (so no control), while the
+    # frozen states hold each whole episode and differ
+    p0, p1 = (history_passes(e, renderer, policy) for e in eps)
+    assert not p0.write_passes and float(probe.build_state(p1).S.abs().sum()) == 0.0
+    f0, f1 = probe.build_full_state(p0), probe.build_full_state(p1)
+    assert float(f0.S.abs().sum()) > 0 and not torch.allclose(f0.S, f1.S)
