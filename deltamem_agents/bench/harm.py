@@ -43,8 +43,9 @@ ARMS = ("deltamem", "shuffled", "wider", "full")
 
 def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: int = 0,
                score: set[int] | None = None, references: bool = True) -> list[dict[str, Any]]:
-    """One row per scored episode (all by default): the three replies and their scores against the backbone's
-    (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate)."""
+    """One row per scored episode (all by default): the backbone's reply, the δ-mem replies (own / shuffled state)
+    and, with `references`, the backbone's replies through a wider window and over the whole history, each scored
+    against the backbone's (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate)."""
     chats = [chat_ending(ep, seed * 1_000_003 + i) for i, ep in enumerate(episodes)]
     passes = [history_passes(c, probe.renderer, policy) for c in chats]
     states = [probe.build_state(p) for p in passes]
