@@ -68,9 +68,10 @@ class MemoryProbe:
             self.engine.forward(cur, ids, mids)
         return cur.state
 
-    def build_full_state(self, passes: EpisodePasses) -> Any:
-        """The state after the whole episode (history epochs, then the final window and question) is written."""
-        cur = self.engine.new_cursor(self.build_state(passes))
+    def build_full_state(self, passes: EpisodePasses, history_state: Any = None) -> Any:
+        """The state after the whole episode (history epochs, then the final window and question) is written;
+        `history_state` is `build_state(passes)` when the caller already has it."""
+        cur = self.engine.new_cursor(history_state if history_state is not None else self.build_state(passes))
         self.engine.forward(cur, passes.read_ids, passes.read_mids)
         return cur.state
 
@@ -92,8 +93,9 @@ class MemoryProbe:
         passes = [history_passes(ep, self.renderer, policy) for ep in episodes]
         need_states = any(c in conditions for c in ("deltamem", "shuffled"))
         states = [self.build_state(p) for p in passes] if need_states else []
-        need_full = any(c in conditions for c in ("deltamem_frozen", "shuffled_frozen"))
-        full_states = [self.build_full_state(p) for p in passes] if need_full else []
+        need_full = any(c in conditions for c in FROZEN)
+        full_states = [self.build_full_state(p, states[j] if states else None)
+                       for j, p in enumerate(passes)] if need_full else []
         rows = []
         for i, (ep, p) in enumerate(zip(episodes, passes)):
             if score is not None and i not in score:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .probe import CONDITIONS, FROZEN
 from .stats import bootstrap_ci, paired_diff_ci
 
 
@@ -31,7 +32,7 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
         from ..backbone import load_backbone
         from ..train.lora_control import load_lora_control
 
-        if adapter not in (None, "none") or set(conditions) - {"window", "full", "empty"}:
+        if adapter not in (None, "none") or set(conditions) - {"window", "full"}:
             raise ValueError("--lora evaluates a LoRA control without δ-mem: use --adapter none and only the "
                              "window/full conditions")
         model, tok = load_backbone()
@@ -95,8 +96,7 @@ def summarize(path: Path) -> str:
     for r in rows:
         by[(r["distance"], r["condition"])][r["episode"]] = float(r["correct"])
     dists = sorted({d for d, _ in by})
-    conds = [c for c in ("window", "deltamem", "shuffled", "counterfactual", "empty", "full", "deltamem_frozen",
-                         "shuffled_frozen") if any((d, c) in by for d in dists)]
+    conds = [c for c in (*CONDITIONS, *FROZEN) if any((d, c) in by for d in dists)]
     pairs = [("deltamem", o) for o in ("shuffled", "counterfactual", "window") if o in conds and "deltamem" in conds]
     if "deltamem_frozen" in conds:
         pairs += [("deltamem_frozen", o) for o in ("shuffled_frozen", "window") if o in conds]
