@@ -16,7 +16,8 @@ app.add_typer(sessions_app, name="sessions")
 bench_app = typer.Typer(help="Benchmark δ-mem against window, RAG, full-context and no-history baselines.")
 app.add_typer(bench_app, name="bench")
 BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
-BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled")
+BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
+                  "deltamem_frozen")
 
 
 def _chat(adapter: str, db: Optional[Path]):
@@ -329,6 +330,10 @@ def bench(ctx: typer.Context,
           babi_dir: Optional[Path] = typer.Option(None, help="bAbI 'en' dir (default $DELTAMEM_BABI_DIR, else "
                                                          "../shared/data/babi/en)"),
           rag_k: int = 3, rag_share: float = typer.Option(1 / 3, help="budget fraction for retrieved messages"),
+          rag_scope: str = typer.Option("evicted", help="what RAG searches: 'evicted' (messages that left its "
+                                                       "window) or 'all' (every earlier message, as a vector-"
+                                                       "store memory beside a buffer does; for in-window runs)"),
+          conditions: str = typer.Option("in_window,out_of_window", help="synthetic-distance/-update conditions"),
           max_new_tokens: Optional[int] = typer.Option(None, help="override each task's answer length"),
           threads: int = 2, progress: bool = True,
           report: bool = typer.Option(True, help="write report.md and plots/ at the end")):
@@ -343,10 +348,11 @@ def bench(ctx: typer.Context,
 
     logging.basicConfig(level=logging.INFO)
     tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=_ints(distances),
-                      n_facts=_ints(n_facts), babi_dir=str(babi_dir) if babi_dir else None,
+                      n_facts=_ints(n_facts), conditions=_names(conditions), babi_dir=str(babi_dir) if babi_dir else None,
                       locomo_path=str(locomo) if locomo else None)
     cfg = BenchConfig(out=out, tasks=_names(tasks), backends=_names(backends), budget=budget, adapter=adapter,
-                      rag_k=rag_k, rag_share=rag_share, max_new_tokens=max_new_tokens, threads=threads,
+                      rag_k=rag_k, rag_share=rag_share, rag_scope=rag_scope, max_new_tokens=max_new_tokens,
+                      threads=threads,
                       progress=progress, task=tcfg)
     rows = run_bench(cfg)
     if report:

@@ -11,8 +11,13 @@
                      the same task (`item.donor`) holds at its question (its whole history written under the
                      same policy), and none of this item's own tokens written. The adapter and the state's
                      size are the same; only the memory's content differs, so only deltamem − shuffled may be
-                     called memory, in and out of the window alike. (The memory probe's `shuffled` keeps the
-                     item's own window writes; out of the window both are controls for the evicted fact.)
+                     called memory. (The memory probe's `shuffled` keeps the item's own window writes; out of
+                     the window both are controls for the evicted fact.)
+  deltamem_frozen    the shuffled control's twin with the item's *own* content: the state written over the item's
+                     whole history (window included, up to the generation prompt) beforehand, then the deltamem
+                     prompt read with writes off. Same mechanics as deltamem_shuffled, so in the window, where
+                     the runtime arm writes the visible fact while reading it, deltamem_frozen − deltamem_shuffled
+                     is the memory measurement (issue 9); out of the window it should reproduce deltamem.
 memory_bytes / memory_kind: `delta_state` = δ-state tensor bytes (fp32; what a session persists),
 `retrieved_text` = UTF-8 bytes of the retrieved context (the index size is in `index_bytes`),
 `kv_cache` = the KV cache of the full-history prompt, `none` otherwise. Every row also has `kv_bytes`,
@@ -77,6 +82,13 @@ def deltamem_shuffled(ctx: BenchContext, item: Item) -> Prepared:
                             "donor_id": item.donor_id})
 
 
+def deltamem_frozen(ctx: BenchContext, item: Item) -> Prepared:
+    p = ctx.passes(item, ctx.policy(item))
+    st, secs = ctx.state(p, whole=True)
+    return Prepared(p.read_ids, p.read_mids, st.rebased(), st.nbytes(), "delta_state", prep_s=secs, write=False,
+                    fields={**ctx.visibility(item, p), "state_norm": float(st.norms().mean())})
+
+
 def _rag(ctx: BenchContext, item: Item, with_state: bool) -> Prepared:
     share = ctx.rag_tokens(item)
     p = ctx.passes(item, ctx.policy(item, shrink=share))
@@ -102,5 +114,5 @@ def deltamem_rag(ctx: BenchContext, item: Item) -> Prepared:
 
 
 BACKENDS: dict[str, Backend] = {"floor": floor, "window": window, "full": full, "rag": rag, "deltamem": deltamem,
-                                "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled}
-NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled"})
+                                "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled, "deltamem_frozen": deltamem_frozen}
+NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled", "deltamem_frozen"})

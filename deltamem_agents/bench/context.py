@@ -8,9 +8,12 @@ for the reply, exactly as the session runtime's `WindowPolicy` does. The RAG bac
 uses the same smaller window and writes its state under that same policy (what a runtime with that window
 would have written). Only `full` uses the larger full-context budget (its ceiling role).
 
-Retrieval: the messages that left the (smaller) window are embedded; the top `4·rag_k` by similarity to the
+Retrieval (`rag_scope="evicted"`, the default): the messages that left the (smaller) window are embedded; the top `4·rag_k` by similarity to the
 question are taken best first while they fit `rag_tokens`, at most `rag_k`, and shown in chronological order.
 The retrieved context is read but never written into a δ-state (those messages were written once already).
+`rag_scope="all"` searches every history message instead, window included — a vector-store memory kept beside a
+buffer, which is how RAG can still help when the whole conversation fits (issue 9's in-window RAG condition: the
+fact turn is retrieved and shown again in the system prompt).
 
 δ-states are built exactly as `MemoryProbe.build_state` (every window epoch before the final one, fresh KV
 cache per epoch); the final epoch (system + window + question) is then read *and written* during answering,
@@ -37,6 +40,7 @@ from .items import Item
 from .probe import MemoryProbe
 
 RAG_HEADER = "Relevant earlier conversation:\n"
+RAG_SCOPES = ("evicted", "all")
 _ROLE = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
@@ -57,9 +61,13 @@ class Prepared:
 
 class BenchContext:
     def __init__(self, model: Any, tokenizer: Any, *, budget: int, reserve: int = 48, full_budget: int = 8192,
-                 rag_k: int = 3, rag_share: float = 1 / 3, retriever: Any = None) -> None:
+                 rag_k: int = 3, rag_share: float = 1 / 3, rag_scope: str = "evicted", retriever: Any = None
+                 ) -> None:
         if not 0.0 < rag_share < 1.0:
             raise ValueError("rag_share must be in (0, 1)")
+        if rag_scope not in RAG_SCOPES:
+            raise ValueError(f"rag_scope must be one of {RAG_SCOPES}, not {rag_scope!r}")
+        self.rag_scope = rag_scope
         self.model, self.tok = model, tokenizer
         self.engine = Engine(model, tokenizer)
         self.budget, self.reserve, self.full_budget = budget, reserve, full_budget
@@ -136,9 +144,10 @@ class BenchContext:
     def retrieve(self, item: Item, p: EpisodePasses, share: int) -> tuple[str, list[int], int, float]:
         """(context text, retrieved message indices in chronological order, candidate count, seconds spent
         embedding new candidates) for the messages that left the window: top-k by MiniLM similarity to the
-        question, as many as fit in `share` tokens."""
+        question, as many as fit in `share` tokens (`rag_scope="all"`: every history message is a candidate)."""
         start = p.epochs[-1].start if p.epochs else 0
-        cands = [(i, f"{_ROLE[m['role']]}: {m['content'].strip()}") for i, m in enumerate(item.messages[:start])
+        pool = item.messages if self.rag_scope == "all" else item.messages[:start]
+        cands = [(i, f"{_ROLE[m['role']]}: {m['content'].strip()}") for i, m in enumerate(pool)
                  if m["role"] in _ROLE and m.get("content", "").strip()]
         if not cands:
             return "", [], 0, 0.0

@@ -18,10 +18,15 @@ from typing import Any, Iterable
 
 from .stats import bootstrap_ci, paired_diff_ci
 
-ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled")  # = backends.BACKENDS
+ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
+         "deltamem_frozen")  # = backends.BACKENDS
 
-PAIRS = (("deltamem", "window"), ("deltamem", "deltamem_shuffled"), ("deltamem_rag", "rag"))
-LABEL = {"deltamem": "δ-mem", "deltamem_rag": "δ-mem+RAG", "deltamem_shuffled": "shuffled", "rag": "RAG"}
+# δ-mem frozen − shuffled has identical mechanics on both sides (whole state written beforehand, read with writes
+# off): the memory measurement in the window, where δ-mem − shuffled also counts the window's own writes
+PAIRS = (("deltamem", "window"), ("deltamem", "deltamem_shuffled"), ("deltamem_frozen", "deltamem_shuffled"),
+         ("deltamem_rag", "rag"))
+LABEL = {"deltamem": "δ-mem", "deltamem_rag": "δ-mem+RAG", "deltamem_shuffled": "shuffled", "rag": "RAG",
+         "deltamem_frozen": "δ-mem frozen"}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

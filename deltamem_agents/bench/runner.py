@@ -30,7 +30,7 @@ from .tasks import TASKS, TaskConfig, build_items
 
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
-_RESUME_KEYS = ("budget", "reserve", "adapter", "rag_k", "rag_share", "max_new_tokens")
+_RESUME_KEYS = ("budget", "reserve", "adapter", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
 _TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path")
 
 
@@ -44,6 +44,7 @@ class BenchConfig:
     adapter: str = "default"  # adapter dir | "default" (shipped) | "none"
     rag_k: int = 3
     rag_share: float = 1 / 3  # fraction of the budget given to retrieved messages (rag backends)
+    rag_scope: str = "evicted"  # "evicted": RAG searches the messages that left its window; "all": every one
     max_new_tokens: int | None = None  # None: each task's own (synthetic 16, bAbI 12, LoCoMo 32)
     threads: int = 2
     progress: bool = True
@@ -124,7 +125,7 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
                        sorted(NEEDS_ADAPTER & set(backends)))
         backends = [b for b in backends if b not in NEEDS_ADAPTER]
     ctx = BenchContext(model, tokenizer, budget=cfg.budget, reserve=cfg.reserve, full_budget=cfg.task.full_budget,
-                       rag_k=cfg.rag_k, rag_share=cfg.rag_share)
+                       rag_k=cfg.rag_k, rag_share=cfg.rag_share, rag_scope=cfg.rag_scope)
     if {"rag", "deltamem_rag"} & set(backends):
         _ = ctx.retriever.model  # load MiniLM before timing anything
     path = cfg.out / ROWS

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from deltamem_agents.backbone import load_backbone
-from deltamem_agents.bench.backends import (BACKENDS, NEEDS_ADAPTER, deltamem, deltamem_shuffled, donor_passes, floor,
-                                            full, rag)
+from deltamem_agents.bench.backends import (BACKENDS, NEEDS_ADAPTER, deltamem, deltamem_frozen, deltamem_shuffled,
+                                            donor_passes, floor, full, rag)
 from deltamem_agents.bench.context import BenchContext
 from deltamem_agents.bench.report import read_rows, write_report
 from deltamem_agents.bench.runner import BenchConfig, answer, run_bench
@@ -61,9 +61,9 @@ def run(model, tmp_path_factory):
 def test_rows_are_well_formed(run):
     cfg, path = run
     rows = read_rows(path)
-    assert len(rows) == 2 * len(BACKENDS)  # 2 items (in / out of window) x 7 backends
+    assert len(rows) == 2 * len(BACKENDS)  # 2 items (in / out of window) x 8 backends
     kinds = {"floor": "none", "window": "none", "full": "kv_cache", "rag": "retrieved_text",
-             "deltamem": "delta_state", "deltamem_shuffled": "delta_state",
+             "deltamem": "delta_state", "deltamem_shuffled": "delta_state", "deltamem_frozen": "delta_state",
              "deltamem_rag": "delta_state+retrieved_text"}
     for r in rows:
         assert r["skipped"] is None and r["task"] == "synthetic-distance" and r["distance"] == 200
@@ -73,7 +73,8 @@ def test_rows_are_well_formed(run):
         assert r["kv_bytes"] == r["prompt_tokens"] * 2 * 30 * 3 * 64 * 4  # SmolLM2-135M, fp32
         if r["backend"] in NEEDS_ADAPTER:
             assert r["memory_bytes"] >= 76_000  # the 30-layer SSW state (S + pending sum)
-        if r["backend"] in ("window", "deltamem", "deltamem_shuffled", "floor", "rag", "deltamem_rag"):
+        if r["backend"] in ("window", "deltamem", "deltamem_shuffled", "deltamem_frozen", "floor", "rag",
+                            "deltamem_rag"):
             assert r["prompt_tokens"] <= r["budget"] - cfg.reserve + 3  # + the assistant header
     by = {(r["backend"], r["condition"]): r for r in rows}
     assert by[("window", "in_window")]["in_window"] and not by[("window", "out_of_window")]["in_window"]
@@ -115,6 +116,36 @@ def test_shuffled_control_reads_another_episodes_state(ctx, items, monkeypatch):
         (s_mids, s_mid), (o_mids, o_mid) = seen
         assert set(s_mids) == {-1} and s_mid == -1  # none of the item's own tokens enter the control's state
         assert o_mids == own.mids and o_mid == len(it.messages) + 1  # δ-mem writes the window and its answer
+
+
+def test_frozen_arm_reads_its_own_whole_state_like_the_shuffled_control(ctx, items, monkeypatch):
+    for it in items.values():
+        own, frozen, shuf = deltamem(ctx, it), deltamem_frozen(ctx, it), deltamem_shuffled(ctx, it)
+        whole, _ = ctx.state(ctx.passes(it, ctx.policy(it)), whole=True)
+        assert frozen.ids == own.ids == shuf.ids and not frozen.write and not shuf.write
+        assert torch.equal(frozen.state.S, whole.S) and not torch.equal(frozen.state.S, shuf.state.S)
+        assert int(frozen.state.pend_id) == -1
+        if it.fields["condition"] == "in_window":  # nothing evicted: the runtime arm starts empty, frozen does not
+            assert own.state.S.abs().sum() == 0 and frozen.state.S.abs().sum() > 0
+        seen = []
+        real = ctx.engine.generate
+        monkeypatch.setattr(ctx.engine, "generate", lambda cur, ids, mids, mid, cfg: seen.append((mids, mid)) or
+                            real(cur, ids, mids, mid, cfg))
+        ctx.generate(frozen, 2)
+        monkeypatch.undo()
+        assert set(seen[0][0]) == {-1} and seen[0][1] == -1  # read with writes off: the state is not changed
+
+
+def test_rag_scope_all_retrieves_the_visible_fact(model, items):
+    it = items["in_window"]
+    evicted = BenchContext(*model, budget=BUDGET, full_budget=FULL)
+    assert rag(evicted, it).fields["retrieved"] == []  # the whole history fits: nothing left the window
+    every = BenchContext(*model, budget=BUDGET, full_budget=FULL, rag_scope="all")
+    p = rag(every, it)
+    assert it.evidence[0] in p.fields["retrieved"]  # the fact turn, shown again above the window
+    assert it.messages[it.evidence[0]]["content"].strip() in every.tok.decode(p.ids)
+    with pytest.raises(ValueError, match="rag_scope"):
+        BenchContext(*model, budget=BUDGET, rag_scope="everything")
 
 
 def test_rag_retrieves_only_evicted_messages_within_budget(ctx, items):

@@ -46,6 +46,19 @@ def test_cells_and_paired_differences():
     assert "| full | 0 | 1 |" in text  # cost table counts the skipped row
 
 
+def test_task_conditions_select_items_and_are_validated():
+    import pytest
+
+    from deltamem_agents.bench.tasks import TaskConfig, build_items
+
+    count = lambda s: len(s.split())  # noqa: E731  (item selection only; no model needed)
+    its = build_items("synthetic-distance", TaskConfig(limit=2, distances=(50,), conditions=("in_window",)), count)
+    assert len(its) == 2 and {i.fields["condition"] for i in its} == {"in_window"}
+    for bad in ((), ("inside",)):
+        with pytest.raises(ValueError, match="conditions"):
+            TaskConfig(conditions=bad)
+
+
 def test_cli_lists_match_the_package():
     from deltamem_agents.bench.backends import BACKENDS
 

@@ -25,6 +25,7 @@ class TaskConfig:
     n_facts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     capacity_distance: int = 500  # tokens of history after the asked fact (synthetic-capacity)
     update_distances: tuple[int, ...] = (250, 1000)
+    conditions: tuple[str, ...] = ("in_window", "out_of_window")  # synthetic-distance / -update
     babi_dir: str | None = None
     babi_filler: int = 1000  # tokens of chit-chat pushing the story out of the window
     locomo_path: str | None = None
@@ -35,6 +36,9 @@ class TaskConfig:
             raise ValueError("limit must be >= 1")
         if self.full_budget < 64:
             raise ValueError("full_budget must be >= 64")
+        bad = set(self.conditions) - {"in_window", "out_of_window"}
+        if bad or not self.conditions:
+            raise ValueError(f"conditions must be a non-empty subset of in_window, out_of_window (got {bad or 'none'})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,11 +53,11 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
 
     n = cfg.limit or cfg.default_limit
     if task == "synthetic-distance":
-        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget)
+        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions)
     if task == "synthetic-capacity":
         return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
     if task == "synthetic-update":
-        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget)
+        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions)
     if task == "babi":
         return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
     if task == "capability":
