@@ -334,6 +334,8 @@ def bench(ctx: typer.Context,
                                                        "window) or 'all' (every earlier message, as a vector-"
                                                        "store memory beside a buffer does; for in-window runs)"),
           conditions: str = typer.Option("in_window,out_of_window", help="synthetic-distance/-update conditions"),
+          value_kinds: str = typer.Option("", help="synthetic-distance/-update: only answers of these value kinds, "
+                                                   "e.g. colour,food,sport,drink (default: all)"),
           max_new_tokens: Optional[int] = typer.Option(None, help="override each task's answer length"),
           threads: int = 2, progress: bool = True,
           report: bool = typer.Option(True, help="write report.md and plots/ at the end")):
@@ -348,7 +350,8 @@ def bench(ctx: typer.Context,
 
     logging.basicConfig(level=logging.INFO)
     tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=_ints(distances),
-                      n_facts=_ints(n_facts), conditions=_names(conditions), babi_dir=str(babi_dir) if babi_dir else None,
+                      n_facts=_ints(n_facts), conditions=_names(conditions),
+                      value_kinds=_names(value_kinds) or None, babi_dir=str(babi_dir) if babi_dir else None,
                       locomo_path=str(locomo) if locomo else None)
     cfg = BenchConfig(out=out, tasks=_names(tasks), backends=_names(backends), budget=budget, adapter=adapter,
                       rag_k=rag_k, rag_share=rag_share, rag_scope=rag_scope, max_new_tokens=max_new_tokens,

@@ -31,7 +31,7 @@ from .tasks import TASKS, TaskConfig, build_items
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
 _RESUME_KEYS = ("budget", "reserve", "adapter", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
-_TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path")
+_TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path", "value_kinds")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class BenchConfig:
 
 def _check_config(cfg: BenchConfig) -> None:
     path = cfg.out / "config.json"
-    key = cfg.resume_key()
+    key = json.loads(json.dumps(cfg.resume_key(), default=str))  # as stored (tuples become lists)
     if path.exists():
         old = json.loads(path.read_text()).get("resume_key", {})
         diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}

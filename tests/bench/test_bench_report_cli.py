@@ -54,6 +54,9 @@ def test_task_conditions_select_items_and_are_validated():
     count = lambda s: len(s.split())  # noqa: E731  (item selection only; no model needed)
     its = build_items("synthetic-distance", TaskConfig(limit=2, distances=(50,), conditions=("in_window",)), count)
     assert len(its) == 2 and {i.fields["condition"] for i in its} == {"in_window"}
+    kinds = ("colour", "food")
+    its = build_items("synthetic-distance", TaskConfig(limit=3, distances=(50,), value_kinds=kinds), count)
+    assert len(its) == 6 and {i.fields["value_kind"] for i in its} <= set(kinds)
     for bad in ((), ("inside",)):
         with pytest.raises(ValueError, match="conditions"):
             TaskConfig(conditions=bad)
@@ -85,3 +88,16 @@ def test_bench_never_imports_integrations():
             bad += [f"{f.name}: {n}" for n in names if n.split(".")[0] in
                     ("langchain_deltamem", "llama_index_deltamem", "langchain", "llama_index", "integrations")]
     assert not bad, bad
+
+
+def test_resume_key_survives_its_json_round_trip(tmp_path):
+    import pytest
+
+    from deltamem_agents.bench.runner import BenchConfig, _check_config
+    from deltamem_agents.bench.tasks import TaskConfig
+
+    cfg = BenchConfig(out=tmp_path, task=TaskConfig(value_kinds=("colour", "food")))
+    _check_config(cfg)
+    _check_config(cfg)  # the same settings resume (tuples are stored as lists)
+    with pytest.raises(ValueError, match="value_kinds"):
+        _check_config(BenchConfig(out=tmp_path, task=TaskConfig(value_kinds=("colour",))))

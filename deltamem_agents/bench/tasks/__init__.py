@@ -26,6 +26,7 @@ class TaskConfig:
     capacity_distance: int = 500  # tokens of history after the asked fact (synthetic-capacity)
     update_distances: tuple[int, ...] = (250, 1000)
     conditions: tuple[str, ...] = ("in_window", "out_of_window")  # synthetic-distance / -update
+    value_kinds: tuple[str, ...] | None = None  # synthetic-distance / -update: only answers of these value kinds
     babi_dir: str | None = None
     babi_filler: int = 1000  # tokens of chit-chat pushing the story out of the window
     locomo_path: str | None = None
@@ -53,11 +54,11 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
 
     n = cfg.limit or cfg.default_limit
     if task == "synthetic-distance":
-        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions)
+        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions, cfg.value_kinds)
     if task == "synthetic-capacity":
         return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
     if task == "synthetic-update":
-        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions)
+        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions, cfg.value_kinds)
     if task == "babi":
         return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
     if task == "capability":

@@ -8,6 +8,10 @@
 - synthetic-update: a fact stated, later changed; the newest value must win (`says_old` is recorded).
 Every item's donor (shuffled-memory control) is the next episode of the same cell; one extra episode per
 cell is generated so the last scored item has a donor too.
+
+`value_kinds` (e.g. colour,food,sport,drink: the shipped adapter's trained kinds) keeps only episodes whose asked
+value is of those kinds (distance and update suites): each episode is the first of its own seeded sequence that
+matches, so the selection is deterministic and the same for every backend.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable
 
 from ...datasets.episode import Episode
 from ...datasets.synthetic import generate
+from ...datasets.templates import relation
 from ..items import Item
 
 CONDITIONS = ("in_window", "out_of_window")
@@ -33,16 +38,37 @@ def _items(task: str, cell: str, eps: list[Episode], n: int, conditions, full_bu
                 aliases=ep.aliases, evidence=(ep.fact_index,), budget=full_budget if cond == "in_window" else None,
                 donor=donor.messages, donor_id=f"{cell}/{i + 1}",
                 fields={**fields, "condition": cond, "tokens_after": ep.meta.get("tokens_after"),
-                        "relation": ep.meta.get("relation"), **extra}))
+                        "relation": ep.meta.get("relation"), "value_kind": value_kind(ep), **extra}))
+    return out
+
+
+def value_kind(ep: Episode) -> str | None:
+    key = ep.meta.get("relation", "")
+    return None if not key or key.startswith("tool_") else relation(key).value_kind
+
+
+def episodes(n: int, seed: int, count: Callable[[str], int], value_kinds: tuple[str, ...] | None = None,
+             **kw) -> list[Episode]:
+    """`n` held-out episodes (`generate` kwargs); with `value_kinds`, only those whose asked value is of them."""
+    if not value_kinds:
+        return generate(n, seed=seed, split="heldout", count_tokens=count, **kw)
+    out = []
+    for i in range(n):
+        for attempt in range(200):
+            ep = generate(1, seed=seed + 1_009 * i + 7_919 * attempt, split="heldout", count_tokens=count, **kw)[0]
+            if value_kind(ep) in value_kinds:
+                out.append(ep)
+                break
+        else:
+            raise ValueError(f"no episode with value kinds {sorted(value_kinds)} for {kw}")
     return out
 
 
 def distance_items(distances: list[int], n: int, seed: int, count: Callable[[str], int], full_budget: int,
-                   conditions=CONDITIONS) -> list[Item]:
+                   conditions=CONDITIONS, value_kinds: tuple[str, ...] | None = None) -> list[Item]:
     items = []
     for d in distances:
-        eps = generate(n + 1, seed=seed * 100_003 + d, split="heldout", mix={"fact": 1.0}, distance_range=(d, d),
-                       count_tokens=count)
+        eps = episodes(n + 1, seed * 100_003 + d, count, value_kinds, mix={"fact": 1.0}, distance_range=(d, d))
         items += _items("synthetic-distance", f"d{d}", eps, n, conditions, full_budget, {"distance": d, "n_facts": 1})
     return items
 
@@ -59,10 +85,10 @@ def capacity_items(n_facts: list[int], n: int, seed: int, count: Callable[[str],
 
 
 def update_items(distances: list[int], n: int, seed: int, count: Callable[[str], int], full_budget: int,
-                 conditions=CONDITIONS) -> list[Item]:
+                 conditions=CONDITIONS, value_kinds: tuple[str, ...] | None = None) -> list[Item]:
     items = []
     for d in distances:
-        eps = generate(n + 1, seed=seed * 100_003 + 13 * d + 1, split="heldout", mix={"update": 1.0},
-                       distance_range=(d, d), count_tokens=count)
+        eps = episodes(n + 1, seed * 100_003 + 13 * d + 1, count, value_kinds, mix={"update": 1.0},
+                       distance_range=(d, d))
         items += _items("synthetic-update", f"d{d}", eps, n, conditions, full_budget, {"distance": d, "n_facts": 1})
     return items
