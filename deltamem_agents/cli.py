@@ -319,6 +319,8 @@ def bench(ctx: typer.Context,
           backends: str = typer.Option(",".join(BENCH_BACKENDS), help="comma list of backends"),
           budget: int = typer.Option(512, help="visible-token budget shared by every backend"),
           adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
+          lora: Optional[Path] = typer.Option(None, help="run a LoRA control (train-lora-control dir) with "
+                                                         "--adapter none; rows are named lora_<backend>"),
           out: Path = typer.Option(Path("runs/bench/default"), help="run directory (rows.jsonl, report.md, plots/)"),
           limit: Optional[int] = typer.Option(None, help="items per cell (distance, n_facts, bAbI task, LoCoMo "
                                                          "conversation x category, ...)"),
@@ -354,6 +356,7 @@ def bench(ctx: typer.Context,
                       value_kinds=_names(value_kinds) or None, babi_dir=str(babi_dir) if babi_dir else None,
                       locomo_path=str(locomo) if locomo else None)
     cfg = BenchConfig(out=out, tasks=_names(tasks), backends=_names(backends), budget=budget, adapter=adapter,
+                      lora=str(lora) if lora else None,
                       rag_k=rag_k, rag_share=rag_share, rag_scope=rag_scope, max_new_tokens=max_new_tokens,
                       threads=threads,
                       progress=progress, task=tcfg)

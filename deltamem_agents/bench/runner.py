@@ -30,7 +30,8 @@ from .tasks import TASKS, TaskConfig, build_items
 
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
-_RESUME_KEYS = ("budget", "reserve", "adapter", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
+_RESUME_KEYS = ("budget", "reserve", "adapter", "lora", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
+LORA_PREFIX = "lora_"  # rows of a LoRA-control run are named lora_<backend>, so they sit beside δ-mem's rows
 _TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path", "value_kinds")
 
 
@@ -42,6 +43,7 @@ class BenchConfig:
     budget: int = 512  # visible-token budget shared by every backend (out-of-window conditions)
     reserve: int = 48  # tokens of the budget kept free for the reply
     adapter: str = "default"  # adapter dir | "default" (shipped) | "none"
+    lora: str | None = None  # a LoRA control dir (train-lora-control): backbone + merged LoRA, adapter "none"
     rag_k: int = 3
     rag_share: float = 1 / 3  # fraction of the budget given to retrieved messages (rag backends)
     rag_scope: str = "evicted"  # "evicted": RAG searches the messages that left its window; "all": every one
@@ -58,6 +60,9 @@ class BenchConfig:
             raise ValueError("budget must be >= 64 and reserve < budget / 2")
         if {"rag", "deltamem_rag"} & set(self.backends) and self.budget - int(self.rag_share * self.budget) < 64:
             raise ValueError("the RAG window (budget minus the retrieval share) must keep >= 64 tokens")
+        if self.lora and (self.adapter not in ("none", None) or NEEDS_ADAPTER & set(self.backends)):
+            raise ValueError("--lora runs the LoRA control without δ-mem: use --adapter none and backends among "
+                             f"{sorted(set(BACKENDS) - NEEDS_ADAPTER)}")
 
     def resume_key(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in _RESUME_KEYS}, **{k: getattr(self.task, k) for k in _TASK_RESUME_KEYS}}
@@ -83,13 +88,13 @@ def _items(cfg: BenchConfig, tok: Any) -> Iterator[Item]:
             yield item if cfg.max_new_tokens is None else replace(item, max_new_tokens=cfg.max_new_tokens)
 
 
-def answer(ctx: Any, item: Item, backend: str) -> dict[str, Any]:
-    """One row: the backend's answer to the item, scored, with cost fields."""
+def answer(ctx: Any, item: Item, backend: str, name: str | None = None) -> dict[str, Any]:
+    """One row: the backend's answer to the item, scored, with cost fields (`name`: the row's backend name)."""
     from .scoring import score
 
     t0 = time.perf_counter()
     prep = BACKENDS[backend](ctx, item)
-    row: dict[str, Any] = {"task": item.task, "item_id": item.item_id, "backend": backend, "gold": item.gold,
+    row: dict[str, Any] = {"task": item.task, "item_id": item.item_id, "backend": name or backend, "gold": item.gold,
                            **{k: v for k, v in item.fields.items() if k != "options"}}
     row["history_tokens"] = ctx.history_tokens(item)
     row["budget"] = item.budget or ctx.budget
@@ -115,7 +120,13 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
     torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
     _check_config(cfg)
-    if model is None:
+    if model is None and cfg.lora:  # merged in place: a fresh backbone, not the process-cached one
+        from ..backbone import load_backbone
+        from ..train.lora_control import load_lora_control
+
+        model, tokenizer = load_backbone()
+        model = load_lora_control(model, cfg.lora)
+    elif model is None:
         from ..chat.loading import load_model
 
         model, tokenizer = load_model(None, cfg.adapter)
@@ -129,13 +140,15 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
     if {"rag", "deltamem_rag"} & set(backends):
         _ = ctx.retriever.model  # load MiniLM before timing anything
     path = cfg.out / ROWS
+    prefix = LORA_PREFIX if cfg.lora else ""
     done = {(r["task"], r["item_id"], r["backend"]) for r in read_rows(path)}
-    todo = [(it, b) for it in _items(cfg, tokenizer) for b in backends if (it.task, it.item_id, b) not in done]
+    todo = [(it, b) for it in _items(cfg, tokenizer) for b in backends
+            if (it.task, it.item_id, prefix + b) not in done]
     logger.info("%d rows done, %d to run", len(done), len(todo))
     with path.open("a") as f, torch.inference_mode():
         for item, backend in tqdm(todo, desc="bench", disable=not cfg.progress, unit="row"):
-            row = answer(ctx, item, backend)
-            row.update(adapter=cfg.adapter, seed=cfg.task.seed)
+            row = answer(ctx, item, backend, prefix + backend)
+            row.update(adapter=cfg.adapter, lora=cfg.lora, seed=cfg.task.seed)
             f.write(json.dumps(row) + "\n")
             f.flush()
     return path

@@ -51,3 +51,17 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     with pytest.raises(ValueError, match="LoRA control"):
         run_probe(adapter="none", n=1, distances=[20], budget=256, out=out, seed=0, conditions=["deltamem"],
                   lora=str(tmp_path / "checkpoint-last"))
+    # ... and the bench runs it beside δ-mem's rows (`bench --adapter none --lora DIR`), rows named lora_<backend>
+    from deltamem_agents.bench.report import read_rows
+    from deltamem_agents.bench.runner import BenchConfig, run_bench
+    from deltamem_agents.bench.tasks import TaskConfig
+
+    ckpt = str(tmp_path / "checkpoint-last")
+    bcfg = BenchConfig(out=tmp_path / "bench", tasks=("synthetic-distance",), backends=("window",), adapter="none",
+                       lora=ckpt, budget=128, max_new_tokens=2, threads=1, progress=False,
+                       task=TaskConfig(limit=1, distances=(20,), conditions=("out_of_window",)))
+    rows = read_rows(run_bench(bcfg))
+    assert [r["backend"] for r in rows] == ["lora_window"] and rows[0]["lora"] == ckpt
+    assert read_rows(run_bench(bcfg)) == rows  # resumes: nothing to add
+    with pytest.raises(ValueError, match="LoRA control"):
+        BenchConfig(out=tmp_path / "b2", backends=("window", "deltamem"), adapter="none", lora=ckpt)
