@@ -17,7 +17,7 @@ bench_app = typer.Typer(help="Benchmark δ-mem against window, RAG, full-context
 app.add_typer(bench_app, name="bench")
 BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
 BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
-                  "deltamem_frozen")
+                  "deltamem_frozen", "deltamem_rag_shuffled")
 
 
 def _chat(adapter: str, db: Optional[Path]):

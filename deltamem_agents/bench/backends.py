@@ -13,6 +13,10 @@
                      size are the same; only the memory's content differs, so only deltamem − shuffled may be
                      called memory. (The memory probe's `shuffled` keeps the item's own window writes; out of
                      the window both are controls for the evicted fact.)
+  deltamem_rag_shuffled
+                     the memory control of δ-mem + RAG: its prompt (retrieved messages included), read with the
+                     state the donor episode holds under the RAG window's policy, writes off. δ-mem + RAG − this is
+                     the hybrid's memory; the rest of its gain over RAG is the adapter reading retrieved text better.
   deltamem_frozen    the shuffled control's twin with the item's *own* content: the state written over the item's
                      whole history (window included, up to the generation prompt) beforehand, then the deltamem
                      prompt read with writes off. Same mechanics as deltamem_shuffled, so in the window, where
@@ -89,10 +93,15 @@ def deltamem_frozen(ctx: BenchContext, item: Item) -> Prepared:
                     fields={**ctx.visibility(item, p), "state_norm": float(st.norms().mean())})
 
 
-def _rag(ctx: BenchContext, item: Item, with_state: bool) -> Prepared:
+def _rag(ctx: BenchContext, item: Item, with_state: bool, donor: bool = False) -> Prepared:
     share = ctx.rag_tokens(item)
-    p = ctx.passes(item, ctx.policy(item, shrink=share))
-    st, secs = ctx.state(p) if with_state else (None, 0.0)
+    pol = ctx.policy(item, shrink=share)
+    p = ctx.passes(item, pol)
+    if donor:
+        st, secs = ctx.state(donor_passes(ctx, item, pol), whole=True)
+        st = st.rebased()
+    else:
+        st, secs = ctx.state(p) if with_state else (None, 0.0)
     text, picked, n_cands, index_s = ctx.retrieve(item, p, share)
     ids, mids = ctx.with_system(p, item, text)
     text_bytes = len(text.encode())
@@ -101,8 +110,10 @@ def _rag(ctx: BenchContext, item: Item, with_state: bool) -> Prepared:
     if st is None:
         return Prepared(ids, mids, None, text_bytes, "retrieved_text", fields, prep_s=index_s)
     fields["state_norm"] = float(st.norms().mean())
+    if donor:
+        fields["donor_id"] = item.donor_id
     return Prepared(ids, mids, st, st.nbytes() + text_bytes, "delta_state+retrieved_text", fields,
-                    prep_s=secs + index_s)
+                    prep_s=secs + index_s, write=not donor)
 
 
 def rag(ctx: BenchContext, item: Item) -> Prepared:
@@ -113,6 +124,14 @@ def deltamem_rag(ctx: BenchContext, item: Item) -> Prepared:
     return _rag(ctx, item, with_state=True)
 
 
+def deltamem_rag_shuffled(ctx: BenchContext, item: Item) -> Prepared:
+    if item.donor is None:
+        return Prepared(skip="no other episode of this task to take a state from")
+    return _rag(ctx, item, with_state=True, donor=True)
+
+
 BACKENDS: dict[str, Backend] = {"floor": floor, "window": window, "full": full, "rag": rag, "deltamem": deltamem,
-                                "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled, "deltamem_frozen": deltamem_frozen}
-NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled", "deltamem_frozen"})
+                                "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled,
+                                "deltamem_frozen": deltamem_frozen, "deltamem_rag_shuffled": deltamem_rag_shuffled}
+NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled", "deltamem_frozen",
+                           "deltamem_rag_shuffled"})

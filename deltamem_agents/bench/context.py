@@ -8,8 +8,9 @@ for the reply, exactly as the session runtime's `WindowPolicy` does. The RAG bac
 uses the same smaller window and writes its state under that same policy (what a runtime with that window
 would have written). Only `full` uses the larger full-context budget (its ceiling role).
 
-Retrieval (`rag_scope="evicted"`, the default): the messages that left the (smaller) window are embedded; the top `4·rag_k` by similarity to the
-question are taken best first while they fit `rag_tokens`, at most `rag_k`, and shown in chronological order.
+Retrieval (`rag_scope="evicted"`, the default): the messages that left the (smaller) window are embedded; the
+top `4·rag_k` by similarity to the question are taken best first while they fit `rag_tokens`, at most `rag_k`,
+and shown in chronological order.
 The retrieved context is read but never written into a δ-state (those messages were written once already).
 `rag_scope="all"` searches every history message instead, window included — a vector-store memory kept beside a
 buffer, which is how RAG can still help when the whole conversation fits (issue 9's in-window RAG condition: the

@@ -19,15 +19,17 @@ from typing import Any, Iterable
 from .stats import bootstrap_ci, paired_diff_ci
 
 ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
-         "deltamem_frozen")  # = backends.BACKENDS
+         "deltamem_frozen", "deltamem_rag_shuffled")  # = backends.BACKENDS
 
 # δ-mem frozen − shuffled has identical mechanics on both sides (whole state written beforehand, read with writes
 # off): the memory measurement in the window, where δ-mem − shuffled also counts the window's own writes
 # ... and δ-mem − LoRA (window): the LoRA control of issue 9, rows of a `--lora` run merged into the same file
 PAIRS = (("deltamem", "window"), ("deltamem", "deltamem_shuffled"), ("deltamem_frozen", "deltamem_shuffled"),
-         ("deltamem", "lora_window"), ("deltamem_rag", "rag"))
+         ("deltamem", "lora_window"), ("deltamem_rag", "rag"), ("deltamem_rag", "deltamem_rag_shuffled"),
+         ("deltamem_rag", "lora_rag"))
 LABEL = {"deltamem": "δ-mem", "deltamem_rag": "δ-mem+RAG", "deltamem_shuffled": "shuffled", "rag": "RAG",
-         "deltamem_frozen": "δ-mem frozen", "lora_window": "LoRA (window)", "lora_rag": "LoRA+RAG"}
+         "deltamem_frozen": "δ-mem frozen", "lora_window": "LoRA (window)", "lora_rag": "LoRA+RAG",
+         "deltamem_rag_shuffled": "shuffled+RAG"}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

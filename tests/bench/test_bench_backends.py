@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from deltamem_agents.backbone import load_backbone
-from deltamem_agents.bench.backends import (BACKENDS, NEEDS_ADAPTER, deltamem, deltamem_frozen, deltamem_shuffled,
-                                            donor_passes, floor, full, rag)
+from deltamem_agents.bench.backends import (BACKENDS, NEEDS_ADAPTER, deltamem, deltamem_frozen, deltamem_rag,
+                                            deltamem_rag_shuffled, deltamem_shuffled, donor_passes, floor, full, rag)
 from deltamem_agents.bench.context import BenchContext
 from deltamem_agents.bench.report import read_rows, write_report
 from deltamem_agents.bench.runner import BenchConfig, answer, run_bench
@@ -61,10 +61,10 @@ def run(model, tmp_path_factory):
 def test_rows_are_well_formed(run):
     cfg, path = run
     rows = read_rows(path)
-    assert len(rows) == 2 * len(BACKENDS)  # 2 items (in / out of window) x 8 backends
+    assert len(rows) == 2 * len(BACKENDS)  # 2 items (in / out of window) x 9 backends
     kinds = {"floor": "none", "window": "none", "full": "kv_cache", "rag": "retrieved_text",
              "deltamem": "delta_state", "deltamem_shuffled": "delta_state", "deltamem_frozen": "delta_state",
-             "deltamem_rag": "delta_state+retrieved_text"}
+             "deltamem_rag": "delta_state+retrieved_text", "deltamem_rag_shuffled": "delta_state+retrieved_text"}
     for r in rows:
         assert r["skipped"] is None and r["task"] == "synthetic-distance" and r["distance"] == 200
         assert isinstance(r["prediction"], str) and r["gold"] and r["score"] in (0.0, 1.0)
@@ -134,6 +134,16 @@ def test_frozen_arm_reads_its_own_whole_state_like_the_shuffled_control(ctx, ite
         ctx.generate(frozen, 2)
         monkeypatch.undo()
         assert set(seen[0][0]) == {-1} and seen[0][1] == -1  # read with writes off: the state is not changed
+
+
+def test_rag_shuffled_control_has_the_hybrids_prompt_and_the_donors_state(ctx, items):
+    it = items["out_of_window"]
+    hyb, ctl = deltamem_rag(ctx, it), deltamem_rag_shuffled(ctx, it)
+    assert ctl.ids == hyb.ids and ctl.fields["retrieved"] == hyb.fields["retrieved"]  # same prompt, same retrieval
+    pol = ctx.policy(it, shrink=ctx.rag_tokens(it))
+    donor, _ = ctx.state(donor_passes(ctx, it, pol), whole=True)
+    assert torch.equal(ctl.state.S, donor.S) and not torch.equal(ctl.state.S, hyb.state.S)
+    assert not ctl.write and hyb.write and ctl.fields["donor_id"] == it.donor_id
 
 
 def test_rag_scope_all_retrieves_the_visible_fact(model, items):
