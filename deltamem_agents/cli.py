@@ -319,8 +319,9 @@ def bench(ctx: typer.Context,
           backends: str = typer.Option(",".join(BENCH_BACKENDS), help="comma list of backends"),
           budget: int = typer.Option(512, help="visible-token budget shared by every backend"),
           adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
-          lora: Optional[Path] = typer.Option(None, help="run a LoRA control (train-lora-control dir) with "
-                                                         "--adapter none; rows are named lora_<backend>"),
+          lora: Optional[Path] = typer.Option(None, help="run a LoRA control (train-lora-control dir), with "
+                                                         "--adapter none or δ-mem stacked on it; rows are named "
+                                                         "lora_<backend>"),
           out: Path = typer.Option(Path("runs/bench/default"), help="run directory (rows.jsonl, report.md, plots/)"),
           limit: Optional[int] = typer.Option(None, help="items per cell (distance, n_facts, bAbI task, LoCoMo "
                                                          "conversation x category, ...)"),

@@ -43,7 +43,8 @@ class BenchConfig:
     budget: int = 512  # visible-token budget shared by every backend (out-of-window conditions)
     reserve: int = 48  # tokens of the budget kept free for the reply
     adapter: str = "default"  # adapter dir | "default" (shipped) | "none"
-    lora: str | None = None  # a LoRA control dir (train-lora-control): backbone + merged LoRA, adapter "none"
+    lora: str | None = None  # a LoRA control dir (train-lora-control): backbone + merged LoRA (+ the adapter,
+    #                          if one is given: δ-mem stacked on the LoRA-merged backbone, an exploratory arm)
     rag_k: int = 3
     rag_share: float = 1 / 3  # fraction of the budget given to retrieved messages (rag backends)
     rag_scope: str = "evicted"  # "evicted": RAG searches the messages that left its window; "all": every one
@@ -60,9 +61,9 @@ class BenchConfig:
             raise ValueError("budget must be >= 64 and reserve < budget / 2")
         if {"rag", "deltamem_rag"} & set(self.backends) and self.budget - int(self.rag_share * self.budget) < 64:
             raise ValueError("the RAG window (budget minus the retrieval share) must keep >= 64 tokens")
-        if self.lora and (self.adapter not in ("none", None) or NEEDS_ADAPTER & set(self.backends)):
-            raise ValueError("--lora runs the LoRA control without δ-mem: use --adapter none and backends among "
-                             f"{sorted(set(BACKENDS) - NEEDS_ADAPTER)}")
+        if self.lora and self.adapter in ("none", None) and NEEDS_ADAPTER & set(self.backends):
+            raise ValueError("--lora with --adapter none runs the LoRA control without δ-mem: choose backends among "
+                             f"{sorted(set(BACKENDS) - NEEDS_ADAPTER)} (or give an adapter to stack on it)")
 
     def resume_key(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in _RESUME_KEYS}, **{k: getattr(self.task, k) for k in _TASK_RESUME_KEYS}}
@@ -122,10 +123,15 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
     _check_config(cfg)
     if model is None and cfg.lora:  # merged in place: a fresh backbone, not the process-cached one
         from ..backbone import load_backbone
+        from ..chat.loading import resolve_adapter
+        from ..patching.adapter_io import load_adapter
         from ..train.lora_control import load_lora_control
 
         model, tokenizer = load_backbone()
         model = load_lora_control(model, cfg.lora)
+        adir = resolve_adapter(cfg.adapter, None)
+        if adir is not None:
+            load_adapter(model, adir)
     elif model is None:
         from ..chat.loading import load_model
 

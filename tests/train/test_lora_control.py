@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -65,3 +66,6 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     assert read_rows(run_bench(bcfg)) == rows  # resumes: nothing to add
     with pytest.raises(ValueError, match="LoRA control"):
         BenchConfig(out=tmp_path / "b2", backends=("window", "deltamem"), adapter="none", lora=ckpt)
+    stacked = replace(bcfg, out=tmp_path / "b3", backends=("deltamem",), adapter="default")  # δ-mem on LoRA-merged
+    rows = read_rows(run_bench(stacked))
+    assert [r["backend"] for r in rows] == ["lora_deltamem"] and rows[0]["memory_kind"] == "delta_state"
