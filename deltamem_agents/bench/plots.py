@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import LABEL, backends_in, scored
+from .report import backends_in, label, scored
 from .stats import bootstrap_ci
 
 
@@ -28,7 +28,7 @@ def _curve(ax: Any, rows: list[dict[str, Any]], key: str, backend: str) -> None:
     stats = [bootstrap_ci([r["score"] for r in rows if r["backend"] == backend and r[key] == x]) for x in xs]
     m = [s[0] for s in stats]
     err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
-    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, label=LABEL.get(backend, backend))
+    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, label=label(backend))
 
 
 def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str, split: str | None) -> Path | None:
@@ -62,7 +62,7 @@ def _memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
     x = range(len(bs))
     ax.bar([i - 0.2 for i in x], [max(mean(b, "memory_bytes"), 1) for b in bs], 0.4, label="memory (state/text/KV)")
     ax.bar([i + 0.2 for i in x], [max(mean(b, "kv_bytes"), 1) for b in bs], 0.4, label="KV cache of the prompt read")
-    ax.set_xticks(list(x), [LABEL.get(b, b) for b in bs], rotation=20)
+    ax.set_xticks(list(x), [label(b) for b in bs], rotation=20)
     ax.set(yscale="log", ylabel="bytes per session (mean)", title="Memory per backend")
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
@@ -77,7 +77,7 @@ def _latency(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for b in backends_in(rows):
         sub = [r for r in rows if r["backend"] == b]
         ax.scatter([r["history_tokens"] for r in sub], [r["latency_s"] for r in sub], s=10,
-                   label=LABEL.get(b, b), alpha=0.7)
+                   label=label(b), alpha=0.7)
     ax.set(xlabel="history tokens", ylabel="answer latency (s)", title="Latency vs history length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

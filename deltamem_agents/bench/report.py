@@ -32,6 +32,15 @@ LABEL = {"deltamem": "δ-mem", "deltamem_rag": "δ-mem+RAG", "deltamem_shuffled"
          "deltamem_rag_shuffled": "shuffled+RAG"}
 
 
+def label(backend: str) -> str:
+    """Display name; rows of a `--lora` run with δ-mem stacked on it read "LoRA+δ-mem", "LoRA+shuffled", ..."""
+    if backend in LABEL:
+        return LABEL[backend]
+    if backend.startswith("lora_"):
+        return "LoRA+" + LABEL.get(backend[5:], backend[5:])
+    return backend
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
@@ -102,7 +111,7 @@ def _by_key(rows: list[dict[str, Any]], task: str, key: str, backends: list[str]
                                     for b in backends])
         if cond is not None:
             lines.append(f"\n*{split} = {cond}*\n")
-        lines += _table([key] + [LABEL.get(b, b) for b in backends], body)
+        lines += _table([key] + [label(b) for b in backends], body)
     return lines
 
 
@@ -116,13 +125,13 @@ def render(rows: list[dict[str, Any]]) -> str:
              "## Scores by task", ""]
     order = sorted(cells, key=lambda tc: (tc[0], tc[1].replace("cat 1-4", "cat 0")))  # pooled LoCoMo first
     body = [[t, c] + [_fmt(list(cells[(t, c)].get(b, {}).values())) for b in backends] for t, c in order]
-    lines += _table(["task", "cell"] + [LABEL.get(b, b) for b in backends], body)
+    lines += _table(["task", "cell"] + [label(b) for b in backends], body)
     pairs = [(a, b) for a, b in PAIRS if a in backends and b in backends]
     if pairs:
         lines += ["", "## Paired differences (bootstrap 95% CI over shared items; ×ratio of means)", ""]
         body = [[t, c] + [_paired(cells[(t, c)].get(a, {}), cells[(t, c)].get(b, {})) for a, b in pairs]
                 for t, c in order]
-        lines += _table(["task", "cell"] + [f"{LABEL.get(a, a)} − {LABEL.get(b, b)}" for a, b in pairs], body)
+        lines += _table(["task", "cell"] + [f"{label(a)} − {label(b)}" for a, b in pairs], body)
     for task, key, split, title in (("synthetic-distance", "distance", "condition", "Accuracy by fact distance"),
                                     ("synthetic-capacity", "n_facts", None, "Accuracy by number of facts")):
         if any(r["task"] == task for r in rows):
@@ -130,7 +139,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     upd = [r for r in scored(rows) if r["task"] == "synthetic-update"]
     if upd:
         lines += ["", "## Stale answers on fact updates (rate of answering the old value)", ""]
-        lines += _table(["backend", "says old"], [[LABEL.get(b, b), _fmt([float(r.get("says_old", False)) for r in upd
+        lines += _table(["backend", "says old"], [[label(b), _fmt([float(r.get("says_old", False)) for r in upd
                                                                            if r["backend"] == b])] for b in backends])
     lines += ["", "## Cost per backend (means over answered rows)", ""]
     body = []
@@ -139,7 +148,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         skipped = sum(1 for r in rows if r["backend"] == b and r.get("skipped"))
         mean = lambda k: sum(float(r.get(k) or 0) for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
         kinds = ",".join(sorted({str(r.get("memory_kind")) for r in rs}))
-        body.append([LABEL.get(b, b), str(len(rs)), str(skipped), f"{mean('prompt_tokens'):.0f}",
+        body.append([label(b), str(len(rs)), str(skipped), f"{mean('prompt_tokens'):.0f}",
                      f"{mean('latency_s'):.2f}", f"{mean('prep_s'):.2f}", f"{mean('memory_bytes'):,.0f} ({kinds})",
                      f"{mean('kv_bytes'):,.0f}"])
     lines += _table(["backend", "rows", "skipped", "prompt tokens", "latency s", "memory write s",

@@ -105,12 +105,13 @@ def test_resume_key_survives_its_json_round_trip(tmp_path):
 
 def test_control_pairs_appear_when_their_rows_do():
     rows = _rows()
-    extra = {"lora_window": [0, 0, 1, 0], "deltamem_frozen": [1, 1, 0, 1]}
+    extra = {"lora_window": [0, 0, 1, 0], "deltamem_frozen": [1, 1, 0, 1], "lora_deltamem": [1, 0, 0, 0]}
     for backend, xs in extra.items():
         for i, s in enumerate(xs):
             rows.append({**rows[0], "backend": backend, "item_id": f"d500/out_of_window/{i}", "score": float(s)})
     text = render(rows)
     assert "δ-mem − LoRA (window)" in text and "δ-mem frozen − shuffled" in text
     assert "δ-mem+RAG − shuffled+RAG" not in text  # no hybrid rows: no such column
+    assert "| LoRA+δ-mem |" in text  # δ-mem stacked on the LoRA-merged backbone
     line = next(x for x in text.splitlines() if x.startswith("| synthetic-distance | out_of_window | +"))
     assert "+0.500 [" in line  # δ-mem (0.75) − LoRA (0.25)
