@@ -112,6 +112,15 @@ def _by_key(rows: list[dict[str, Any]], task: str, key: str, backends: list[str]
         if cond is not None:
             lines.append(f"\n*{split} = {cond}*\n")
         lines += _table([key] + [label(b) for b in backends], body)
+        pairs = [(a, b) for a, b in PAIRS if a in backends and b in backends]
+        if pairs:  # the same paired differences as the cell table, per value of `key`
+            scores: dict[tuple[Any, str], dict[str, float]] = defaultdict(dict)
+            for r in sub:
+                scores[(r[key], r["backend"])][r["item_id"]] = float(r["score"])
+            body = [[str(v)] + [_paired(scores.get((v, a), {}), scores.get((v, b), {})) for a, b in pairs]
+                    for v in sorted({r[key] for r in sub})]
+            lines += ["", f"Paired differences by {key}:", ""]
+            lines += _table([key] + [f"{label(a)} − {label(b)}" for a, b in pairs], body)
     return lines
 
 

@@ -113,5 +113,7 @@ def test_control_pairs_appear_when_their_rows_do():
     assert "δ-mem − LoRA (window)" in text and "δ-mem frozen − shuffled" in text
     assert "δ-mem+RAG − shuffled+RAG" not in text  # no hybrid rows: no such column
     assert "| LoRA+δ-mem |" in text  # δ-mem stacked on the LoRA-merged backbone
+    by_distance = text.split("Paired differences by distance:")[1]
+    assert by_distance.count("| 500 | +0.500 [") == 1  # per distance: δ-mem − window first
     line = next(x for x in text.splitlines() if x.startswith("| synthetic-distance | out_of_window | +"))
     assert "+0.500 [" in line  # δ-mem (0.75) − LoRA (0.25)
