@@ -28,7 +28,8 @@ def _curve(ax: Any, rows: list[dict[str, Any]], key: str, backend: str) -> None:
     stats = [bootstrap_ci([r["score"] for r in rows if r["backend"] == backend and r[key] == x]) for x in xs]
     m = [s[0] for s in stats]
     err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
-    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, label=label(backend))
+    style = ":" if "shuffled" in backend else "--" if backend.startswith("lora_") else "-"  # controls dashed
+    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, linestyle=style, label=label(backend))
 
 
 def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str, split: str | None) -> Path | None:
@@ -37,7 +38,7 @@ def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str,
         return None
     plt = _plt()
     conds = sorted({r.get(split) for r in rows}, key=str) if split else [None]
-    fig, axes = plt.subplots(1, len(conds), figsize=(5.5 * len(conds), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(conds), figsize=(7.5 * len(conds), 4.5), squeeze=False)
     for ax, cond in zip(axes[0], conds):
         sub = [r for r in rows if split is None or r.get(split) == cond]
         for b in backends_in(sub):
@@ -46,7 +47,7 @@ def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str,
         if key == "n_facts":
             ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(plt, fig, path)
 
 
