@@ -93,15 +93,17 @@ def deltamem_frozen(ctx: BenchContext, item: Item) -> Prepared:
                     fields={**ctx.visibility(item, p), "state_norm": float(st.norms().mean())})
 
 
-def _rag(ctx: BenchContext, item: Item, with_state: bool, donor: bool = False) -> Prepared:
+def _rag(ctx: BenchContext, item: Item, state: str | None) -> Prepared:
+    """RAG's prompt; `state` None (plain RAG), "own" (δ-mem + RAG) or "donor" (its shuffled control)."""
     share = ctx.rag_tokens(item)
     pol = ctx.policy(item, shrink=share)
     p = ctx.passes(item, pol)
+    donor = state == "donor"
     if donor:
         st, secs = ctx.state(donor_passes(ctx, item, pol), whole=True)
         st = st.rebased()
     else:
-        st, secs = ctx.state(p) if with_state else (None, 0.0)
+        st, secs = ctx.state(p) if state == "own" else (None, 0.0)
     text, picked, n_cands, index_s = ctx.retrieve(item, p, share)
     ids, mids = ctx.with_system(p, item, text)
     text_bytes = len(text.encode())
@@ -117,17 +119,17 @@ def _rag(ctx: BenchContext, item: Item, with_state: bool, donor: bool = False) -
 
 
 def rag(ctx: BenchContext, item: Item) -> Prepared:
-    return _rag(ctx, item, with_state=False)
+    return _rag(ctx, item, None)
 
 
 def deltamem_rag(ctx: BenchContext, item: Item) -> Prepared:
-    return _rag(ctx, item, with_state=True)
+    return _rag(ctx, item, "own")
 
 
 def deltamem_rag_shuffled(ctx: BenchContext, item: Item) -> Prepared:
     if item.donor is None:
         return Prepared(skip="no other episode of this task to take a state from")
-    return _rag(ctx, item, with_state=True, donor=True)
+    return _rag(ctx, item, "donor")
 
 
 BACKENDS: dict[str, Backend] = {"floor": floor, "window": window, "full": full, "rag": rag, "deltamem": deltamem,

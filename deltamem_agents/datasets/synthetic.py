@@ -23,7 +23,7 @@ from typing import Callable
 from .episode import Episode, answer_text, approx_tokens
 from .distractors import Ctx, company, faker_for
 from .pools import FACT_ACKS, MONTHS, POOLS, UPDATE_ACKS, article
-from .templates import Relation, relations, templates
+from .templates import Relation, relation, relations, templates
 from .tool_templates import tool_scenarios, tool_templates
 
 __all__ = ["make_fact_episode", "make_multi_fact_episode", "make_in_window_episode", "generate", "DEFAULT_MIX"]
@@ -215,6 +215,12 @@ def make_in_window_episode(rng: random.Random, *, split: str = "train", max_dist
     distance = rng.randint(0, max_distance_tokens)
     ep = make_fact_episode(rng, split=split, distance_tokens=distance, count_tokens=count_tokens, kind=kind)
     return replace(ep, kind="in_window", meta={**ep.meta, "base_kind": kind, "in_window": True})
+
+
+def asked_value_kind(ep: Episode) -> str | None:
+    """The value kind (colour, food, name, ...) of the episode's asked fact; None for tool results and bAbI."""
+    key = ep.meta.get("relation", "")
+    return None if not key or key.startswith("tool_") else relation(key).value_kind
 
 
 def generate(n: int, *, seed: int, split: str, mix: dict[str, float] | None = None, distance_range=(0, 800),

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from ..datasets.episode import Episode
-from ..datasets.synthetic import generate
+from ..datasets.synthetic import asked_value_kind, generate
 from ..runtime.window import WindowPolicy
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,7 @@ class EpisodeSampler:
 
     @staticmethod
     def _value_kind(ep: Episode) -> str | None:
-        from ..datasets.templates import relation
-
-        key = ep.meta.get("relation", "")
-        return None if not key or key.startswith("tool_") else relation(key).value_kind
+        return asked_value_kind(ep)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])

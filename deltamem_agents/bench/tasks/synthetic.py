@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ...datasets.episode import Episode
+from ...datasets.synthetic import asked_value_kind as value_kind
 from ...datasets.synthetic import generate
-from ...datasets.templates import relation
 from ..items import Item
 
 CONDITIONS = ("in_window", "out_of_window")
@@ -40,11 +40,6 @@ def _items(task: str, cell: str, eps: list[Episode], n: int, conditions, full_bu
                 fields={**fields, "condition": cond, "tokens_after": ep.meta.get("tokens_after"),
                         "relation": ep.meta.get("relation"), "value_kind": value_kind(ep), **extra}))
     return out
-
-
-def value_kind(ep: Episode) -> str | None:
-    key = ep.meta.get("relation", "")
-    return None if not key or key.startswith("tool_") else relation(key).value_kind
 
 
 def episodes(n: int, seed: int, count: Callable[[str], int], value_kinds: tuple[str, ...] | None = None,
