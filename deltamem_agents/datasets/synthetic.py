@@ -223,6 +223,16 @@ def asked_value_kind(ep: Episode) -> str | None:
     return None if not key or key.startswith("tool_") else relation(key).value_kind
 
 
+def first_of_kinds(seed: int, split: str, value_kinds, **kw) -> Episode:
+    """The first episode of the seeded sequence seed, seed + 7919, ... (`generate` kwargs) whose asked value is of
+    `value_kinds` — a deterministic selection (the trainer's curriculum and the bench's --value-kinds)."""
+    for attempt in range(200):
+        ep = generate(1, seed=seed + attempt * 7919, split=split, **kw)[0]
+        if asked_value_kind(ep) in value_kinds:
+            return ep
+    raise ValueError(f"no episode with value kinds {sorted(value_kinds)} for {kw}")
+
+
 def generate(n: int, *, seed: int, split: str, mix: dict[str, float] | None = None, distance_range=(0, 800),
              count_tokens: Callable[[str], int] | None = None, n_facts_range=(2, 6),
              min_messages_after: int = 0) -> list[Episode]:

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from ..datasets.episode import Episode
-from ..datasets.synthetic import asked_value_kind, generate
+from ..datasets.synthetic import asked_value_kind, first_of_kinds, generate
 from ..runtime.window import WindowPolicy
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,9 @@ class EpisodeSampler:
 
     def generate_one(self, seed: int, split: str, **kw: Any) -> Episode:
         """One episode; with `value_kinds`, the first of a seeded sequence whose asked value is of those kinds."""
-        for attempt in range(200):
-            ep = generate(1, seed=seed + attempt * 7919, split=split, count_tokens=self.count_tokens, **kw)[0]
-            if self.value_kinds is None or self._value_kind(ep) in self.value_kinds:
-                return ep
-        raise ValueError(f"no episode with value kinds {sorted(self.value_kinds)} for {kw}")
+        if self.value_kinds is None:
+            return generate(1, seed=seed, split=split, count_tokens=self.count_tokens, **kw)[0]
+        return first_of_kinds(seed, split, self.value_kinds, count_tokens=self.count_tokens, **kw)
 
     @staticmethod
     def _value_kind(ep: Episode) -> str | None:

@@ -39,7 +39,8 @@ class TaskConfig:
             raise ValueError("full_budget must be >= 64")
         bad = set(self.conditions) - {"in_window", "out_of_window"}
         if bad or not self.conditions:
-            raise ValueError(f"conditions must be a non-empty subset of in_window, out_of_window (got {bad or 'none'})")
+            raise ValueError(f"conditions must be a non-empty subset of in_window, out_of_window (got {bad or 'none'}"
+                             ")")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,11 +55,13 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
 
     n = cfg.limit or cfg.default_limit
     if task == "synthetic-distance":
-        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions, cfg.value_kinds)
+        return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
+                              cfg.value_kinds)
     if task == "synthetic-capacity":
         return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
     if task == "synthetic-update":
-        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions, cfg.value_kinds)
+        return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
+                            cfg.value_kinds)
     if task == "babi":
         return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
     if task == "capability":

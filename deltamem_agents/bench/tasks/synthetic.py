@@ -20,7 +20,7 @@ from typing import Callable
 
 from ...datasets.episode import Episode
 from ...datasets.synthetic import asked_value_kind as value_kind
-from ...datasets.synthetic import generate
+from ...datasets.synthetic import first_of_kinds, generate
 from ..items import Item
 
 CONDITIONS = ("in_window", "out_of_window")
@@ -47,16 +47,7 @@ def episodes(n: int, seed: int, count: Callable[[str], int], value_kinds: tuple[
     """`n` held-out episodes (`generate` kwargs); with `value_kinds`, only those whose asked value is of them."""
     if not value_kinds:
         return generate(n, seed=seed, split="heldout", count_tokens=count, **kw)
-    out = []
-    for i in range(n):
-        for attempt in range(200):
-            ep = generate(1, seed=seed + 1_009 * i + 7_919 * attempt, split="heldout", count_tokens=count, **kw)[0]
-            if value_kind(ep) in value_kinds:
-                out.append(ep)
-                break
-        else:
-            raise ValueError(f"no episode with value kinds {sorted(value_kinds)} for {kw}")
-    return out
+    return [first_of_kinds(seed + 1_009 * i, "heldout", value_kinds, count_tokens=count, **kw) for i in range(n)]
 
 
 def distance_items(distances: list[int], n: int, seed: int, count: Callable[[str], int], full_budget: int,
