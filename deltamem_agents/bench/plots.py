@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import backends_in, label, scored
+from .report import LORA_PREFIX, backends_in, label, scored
 from .stats import bootstrap_ci
 
 
@@ -28,7 +28,7 @@ def _curve(ax: Any, rows: list[dict[str, Any]], key: str, backend: str) -> None:
     stats = [bootstrap_ci([r["score"] for r in rows if r["backend"] == backend and r[key] == x]) for x in xs]
     m = [s[0] for s in stats]
     err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
-    style = ":" if "shuffled" in backend else "--" if backend.startswith("lora_") else "-"  # controls dashed
+    style = ":" if "shuffled" in backend else "--" if backend.startswith(LORA_PREFIX) else "-"  # controls dashed
     ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, linestyle=style, label=label(backend))
 
 

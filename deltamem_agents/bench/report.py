@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from .stats import bootstrap_ci, paired_diff_ci
 
+LORA_PREFIX = "lora_"  # rows of a `bench --lora` run are named lora_<backend>, so they sit beside δ-mem's rows
 ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
          "deltamem_frozen", "deltamem_rag_shuffled")  # = backends.BACKENDS
 
@@ -36,8 +37,9 @@ def label(backend: str) -> str:
     """Display name; rows of a `--lora` run with δ-mem stacked on it read "LoRA+δ-mem", "LoRA+shuffled", ..."""
     if backend in LABEL:
         return LABEL[backend]
-    if backend.startswith("lora_"):
-        return "LoRA+" + LABEL.get(backend[5:], backend[5:])
+    if backend.startswith(LORA_PREFIX):
+        base = backend[len(LORA_PREFIX):]
+        return "LoRA+" + LABEL.get(base, base)
     return backend
 
 

@@ -25,13 +25,12 @@ from typing import Any, Iterator
 
 from .backends import BACKENDS, NEEDS_ADAPTER
 from .items import Item
-from .report import read_rows
+from .report import LORA_PREFIX, read_rows
 from .tasks import TASKS, TaskConfig, build_items
 
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
 _RESUME_KEYS = ("budget", "reserve", "adapter", "lora", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
-LORA_PREFIX = "lora_"  # rows of a LoRA-control run are named lora_<backend>, so they sit beside δ-mem's rows
 _TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path", "value_kinds")
 
 

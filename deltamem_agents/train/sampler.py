@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from ..datasets.episode import Episode
-from ..datasets.synthetic import asked_value_kind, first_of_kinds, generate
+from ..datasets.synthetic import first_of_kinds, generate
 from ..runtime.window import WindowPolicy
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ class EpisodeSampler:
         if self.value_kinds is None:
             return generate(1, seed=seed, split=split, count_tokens=self.count_tokens, **kw)[0]
         return first_of_kinds(seed, split, self.value_kinds, count_tokens=self.count_tokens, **kw)
-
-    @staticmethod
-    def _value_kind(ep: Episode) -> str | None:
-        return asked_value_kind(ep)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deltamem_agents.datasets.pools import POOLS
+from deltamem_agents.datasets.synthetic import asked_value_kind
 from deltamem_agents.train.sampler import EpisodeSampler
 
 
@@ -25,10 +26,10 @@ def test_same_step_same_episode(tok):
 def test_value_kind_filter_applies_to_training_and_heldout(tok):
     kinds = {"colour", "sport", "food"}
     s = EpisodeSampler(tok, seed=1, value_kinds=sorted(kinds), mix={"fact": 1, "update": 1, "multi": 1})
-    seen = {s._value_kind(s.sample(i, 0)[0]) for i in range(12)}
+    seen = {asked_value_kind(s.sample(i, 0)[0]) for i in range(12)}
     assert seen <= kinds and seen
     held = [s.heldout(i)[0] for i in range(4)]
-    assert all(s._value_kind(ep) in kinds and ep.meta["split"] == "heldout" for ep in held)
+    assert all(asked_value_kind(ep) in kinds and ep.meta["split"] == "heldout" for ep in held)
     assert all(ep.answer.rstrip(".").lower() in {v.lower() for k in kinds for v in POOLS[k]} for ep in held)
 
 
