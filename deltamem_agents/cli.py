@@ -111,8 +111,12 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
           write_threshold: Optional[float] = typer.Option(None, help="selective token writes: tokens with β̄ below "
                                                                      "it are not written (0 = dense)"),
           update_mode: Optional[str] = typer.Option(None, help="state_update_mode: standard|lambda_outside|no_lambda"),
+          task_rank: Optional[int] = typer.Option(None, help="rank of a state-independent task path (LoRA on q/o) "
+                                                             "trained beside the state path (0 = none, the spec)"),
+          task_alpha: Optional[float] = typer.Option(None, help="the task path's alpha (scaling alpha/rank)"),
           init_adapter: Optional[Path] = typer.Option(None, help="start from this adapter (dir or checkpoint dir) in "
-                                                     "its own config; --write-threshold/--update-mode override it"),
+                                                     "its own config; --write-threshold/--update-mode/--task-rank "
+                                                     "override it (a task path it lacks starts fresh)"),
           writes: str = typer.Option("runtime", help="runtime (the session runtime's writes) | value_only (only the "
                                                      "asked value's tokens, nothing in the final pass; token writes)"),
           counterfactual: bool = typer.Option(False, help="train fact episodes beside their counterfactual twins"),
@@ -144,8 +148,8 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
 
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(threads)
-    overrides = {k: v for k, v in (("write_threshold", write_threshold), ("state_update_mode", update_mode))
-                 if v is not None}
+    overrides = {k: v for k, v in (("write_threshold", write_threshold), ("state_update_mode", update_mode),
+                                   ("task_rank", task_rank), ("task_alpha", task_alpha)) if v is not None}
     if init_adapter:
         from .train.adapter_files import delta_from_adapter
 

@@ -41,6 +41,12 @@ class DeltaMemConfig:
     # not written at all (keep 1, erase 0, write 0), so unselected tokens cannot erode the state; 0 = the spec.
     # docs/design-notes.md #15 has the measurement (oracle writes carry a fact, learned dense writes do not)
     write_threshold: float = 0.0
+    # a state-independent low-rank task path beside the state path (0 = off, the spec): per wrapped layer
+    # q += (α_t/r_t)·U_q D_q x and o += (α_t/r_t)·U_o D_o a, i.e. a LoRA on q_proj/o_proj trained jointly with the
+    # memory, so answer format/priors can live in it instead of in the state read-out (docs/design-notes.md #17).
+    # It is identical for every state, so the shuffled-state control still isolates what the state's content adds
+    task_rank: int = 0
+    task_alpha: float = 24.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:
@@ -68,6 +74,10 @@ class DeltaMemConfig:
             bad(f"write_threshold must be in [0, 1), got {self.write_threshold!r}")
         if self.write_threshold > 0 and self.write_granularity != "token":
             bad("write_threshold applies to token writes (write_granularity='token') only")
+        if not isinstance(self.task_rank, int) or not 0 <= self.task_rank <= 256:
+            bad(f"task_rank must be an int in [0, 256], got {self.task_rank!r}")
+        if not (isinstance(self.task_alpha, (int, float)) and self.task_alpha > 0):
+            bad(f"task_alpha must be > 0, got {self.task_alpha!r}")
         if self.online_gain < 0 or self.base_slice_ref_width < 1:
             bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
         object.__setattr__(self, "delta_heads", heads)
@@ -78,6 +88,11 @@ class DeltaMemConfig:
     def scaling(self) -> float:
         """s = α / r (uses rank, not H·r, as the reference code does)."""
         return float(self.alpha) / self.rank
+
+    @property
+    def task_scaling(self) -> float:
+        """α_t / r_t of the task path (0 without one)."""
+        return float(self.task_alpha) / self.task_rank if self.task_rank else 0.0
 
     @property
     def read_dim(self) -> int:

@@ -56,6 +56,16 @@ class DeltaMemLayer(nn.Module):
             nn.init.kaiming_uniform_(p, a=math.sqrt(5))
         # the common component of the layer's inputs, removed before projecting (None = the spec's projection)
         self.register_buffer("input_center", torch.zeros(hidden) if cfg.center_inputs else None)
+        # the optional state-independent task path (config.task_rank): LoRA-style, down random, up zero, so a
+        # fresh task path changes nothing; o_proj's input width is q_proj's output width (heads × head_dim)
+        rt = cfg.task_rank
+        self.task_q_down = nn.Parameter(torch.empty(rt, hidden)) if rt and "q" in cfg.delta_heads else None
+        self.task_q_up = nn.Parameter(torch.zeros(q_out, rt)) if rt and "q" in cfg.delta_heads else None
+        self.task_o_down = nn.Parameter(torch.empty(rt, q_out)) if rt and "o" in cfg.delta_heads else None
+        self.task_o_up = nn.Parameter(torch.zeros(o_out, rt)) if rt and "o" in cfg.delta_heads else None
+        for p in (self.task_q_down, self.task_o_down):
+            if p is not None:
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
 
     @torch.no_grad()
     def init_outputs(self, base_q: Tensor | None, base_o: Tensor | None) -> None:
@@ -108,6 +118,18 @@ class DeltaMemLayer(nn.Module):
     def delta_o(self, read: Tensor) -> Tensor | None:
         """read[B,T,R] -> δo[B,T,o_out] (fp32), or None without an o head."""
         return self.cfg.scaling * F.linear(read, self.delta_o_proj) if self.delta_o_proj is not None else None
+
+    def task_q(self, x: Tensor) -> Tensor | None:
+        """x[B,T,d] -> the task path's q correction [B,T,q_out] (fp32), or None without a task path."""
+        if self.task_q_down is None:
+            return None
+        return self.cfg.task_scaling * F.linear(F.linear(x.float(), self.task_q_down), self.task_q_up)
+
+    def task_o(self, a: Tensor) -> Tensor | None:
+        """a[B,T,q_out] (o_proj's input) -> the task path's o correction [B,T,o_out] (fp32), or None."""
+        if self.task_o_down is None:
+            return None
+        return self.cfg.task_scaling * F.linear(F.linear(a.float(), self.task_o_down), self.task_o_up)
 
     # --- one forward call -------------------------------------------------------------------------------
     def step(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:

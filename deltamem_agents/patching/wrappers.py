@@ -2,7 +2,9 @@
 
 The q_proj wrapper sees the attention input x (the layer's normed hidden state), runs the layer's δ-mem step
 (read + write, see core/memory.py) and adds δq before the head reshape / q-norm / RoPE. The o_proj wrapper
-adds δo from the same call's read vector. Both hold the frozen base `nn.Linear` unchanged.
+adds δo from the same call's read vector. Both hold the frozen base `nn.Linear` unchanged. With a task path
+(config.task_rank > 0) each also adds its state-independent low-rank term, inside a δ-mem call only: outside
+one, and under `disabled()`, the wrappers stay exact pass-throughs of the backbone.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ class DeltaQProj(_Wrapped):
             g = step.gates if call.capture_gates else step.gates.detach()
             call.gates[self.slot] = (g, step.gate_mask)
         dq = layer.delta_q(read)
-        return out if dq is None else out + dq.to(out.dtype)
+        out = out if dq is None else out + dq.to(out.dtype)
+        tq = layer.task_q(xs)  # the state-independent task path (config.task_rank; None without one)
+        if tq is not None:
+            out = out + (tq.detach() if call.detach_inputs else tq).to(out.dtype)
+        return out
 
 
 class DeltaOProj(_Wrapped):
@@ -69,5 +75,10 @@ class DeltaOProj(_Wrapped):
         call = current(self._adapter)
         if call is None:
             return out
-        do = self._adapter.layers[self.slot].delta_o(call.reads.pop(self.slot))
-        return out if do is None else out + do.to(out.dtype)
+        layer = self._adapter.layers[self.slot]
+        do = layer.delta_o(call.reads.pop(self.slot))
+        out = out if do is None else out + do.to(out.dtype)
+        to = layer.task_o(a.detach() if call.detach_inputs else a)
+        if to is not None:
+            out = out + (to.detach() if call.detach_inputs else to).to(out.dtype)
+        return out

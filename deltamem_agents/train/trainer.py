@@ -100,6 +100,20 @@ class TrainConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
+TASK_KEYS = ("task_q_down", "task_q_up", "task_o_down", "task_o_up")
+
+
+def init_adapter_weights(adapter: DeltaMemAdapter, tensors: dict[str, torch.Tensor]) -> None:
+    """Load `tensors` into `adapter` strictly, except that a task path (config.task_rank) the source lacks keeps
+    its fresh initialisation (up-projections zero: the loaded adapter's behaviour is unchanged at step 0)."""
+    missing, unexpected = adapter.load_state_dict(tensors, strict=False)
+    bad = [k for k in missing if not k.endswith(TASK_KEYS)] + list(unexpected)
+    if bad:
+        raise ValueError(f"init adapter does not match the configured adapter: {bad[:5]}")
+    if missing:
+        logger.info("task path (%d tensors) starts fresh: the init adapter has none", len(missing))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     warm = max(1, math.ceil(cfg.warmup_frac * cfg.steps))
     if step < warm:
@@ -174,7 +188,7 @@ class Trainer:
 
             from .adapter_files import weights_file
 
-            self.adapter.load_state_dict(load_file(str(weights_file(cfg.init_adapter))), strict=True)
+            init_adapter_weights(self.adapter, load_file(str(weights_file(cfg.init_adapter))))
             logger.info("initialised the adapter from %s", cfg.init_adapter)
         elif self.adapter.config.center_inputs:
             from .calibrate import calibrate_input_centers
