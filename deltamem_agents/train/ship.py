@@ -17,7 +17,7 @@ from pathlib import Path
 from ..chat.loading import DEFAULT_ADAPTER
 
 CONFIG_KEYS = ("write_granularity", "rank", "num_state_heads", "alpha", "beta_bias_init", "delta_heads",
-               "target_layers", "state_update_mode", "write_threshold", "center_inputs")
+               "target_layers", "state_update_mode", "write_threshold", "center_inputs", "task_rank", "task_alpha")
 
 CARD = """# δ-mem adapter for SmolLM2-135M-Instruct
 

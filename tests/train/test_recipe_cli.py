@@ -53,3 +53,21 @@ def test_four_stage_recipe_smoke(tiny_backbone_dir, tmp_path):
     done = read_adapter_config(ft / "checkpoint-last" / "adapter")["config"]
     assert done.write_threshold == 0.8 and done.state_update_mode == "no_lambda" and done.center_inputs
     assert json.loads((ft / "train_config.json").read_text())["writes"] == "runtime"
+
+
+def test_task_path_stage_from_an_adapter_without_one(tiny_backbone_dir, tmp_path):
+    """`train --init-adapter A --task-rank 4`: A's state path is loaded, the task path starts fresh and trains."""
+    run = CliRunner().invoke
+    bb = ["--backbone", str(tiny_backbone_dir)]
+    base, v2 = tmp_path / "base", tmp_path / "v2"
+    _ok(run(app, ["train", "--out-dir", str(base), "--granularity", "token", "--center-inputs", *DATA, *bb]))
+    _ok(run(app, ["train", "--out-dir", str(v2), "--init-adapter", str(base / "checkpoint-last"), "--task-rank", "4",
+                  "--task-alpha", "8", "--counterfactual", "--contrast-weight", "1", "--preserve-weight", "1",
+                  "--lr", "1e-2", *DATA, *bb]))
+    cfg = read_adapter_config(v2 / "checkpoint-last" / "adapter")["config"]
+    assert cfg.task_rank == 4 and cfg.task_alpha == 8 and cfg.center_inputs
+    w = load_file(str(v2 / "checkpoint-last" / "adapter" / "adapter.safetensors"))
+    ups = [k for k in w if k.endswith(("task_q_up", "task_o_up"))]
+    assert len(ups) == 4 and all(w[k].abs().sum() > 0 for k in ups)  # zero-initialised, moved by training
+    b = load_file(str(base / "checkpoint-last" / "adapter" / "adapter.safetensors"))
+    assert all((w[k] == b[k]).all() for k in b if k.endswith("input_center"))  # carried over from the init adapter
