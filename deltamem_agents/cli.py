@@ -246,13 +246,15 @@ def merge_selective_cmd(read_path: Path = typer.Argument(..., help="stage-1 read
 def eval_harm(adapter: str = "default", n: int = 40, distance: int = 150, budget: int = 128, seed: int = 0,
               out: Path = typer.Option(Path("runs/eval-harm.jsonl")), threads: int = 2,
               value_kinds: str = typer.Option("colour,food,sport,drink", help="kinds of the histories' facts"),
-              max_new_tokens: int = 24):
+              max_new_tokens: int = 24,
+              lora: Optional[Path] = typer.Option(None, help="also score a LoRA control's replies "
+                                                             "(train-lora-control dir) against the backbone's")):
     """Reply preservation: chit-chat questions after fact-bearing histories; δ-mem's replies vs the backbone's."""
     from .bench.run_harm import run_harm
 
     run_harm(adapter=adapter, n=n, distance=distance, budget=budget, out=out, seed=seed, threads=threads,
              value_kinds=[k.strip() for k in value_kinds.split(",") if k.strip()] or None,
-             max_new_tokens=max_new_tokens)
+             max_new_tokens=max_new_tokens, lora=str(lora) if lora else None)
 
 
 @app.command("eval-memory")

@@ -38,14 +38,17 @@ def _first_words(text: str, n: int = 3) -> list[str]:
     return text.lower().split()[:n]
 
 
-ARMS = ("deltamem", "shuffled", "wider", "full")
+ARMS = ("deltamem", "shuffled", "lora", "wider", "full")
 
 
 def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: int = 0,
-               score: set[int] | None = None, references: bool = True) -> list[dict[str, Any]]:
+               score: set[int] | None = None, references: bool = True,
+               lora_probe: MemoryProbe | None = None) -> list[dict[str, Any]]:
     """One row per scored episode (all by default): the backbone's reply, the δ-mem replies (own / shuffled state)
     and, with `references`, the backbone's replies through a wider window and over the whole history, each scored
-    against the backbone's (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate)."""
+    against the backbone's (episodes[i+1] donates the shuffled state of episode i; unscored episodes only donate).
+    `lora_probe` (a probe over the backbone with a LoRA control merged in) adds that model's reply through the same
+    window (`lora`): the no-state control's harm, scored the same way."""
     chats = [chat_ending(ep, seed * 1_000_003 + i) for i, ep in enumerate(episodes)]
     passes = [history_passes(c, probe.renderer, policy) for c in chats]
     states = [probe.build_state(p) for p in passes]
@@ -57,6 +60,8 @@ def reply_rows(probe: MemoryProbe, episodes: list[Episode], policy: Any, seed: i
         own, _ = probe.answer(p, states[i], use_memory=True)
         shuf, _ = probe.answer(p, states[(i + 1) % len(states)].rebased(), use_memory=True)
         row = {"episode": i, "question": c.question, "backbone": ref, "deltamem": own, "shuffled": shuf}
+        if lora_probe is not None:
+            row["lora"], _ = lora_probe.answer(p, None, use_memory=False)
         if references:  # backbone-only: the same conversation seen through a wider window / whole
             for name, budget in (("wider", 2 * policy.budget), ("full", 8192)):
                 wide = history_passes(c, probe.renderer, dataclasses.replace(policy, budget=budget))

@@ -13,7 +13,8 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 
 def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, seed: int = 0, threads: int = 2,
-             value_kinds: list[str] | None = None, max_new_tokens: int = 24, show_progress: bool = True) -> str:
+             value_kinds: list[str] | None = None, max_new_tokens: int = 24, show_progress: bool = True,
+             lora: str | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
@@ -29,14 +30,22 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
     if getattr(model, "deltamem", None) is None:
         raise ValueError("eval-harm needs an adapter (it compares δ-mem's replies with the backbone's)")
     probe = MemoryProbe(model, tok, ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT), max_new_tokens=max_new_tokens)
+    lora_probe = None
+    if lora:  # the LoRA control merged into its own copy of the backbone, replying through the same windows
+        from ..backbone import load_backbone
+        from ..train.lora_control import load_lora_control
+
+        lmodel, _ = load_backbone()
+        lora_probe = MemoryProbe(load_lora_control(lmodel, lora), tok, probe.renderer, max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)
     eps = kind_episodes(tok, n, distance, seed, "heldout", value_kinds)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with out.open("w") as f:
         for i in tqdm(range(n), desc="reply preservation", disable=not show_progress):
-            r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0})[0]
-            r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter))
+            r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0},
+                           lora_probe=lora_probe)[0]
+            r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter), lora=str(lora) if lora else None)
             rows.append(r)
             f.write(json.dumps(r) + "\n")
             f.flush()
@@ -49,7 +58,7 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
 def summarize(rows: list[dict]) -> str:
     lines = ["| state | n | token F1 vs backbone reply | first 3 words agree | length ratio |", "|---|---|---|---|---|"]
     labels = {"deltamem": "δ-mem, own state", "shuffled": "δ-mem, another conversation's state",
-              "wider": "backbone, window ×2 (reference)", "full": "backbone, whole history (reference)"}
+              "lora": "LoRA control (no state, same window)", "wider": "backbone, window ×2 (reference)", "full": "backbone, whole history (reference)"}
     for name in [a for a in ARMS if f"{a}_f1" in rows[0]]:
         cells = []
         for key in ("f1", "first3", "len_ratio"):

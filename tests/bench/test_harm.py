@@ -73,3 +73,14 @@ def test_backbone_references_see_more_of_the_same_conversation(setup):
     assert all(r["wider"] == r["full"] == r["backbone"] and r["full_f1"] == 1.0 for r in rows)
     rows = reply_rows(probe, eps, WindowPolicy(budget=128, reserve=48), references=False)
     assert all("wider" not in r and "full_f1" not in r for r in rows)
+
+
+def test_lora_arm_is_scored_against_the_backbone(setup):
+    """A probe over a model whose LoRA changes nothing (here the same backbone, read without δ-mem) scores 1."""
+    from deltamem_agents.bench.harm import reply_rows
+    from deltamem_agents.runtime.window import WindowPolicy
+
+    model, ad, probe, eps = setup
+    rows = reply_rows(probe, eps, WindowPolicy(budget=128, reserve=48), references=False, lora_probe=probe)
+    assert all(r["lora"] == r["backbone"] and r["lora_f1"] == 1.0 and r["lora_first3"] for r in rows)
+    assert "lora" not in reply_rows(probe, eps[:1] * 2, WindowPolicy(budget=128, reserve=48), references=False)[0]

@@ -69,3 +69,10 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     stacked = replace(bcfg, out=tmp_path / "b3", backends=("deltamem",), adapter="default")  # δ-mem on LoRA-merged
     rows = read_rows(run_bench(stacked))
     assert [r["backend"] for r in rows] == ["lora_deltamem"] and rows[0]["memory_kind"] == "delta_state"
+    # eval-harm scores the control's replies beside δ-mem's (`eval-harm --lora DIR`)
+    from deltamem_agents.bench.run_harm import run_harm
+
+    text = run_harm(adapter="default", n=2, distance=40, budget=128, out=tmp_path / "harm.jsonl", threads=1,
+                    max_new_tokens=4, show_progress=False, lora=ckpt)
+    hrows = [json.loads(x) for x in (tmp_path / "harm.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["lora_f1"] <= 1.0 and r["lora"] for r in hrows) and "LoRA control" in text
