@@ -34,6 +34,9 @@ from ..train.episode import EpisodePasses, history_passes
 
 CONDITIONS = ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")  # the default run
 FROZEN = ("deltamem_frozen", "shuffled_frozen")  # on request (eval-memory --conditions): the in-window controls
+# also on request: a zero state read with writes off, so no state reaches the answer at all — the adapter's
+# state-independent task path alone (config.task_rank; without one this is exactly the backbone)
+EMPTY_FROZEN = "empty_frozen"
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -124,6 +127,8 @@ class MemoryProbe:
                                           write=False)
                 elif cond == "empty":
                     text, n = self.answer(p, self.model.deltamem.zero_state(1), use_memory=True)
+                elif cond == EMPTY_FROZEN:
+                    text, n = self.answer(p, self.model.deltamem.zero_state(1), use_memory=True, write=False)
                 else:
                     raise ValueError(f"unknown condition {cond!r}")
                 rows.append({"episode": i, "condition": cond, "kind": ep.kind, "correct": contains_answer(

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .probe import CONDITIONS, FROZEN
+from .probe import CONDITIONS, EMPTY_FROZEN, FROZEN
 from .stats import bootstrap_ci, paired_diff_ci
 
 
@@ -96,11 +96,14 @@ def summarize(path: Path) -> str:
     for r in rows:
         by[(r["distance"], r["condition"])][r["episode"]] = float(r["correct"])
     dists = sorted({d for d, _ in by})
-    conds = [c for c in (*CONDITIONS, *FROZEN) if any((d, c) in by for d in dists)]
+    conds = [c for c in (*CONDITIONS, *FROZEN, EMPTY_FROZEN) if any((d, c) in by for d in dists)]
     pairs = [("deltamem", o) for o in ("shuffled", "counterfactual", "window") if o in conds and "deltamem" in conds]
     if "deltamem_frozen" in conds:
         pairs += [("deltamem_frozen", o) for o in ("shuffled_frozen", "window") if o in conds]
-    name = {"deltamem": "δ-mem", "deltamem_frozen": "δ-mem frozen", "shuffled_frozen": "shuffled frozen"}
+    if EMPTY_FROZEN in conds:  # what the state adds over the adapter's task path alone
+        pairs += [(a, EMPTY_FROZEN) for a in ("deltamem", "deltamem_frozen") if a in conds]
+    name = {"deltamem": "δ-mem", "deltamem_frozen": "δ-mem frozen", "shuffled_frozen": "shuffled frozen",
+            EMPTY_FROZEN: "no state (task path)"}
     lines = ["| " + " | ".join(["distance", "n", *conds, *(f"{name[a]} − {name.get(o, o)}" for a, o in pairs)]) + " |",
              "|---" * (len(conds) + len(pairs) + 2) + "|"]
     for d in dists:

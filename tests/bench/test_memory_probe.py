@@ -112,3 +112,36 @@ def test_frozen_controls_in_the_window(probe_setup):
     assert not p0.write_passes and float(probe.build_state(p1).S.abs().sum()) == 0.0
     f0, f1 = probe.build_full_state(p0), probe.build_full_state(p1)
     assert float(f0.S.abs().sum()) > 0 and not torch.allclose(f0.S, f1.S)
+
+
+def test_empty_frozen_is_the_backbone_without_a_task_path_and_the_task_path_with_one():
+    """`empty_frozen` (zero state, writes off): no state reaches the answer, so an adapter without a task path
+    answers exactly as the backbone; with a task path only that path acts (and it does change answers)."""
+    from deltamem_agents.backbone import load_backbone
+    from deltamem_agents.bench.probe import MemoryProbe
+    from deltamem_agents.core.config import DeltaMemConfig
+    from deltamem_agents.patching import attach
+    from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+    from deltamem_agents.runtime.window import WindowPolicy
+
+    model, tok = load_backbone()
+    ad = attach(model, DeltaMemConfig(write_granularity="token", task_rank=4))
+    randomize_adapter(ad, seed=4, scale=0.05)
+    with torch.no_grad():
+        ups = {n: p.clone() for n, p in ad.named_parameters() if n.endswith(("task_q_up", "task_o_up"))}
+        for n, p in ad.named_parameters():
+            if n in ups:
+                p.zero_()  # a task path that does nothing
+    probe = MemoryProbe(model, tok, ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT), max_new_tokens=6)
+    eps = _episodes(tok, 3)
+    conds = ["window", "empty_frozen"]
+    rows = probe.run(eps, WindowPolicy(budget=128, reserve=48), conditions=conds)
+    by = {(r["episode"], r["condition"]): r["prediction"] for r in rows}
+    assert all(by[(i, "window")] == by[(i, "empty_frozen")] for i in range(3))
+    with torch.no_grad():
+        for n, p in ad.named_parameters():
+            if n in ups:
+                p.copy_(torch.randn_like(p) * 2.0)
+    rows = probe.run(eps, WindowPolicy(budget=128, reserve=48), conditions=conds)
+    by = {(r["episode"], r["condition"]): r["prediction"] for r in rows}
+    assert any(by[(i, "window")] != by[(i, "empty_frozen")] for i in range(3))
