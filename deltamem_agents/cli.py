@@ -257,6 +257,24 @@ def eval_harm(adapter: str = "default", n: int = 40, distance: int = 150, budget
              max_new_tokens=max_new_tokens, lora=str(lora) if lora else None)
 
 
+@app.command("eval-compare")
+def eval_compare(arms: list[str] = typer.Argument(..., help="LABEL=ROWS.jsonl:CONDITION, two or more; the first "
+                                                             "is the reference of every difference")):
+    """Paired differences between eval-memory runs on the same seeded episodes (e.g. δ-mem vs the LoRA control)."""
+    from .bench.run_probe import compare
+
+    parsed = []
+    for a in arms:
+        label, _, rest = a.partition("=")
+        path, _, cond = rest.rpartition(":")
+        if not label or not path or not cond:
+            raise typer.BadParameter(f"{a!r}: expected LABEL=ROWS.jsonl:CONDITION")
+        parsed.append((label, Path(path), cond))
+    if len(parsed) < 2:
+        raise typer.BadParameter("give at least two arms")
+    typer.echo(compare(parsed))
+
+
 @app.command("eval-memory")
 def eval_memory(adapter: str = "default", n: int = 100, distances: str = "500,1000,2000,4000",
                 budget: int = 384, out: Path = typer.Option(Path("runs/eval-memory.jsonl")), seed: int = 0,

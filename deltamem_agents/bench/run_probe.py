@@ -128,3 +128,35 @@ def summarize(path: Path) -> str:
 
 def rows_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def compare(arms: list[tuple[str, Path, str]], *, base: int = 0) -> str:
+    """Paired differences between arms of *different* eval-memory runs over the same seeded episodes.
+
+    `arms` = [(label, rows path, condition)]; runs made with the same --seed/--n/--distances/--budget/--value-kinds
+    hold the same episodes under the same indices, so (distance, episode) pairs them. Refuses runs whose shared
+    episodes disagree on the gold answer (not the same episodes). Each arm is compared with arms[base]."""
+    data: list[dict[tuple[int, int], dict[str, Any]]] = []
+    for label, path, cond in arms:
+        rows = {(r["distance"], r["episode"]): r for r in rows_of(path) if r["condition"] == cond}
+        if not rows:
+            raise ValueError(f"{path} has no rows of condition {cond!r} ({label})")
+        data.append(rows)
+    keys = sorted(set.intersection(*(set(d) for d in data)))
+    if not keys:
+        raise ValueError("the runs share no (distance, episode) pairs: not the same episodes")
+    for d, (label, path, _) in zip(data[1:], arms[1:]):
+        bad = [k for k in keys if d[k]["gold"] != data[0][k]["gold"]]
+        if bad:
+            raise ValueError(f"{path} ({label}) is not the same episodes as {arms[0][1]}: gold differs at {bad[:3]}")
+    ref = arms[base][0]
+    lines = ["| distance | n | " + " | ".join(a[0] for a in arms) + " | "
+             + " | ".join(f"{a[0]} − {ref}" for i, a in enumerate(arms) if i != base) + " |",
+             "|---" * (2 + len(arms) + len(arms) - 1) + "|"]
+    for dist in sorted({k[0] for k in keys}):
+        ks = [k for k in keys if k[0] == dist]
+        vals = [[float(d[k]["correct"]) for k in ks] for d in data]
+        cells = ["%.2f [%.2f, %.2f]" % bootstrap_ci(v) for v in vals]
+        diffs = ["%+.2f [%+.2f, %+.2f]" % paired_diff_ci(v, vals[base]) for i, v in enumerate(vals) if i != base]
+        lines.append(f"| {dist} | {len(ks)} | " + " | ".join(cells + diffs) + " |")
+    return "\n".join(lines) + "\n"

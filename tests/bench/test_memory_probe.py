@@ -145,3 +145,30 @@ def test_empty_frozen_is_the_backbone_without_a_task_path_and_the_task_path_with
     rows = probe.run(eps, WindowPolicy(budget=128, reserve=48), conditions=conds)
     by = {(r["episode"], r["condition"]): r["prediction"] for r in rows}
     assert any(by[(i, "window")] != by[(i, "empty_frozen")] for i in range(3))
+
+
+def test_eval_compare_pairs_runs_by_episode_and_refuses_other_episodes(tmp_path):
+    from typer.testing import CliRunner
+
+    from deltamem_agents.bench.run_probe import compare
+    from deltamem_agents.cli import app
+
+    def write(path, cond, correct, golds):
+        path.write_text("".join(json.dumps({"episode": i, "distance": 0, "condition": cond, "correct": c,
+                                            "gold": g}) + "\n" for i, (c, g) in enumerate(zip(correct, golds))))
+
+    golds = ["Red.", "Tea.", "Golf.", "Rice."]
+    write(tmp_path / "a.jsonl", "window", [1, 1, 0, 1], golds)
+    write(tmp_path / "b.jsonl", "deltamem", [1, 0, 0, 0], golds[:3])  # one episode fewer: pairs on the shared 3
+    text = compare([("A", tmp_path / "a.jsonl", "window"), ("B", tmp_path / "b.jsonl", "deltamem")])
+    row = text.splitlines()[2].split(" | ")
+    assert row[1] == "3" and row[2].startswith("0.67") and row[3].startswith("0.33") and row[4].startswith("-0.33")
+    write(tmp_path / "c.jsonl", "deltamem", [1, 0, 0, 0], ["Blue.", *golds[1:]])
+    with pytest.raises(ValueError, match="not the same episodes"):
+        compare([("A", tmp_path / "a.jsonl", "window"), ("C", tmp_path / "c.jsonl", "deltamem")])
+    with pytest.raises(ValueError, match="no rows of condition"):
+        compare([("A", tmp_path / "a.jsonl", "full"), ("B", tmp_path / "b.jsonl", "deltamem")])
+    res = CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window",
+                                   f"B={tmp_path / 'b.jsonl'}:deltamem"])
+    assert res.exit_code == 0 and "B − A" in res.output
+    assert CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window"]).exit_code != 0
