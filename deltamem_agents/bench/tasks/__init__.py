@@ -8,10 +8,13 @@ LoCoMo uses every question.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..items import Item
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
 
@@ -58,6 +61,8 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
         return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
                               cfg.value_kinds)
     if task == "synthetic-capacity":
+        if cfg.value_kinds:
+            logger.warning("synthetic-capacity ignores value_kinds: its multi-fact histories draw every value kind")
         return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
     if task == "synthetic-update":
         return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
