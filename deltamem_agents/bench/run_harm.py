@@ -45,7 +45,8 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
         for i in tqdm(range(n), desc="reply preservation", disable=not show_progress):
             r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0},
                            lora_probe=lora_probe)[0]
-            r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter), lora=str(lora) if lora else None)
+            r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter),
+                     lora_dir=str(lora) if lora else None)  # not "lora": that key is the control's reply
             rows.append(r)
             f.write(json.dumps(r) + "\n")
             f.flush()

@@ -75,4 +75,5 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     text = run_harm(adapter="default", n=2, distance=40, budget=128, out=tmp_path / "harm.jsonl", threads=1,
                     max_new_tokens=4, show_progress=False, lora=ckpt)
     hrows = [json.loads(x) for x in (tmp_path / "harm.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r["lora_f1"] <= 1.0 and r["lora"] for r in hrows) and "LoRA control" in text
+    assert all(0.0 <= r["lora_f1"] <= 1.0 and r["lora_dir"] == ckpt and r["lora"] != ckpt for r in hrows)
+    assert "LoRA control" in text
