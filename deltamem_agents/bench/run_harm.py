@@ -59,7 +59,8 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
 def summarize(rows: list[dict]) -> str:
     lines = ["| state | n | token F1 vs backbone reply | first 3 words agree | length ratio |", "|---|---|---|---|---|"]
     labels = {"deltamem": "δ-mem, own state", "shuffled": "δ-mem, another conversation's state",
-              "lora": "LoRA control (no state, same window)", "wider": "backbone, window ×2 (reference)", "full": "backbone, whole history (reference)"}
+              "lora": "LoRA control (no state, same window)", "wider": "backbone, window ×2 (reference)",
+              "full": "backbone, whole history (reference)"}
     for name in [a for a in ARMS if f"{a}_f1" in rows[0]]:
         cells = []
         for key in ("f1", "first3", "len_ratio"):

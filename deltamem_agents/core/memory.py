@@ -121,15 +121,16 @@ class DeltaMemLayer(nn.Module):
 
     def task_q(self, x: Tensor) -> Tensor | None:
         """x[B,T,d] -> the task path's q correction [B,T,q_out] (fp32), or None without a task path."""
-        if self.task_q_down is None:
-            return None
-        return self.cfg.task_scaling * F.linear(F.linear(x.float(), self.task_q_down), self.task_q_up)
+        return self._task(x, self.task_q_down, self.task_q_up)
 
     def task_o(self, a: Tensor) -> Tensor | None:
         """a[B,T,q_out] (o_proj's input) -> the task path's o correction [B,T,o_out] (fp32), or None."""
-        if self.task_o_down is None:
+        return self._task(a, self.task_o_down, self.task_o_up)
+
+    def _task(self, x: Tensor, down: Tensor | None, up: Tensor | None) -> Tensor | None:
+        if down is None or up is None:
             return None
-        return self.cfg.task_scaling * F.linear(F.linear(a.float(), self.task_o_down), self.task_o_up)
+        return self.cfg.task_scaling * F.linear(F.linear(x.float(), down), up)
 
     # --- one forward call -------------------------------------------------------------------------------
     def step(self, x: Tensor, S: Tensor, pend_sum: Tensor, seg: Segments, write: bool) -> LayerStep:

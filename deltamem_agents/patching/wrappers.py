@@ -61,12 +61,8 @@ class DeltaQProj(_Wrapped):
         if (call.capture_inputs or call.capture_gates) and step.gates is not None:
             g = step.gates if call.capture_gates else step.gates.detach()
             call.gates[self.slot] = (g, step.gate_mask)
-        dq = layer.delta_q(read)
-        out = out if dq is None else out + dq.to(out.dtype)
-        tq = layer.task_q(xs)  # the state-independent task path (config.task_rank; None without one)
-        if tq is not None:
-            out = out + (tq.detach() if call.detach_inputs else tq).to(out.dtype)
-        return out
+        # the state read-out's correction, then the state-independent task path (config.task_rank)
+        return _add(_add(out, layer.delta_q(read), False), layer.task_q(xs), call.detach_inputs)
 
 
 class DeltaOProj(_Wrapped):
@@ -76,9 +72,12 @@ class DeltaOProj(_Wrapped):
         if call is None:
             return out
         layer = self._adapter.layers[self.slot]
-        do = layer.delta_o(call.reads.pop(self.slot))
-        out = out if do is None else out + do.to(out.dtype)
-        to = layer.task_o(a.detach() if call.detach_inputs else a)
-        if to is not None:
-            out = out + (to.detach() if call.detach_inputs else to).to(out.dtype)
+        out = _add(out, layer.delta_o(call.reads.pop(self.slot)), False)
+        return _add(out, layer.task_o(a), call.detach_inputs)
+
+
+def _add(out: Tensor, corr: Tensor | None, detach: bool) -> Tensor:
+    """out + corr in out's dtype (None: out unchanged); `detach` for the trainer's truncated write pass."""
+    if corr is None:
         return out
+    return out + (corr.detach() if detach else corr).to(out.dtype)
