@@ -310,7 +310,13 @@ def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), 
                        mix: str = typer.Option("", help="episode kinds, as for train"),
                        value_kinds: str = typer.Option("", help="only answers of these value kinds, as for train"),
                        in_window_frac: float = 0.2, budget_range: str = "160,448", distance_range: str = "150,1500",
-                       ckpt_every_min: float = 10.0):
+                       ckpt_every_min: float = 10.0,
+                       lr_schedule: str = typer.Option("cosine", help="cosine | constant (after the warm-up)"),
+                       max_grad_norm: float = typer.Option(1.0, help="0 = no clipping"),
+                       preserve_weight: float = typer.Option(0.0, help="KL(backbone ‖ LoRA) on non-answer tokens, "
+                                                                       "as train --preserve-weight"),
+                       chat_frac: float = typer.Option(0.0, help="chat-ending episodes (preservation only), "
+                                                                 "as train --chat-frac")):
     """Train (or resume) the LoRA control of issue 9: the same sampler's episodes, the prompt only, no state."""
     import torch
 
@@ -324,7 +330,8 @@ def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), 
                "budget_range": budgets, "distance_start": dists[0], "distance_end": dists[1]}
     cfg = LoRAControlConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, warmup_frac=warmup_frac,
                             seed=seed, rank=rank, alpha=2.0 * rank, counterfactual=counterfactual, sampler=sampler,
-                            ckpt_every_min=ckpt_every_min, max_minutes=max_minutes)
+                            ckpt_every_min=ckpt_every_min, max_minutes=max_minutes, lr_schedule=lr_schedule,
+                            max_grad_norm=max_grad_norm, preserve_weight=preserve_weight, chat_frac=chat_frac)
     model, tok = load_backbone()
     LoRAControlTrainer(model, tok, cfg).train()
 

@@ -5,12 +5,20 @@ A plain LoRA (peft) on q_proj/o_proj is trained on exactly the episodes the δ-m
 the final window + question, loss on the answer. Whatever it learns is prior/format, not memory, so a
 δ-mem gain counts only where it beats this control as well as the shuffled-state control.
 Rank 12 on q_proj+o_proj of SmolLM2-135M = 829,440 parameters vs δ-mem rank 8 = 829,680.
+
+With `preserve_weight` / `chat_frac` it is held to the δ-mem trainer's preservation terms (train/preserve.py):
+KL(backbone ‖ LoRA) on the final pass's non-answer tokens, and chat-ending episodes (the same draw, seeded as
+the δ-mem trainer seeds it) trained on that KL alone, reply included. Without them the control is free to
+become a terse task fine-tune that breaks ordinary replies (measured: docs/results.md §12), which is not a
+fair comparison for an adapter that is held to them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
+from ..datasets.distractors import distractor, faker_for
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from .checkpoint import load_moments, save_training_state
-from .episode import IGNORE, build_passes
+from .episode import IGNORE, EpisodePasses, build_passes
+from .gates import fact_values
+from .preserve import preserve_positions
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -35,7 +46,8 @@ class LoRAControlConfig:
     grad_accum: int = 4
     lr: float = 1e-3
     warmup_frac: float = 0.05
-    max_grad_norm: float = 1.0
+    lr_schedule: str = "cosine"  # as TrainConfig.lr_schedule
+    max_grad_norm: float = 1.0  # 0 = no clipping (as the δ-mem trainer)
     seed: int = 0
     rank: int = 12
     alpha: float = 24.0
@@ -46,6 +58,9 @@ class LoRAControlConfig:
     sampler: dict[str, Any] = field(default_factory=dict)
     ckpt_every_min: float = 10.0
     max_minutes: float | None = None
+    # the δ-mem trainer's preservation terms (TrainConfig.preserve_weight / chat_frac), teacher = LoRA disabled
+    preserve_weight: float = 0.0
+    chat_frac: float = 0.0
 
 
 def lora_model(model: Any, cfg: LoRAControlConfig) -> Any:
@@ -60,12 +75,30 @@ def trainable_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def answer_loss(model: Any, read_ids: list[int], labels: list[int]) -> torch.Tensor:
+def answer_loss(model: Any, read_ids: list[int], labels: list[int],
+                logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
     dev = next(model.parameters()).device
     out = model(input_ids=torch.tensor([read_ids], device=dev), use_cache=False)
+    if logits_out is not None:
+        logits_out.append(out.logits[0])
     lab = torch.tensor(labels, device=dev)
     pos = (lab[1:] != IGNORE).nonzero().squeeze(-1)
+    if pos.numel() == 0:
+        return out.logits.sum() * 0.0
     return F.cross_entropy(out.logits[0, pos].float(), lab[1:][pos])
+
+
+def lora_preserve_kl(model: Any, p: EpisodePasses, logits: torch.Tensor, include_answer: bool = False) -> torch.Tensor:
+    """KL(backbone ‖ LoRA) at the positions train/preserve.py preserves; the teacher is the peft model with its
+    adapters disabled (= the frozen backbone), `logits` the LoRA model's [T, V] logits of the same pass."""
+    pos = preserve_positions(p, include_answer)
+    if pos.numel() == 0:
+        return logits.sum() * 0.0
+    dev = logits.device
+    with torch.no_grad(), model.disable_adapter():
+        teacher = model(input_ids=torch.tensor([p.read_ids], device=dev), use_cache=False).logits[0, pos.to(dev)]
+    return F.kl_div(F.log_softmax(logits[pos.to(dev)].float(), dim=-1), F.log_softmax(teacher.float(), dim=-1),
+                    log_target=True, reduction="batchmean")
 
 
 class LoRAControlTrainer:
@@ -73,6 +106,8 @@ class LoRAControlTrainer:
         from .trainer import TrainConfig
 
         self.cfg = cfg
+        if cfg.chat_frac and not cfg.preserve_weight:
+            raise ValueError("chat_frac > 0 trains chat-ending episodes on the preservation KL only: set preserve_weight")
         if cfg.bf16:
             model.to(torch.bfloat16)
         self.model = lora_model(model, cfg)
@@ -81,9 +116,11 @@ class LoRAControlTrainer:
         self.renderer = ChatRenderer(tokenizer, cfg.system_prompt)
         self.sampler = EpisodeSampler(tokenizer, seed=cfg.seed, total_steps=cfg.steps, **cfg.sampler)
         self.opt = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, weight_decay=0.0)
-        self._sched = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac)
+        self._sched = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, lr_schedule=cfg.lr_schedule)
         self.out = Path(cfg.out_dir)
         self.step, self.wall = 0, 0.0
+        self._calls = 0  # episodes drawn in this step (seeds the chat-ending draw as the δ-mem trainer does)
+        self._kls: list[float] = []
         ckpt = self.out / "checkpoint-last"
         if ckpt.is_dir():
             from peft import set_peft_model_state_dict
@@ -94,17 +131,34 @@ class LoRAControlTrainer:
             self.step, self.wall = st["step"], st["wall_seconds"]
             logger.info("resumed LoRA control from %s at step %d", ckpt, self.step)
 
-    def _micro_loss(self, step: int, micro: int) -> tuple[torch.Tensor, int]:
+    def _micro_loss(self, step: int, micro: int) -> tuple[torch.Tensor, int, float | None]:
+        """(loss, read tokens, answer CE or None for a chat ending) of one micro-batch episode."""
         ep, policy = self.sampler.sample(step, micro)
+        if self.cfg.chat_frac:
+            rng = random.Random(f"chat:{self.cfg.seed}:{step}:{self._calls}")  # = Trainer._episode_loss's draw
+            self._calls += 1
+            if rng.random() < self.cfg.chat_frac:
+                q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
+                p = build_passes(dataclasses.replace(ep, question=q, answer=a), self.renderer, policy)
+                logits: list[torch.Tensor] = []
+                answer_loss(self.model, p.read_ids, p.labels, logits)
+                kl = lora_preserve_kl(self.model, p, logits[0], include_answer=True)
+                return self.cfg.preserve_weight * kl, len(p.read_ids), None
         eps = [ep]
         if self.cfg.counterfactual and supports_counterfactual(ep):
             eps.append(counterfactual(ep, int(ep.meta.get("seed", 0))))  # the δ-mem trainer's twin
-        losses, tokens = [], 0
+        losses, aux, tokens = [], [], 0
         for e in eps:
             p = build_passes(e, self.renderer, policy)
-            losses.append(answer_loss(self.model, p.read_ids, p.labels))
+            logits = [] if self.cfg.preserve_weight else None
+            losses.append(answer_loss(self.model, p.read_ids, p.labels, logits))
+            if logits:
+                kl = lora_preserve_kl(self.model, p, logits[0])
+                self._kls.append(kl.item())
+                aux.append(self.cfg.preserve_weight * kl)
             tokens += len(p.read_ids)
-        return torch.stack(losses).mean(), tokens
+        ce = torch.stack(losses).mean()
+        return ce + (torch.stack(aux).mean() if aux else 0.0), tokens, ce.item()
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -124,16 +178,22 @@ class LoRAControlTrainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
-            total, tokens = 0.0, 0
+            self._calls, self._kls = 0, []
+            total, tokens, ces = 0.0, 0, []
             for micro in range(cfg.grad_accum):
-                loss, n = self._micro_loss(self.step, micro)
+                loss, n, ce = self._micro_loss(self.step, micro)
                 (loss / cfg.grad_accum).backward()
                 total, tokens = total + loss.item() / cfg.grad_accum, tokens + n
-            gnorm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm).item()
+                if ce is not None:
+                    ces.append(ce)
+            clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            gnorm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip).item()
             self.opt.step()
             self.step += 1
             self.wall += time.perf_counter() - t0
             log.write(json.dumps({"step": self.step, "lr": lr, "loss": total, "grad_norm": gnorm, "tokens": tokens,
+                                  "answer_ce": sum(ces) / len(ces) if ces else None,
+                                  "preserve_kl": sum(self._kls) / len(self._kls) if self._kls else None,
                                   "wall_seconds": self.wall}) + "\n")
             log.flush()
             bar.update(1)

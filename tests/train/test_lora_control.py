@@ -77,3 +77,45 @@ def test_lora_control_matches_budget_trains_resumes_and_merges(tmp_path):
     hrows = [json.loads(x) for x in (tmp_path / "harm.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["lora_f1"] <= 1.0 and r["lora_dir"] == ckpt and r["lora"] != ckpt for r in hrows)
     assert "LoRA control" in text
+
+
+def test_lora_control_preservation_matches_a_separate_backbone_and_trains(tmp_path):
+    """The control can be held to δ-mem's preservation terms: its KL teacher (peft's adapters disabled) equals a
+    separately loaded frozen backbone; the KL is 0 at the start (LoRA B = 0) and the run logs it per step."""
+    import pytest
+
+    from deltamem_agents.runtime.render import ChatRenderer
+    from deltamem_agents.train.episode import build_passes
+    from deltamem_agents.train.lora_control import answer_loss, lora_preserve_kl
+    from deltamem_agents.train.preserve import preserve_positions
+    from deltamem_agents.train.sampler import EpisodeSampler
+
+    model, tok = load_backbone()
+    with pytest.raises(ValueError, match="preserve_weight"):
+        LoRAControlTrainer(model, tok, LoRAControlConfig(out_dir=str(tmp_path / "x"), chat_frac=0.5, sampler=SAMPLER))
+    cfg = LoRAControlConfig(out_dir=str(tmp_path), steps=2, grad_accum=3, sampler=SAMPLER, preserve_weight=1.0,
+                            chat_frac=0.5, bf16=False, lr=1e-2, max_grad_norm=0.0, lr_schedule="constant")
+    tr = LoRAControlTrainer(model, tok, cfg)
+    ep, policy = EpisodeSampler(tok, seed=3, total_steps=1, **SAMPLER).sample(0, 0)
+    p = build_passes(ep, ChatRenderer(tok, cfg.system_prompt), policy)
+    logits: list[torch.Tensor] = []
+    answer_loss(tr.model, p.read_ids, p.labels, logits)
+    assert lora_preserve_kl(tr.model, p, logits[0]).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():  # move the LoRA off zero: the KL must see it, against an independent teacher
+        for n, w in tr.model.named_parameters():
+            if "lora_B" in n:
+                w.normal_(0, 0.02)
+        logits = []
+        answer_loss(tr.model, p.read_ids, p.labels, logits)
+        kl = lora_preserve_kl(tr.model, p, logits[0])
+        ref, _ = load_backbone()
+        pos = preserve_positions(p)
+        t = torch.log_softmax(ref(input_ids=torch.tensor([p.read_ids])).logits[0, pos].float(), -1)
+        s = torch.log_softmax(logits[0][pos].float(), -1)
+        naive = (t.exp() * (t - s)).sum(-1).mean()
+    assert kl.item() > 1e-4 and kl.item() == pytest.approx(naive.item(), rel=1e-3)
+    tr.train()
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["preserve_kl"] is None or r["preserve_kl"] > 0 for r in rows)
+    assert any(r["preserve_kl"] is not None for r in rows) and any(r["answer_ce"] is not None for r in rows)
