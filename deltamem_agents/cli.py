@@ -316,7 +316,9 @@ def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), 
                        preserve_weight: float = typer.Option(0.0, help="KL(backbone ‖ LoRA) on non-answer tokens, "
                                                                        "as train --preserve-weight"),
                        chat_frac: float = typer.Option(0.0, help="chat-ending episodes (preservation only), "
-                                                                 "as train --chat-frac")):
+                                                                 "as train --chat-frac"),
+                       keep_steps: str = typer.Option("", help="also keep checkpoint-step<N>/ at these steps, "
+                                                              "e.g. 74,189 (snapshots to compare at equal steps)")):
     """Train (or resume) the LoRA control of issue 9: the same sampler's episodes, the prompt only, no state."""
     import torch
 
@@ -331,7 +333,8 @@ def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), 
     cfg = LoRAControlConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, warmup_frac=warmup_frac,
                             seed=seed, rank=rank, alpha=2.0 * rank, counterfactual=counterfactual, sampler=sampler,
                             ckpt_every_min=ckpt_every_min, max_minutes=max_minutes, lr_schedule=lr_schedule,
-                            max_grad_norm=max_grad_norm, preserve_weight=preserve_weight, chat_frac=chat_frac)
+                            max_grad_norm=max_grad_norm, preserve_weight=preserve_weight, chat_frac=chat_frac,
+                            keep_steps=_ints(keep_steps))
     model, tok = load_backbone()
     LoRAControlTrainer(model, tok, cfg).train()
 

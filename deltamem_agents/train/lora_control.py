@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class LoRAControlConfig:
     sampler: dict[str, Any] = field(default_factory=dict)
     ckpt_every_min: float = 10.0
     max_minutes: float | None = None
+    keep_steps: tuple[int, ...] = ()  # also keep a copy of the checkpoint at these steps (checkpoint-step<N>/)
     # the δ-mem trainer's preservation terms (TrainConfig.preserve_weight / chat_frac), teacher = LoRA disabled
     preserve_weight: float = 0.0
     chat_frac: float = 0.0
@@ -199,9 +201,12 @@ class LoRAControlTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
             out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
-            if self.step >= cfg.steps or out_of_time or time.monotonic() - last > 60 * cfg.ckpt_every_min:
-                self.save()
+            keep = self.step in cfg.keep_steps
+            if self.step >= cfg.steps or out_of_time or keep or time.monotonic() - last > 60 * cfg.ckpt_every_min:
+                ckpt = self.save()
                 last = time.monotonic()
+                if keep:
+                    shutil.copytree(ckpt, self.out / f"checkpoint-step{self.step}", dirs_exist_ok=True)
             if out_of_time:
                 break
         bar.close()

@@ -94,7 +94,8 @@ def test_lora_control_preservation_matches_a_separate_backbone_and_trains(tmp_pa
     with pytest.raises(ValueError, match="preserve_weight"):
         LoRAControlTrainer(model, tok, LoRAControlConfig(out_dir=str(tmp_path / "x"), chat_frac=0.5, sampler=SAMPLER))
     cfg = LoRAControlConfig(out_dir=str(tmp_path), steps=2, grad_accum=3, sampler=SAMPLER, preserve_weight=1.0,
-                            chat_frac=0.5, bf16=False, lr=1e-2, max_grad_norm=0.0, lr_schedule="constant")
+                            chat_frac=0.5, bf16=False, lr=1e-2, max_grad_norm=0.0, lr_schedule="constant",
+                            keep_steps=(1,))
     tr = LoRAControlTrainer(model, tok, cfg)
     ep, policy = EpisodeSampler(tok, seed=3, total_steps=1, **SAMPLER).sample(0, 0)
     p = build_passes(ep, ChatRenderer(tok, cfg.system_prompt), policy)
@@ -117,5 +118,6 @@ def test_lora_control_preservation_matches_a_separate_backbone_and_trains(tmp_pa
     tr.train()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads((tmp_path / "checkpoint-step1" / "trainer_state.json").read_text())["step"] == 1
     assert all(r["preserve_kl"] is None or r["preserve_kl"] > 0 for r in rows)
     assert any(r["preserve_kl"] is not None for r in rows) and any(r["answer_ce"] is not None for r in rows)
