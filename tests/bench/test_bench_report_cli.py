@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ast
 import json
 from pathlib import Path
@@ -57,6 +59,14 @@ def test_task_conditions_select_items_and_are_validated():
     kinds = ("colour", "food")
     its = build_items("synthetic-distance", TaskConfig(limit=3, distances=(50,), value_kinds=kinds), count)
     assert len(its) == 6 and {i.fields["value_kind"] for i in its} <= set(kinds)
+    # capacity: the asked fact is of the kinds, the others of any kind; without kinds the items are unchanged
+    cap = TaskConfig(limit=3, n_facts=(1, 4), capacity_distance=60, value_kinds=kinds)
+    its = build_items("synthetic-capacity", cap, count)
+    assert len(its) == 6 and {i.fields["value_kind"] for i in its} <= set(kinds)
+    assert sorted({i.fields["n_facts"] for i in its}) == [1, 4]
+    plain = build_items("synthetic-capacity", replace(cap, value_kinds=None), count)
+    again = build_items("synthetic-capacity", replace(cap, value_kinds=None), count)
+    assert len(plain) == 6 and plain != its and plain == again
     for bad in ((), ("inside",)):
         with pytest.raises(ValueError, match="conditions"):
             TaskConfig(conditions=bad)

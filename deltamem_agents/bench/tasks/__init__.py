@@ -61,9 +61,8 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
         return distance_items(list(cfg.distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
                               cfg.value_kinds)
     if task == "synthetic-capacity":
-        if cfg.value_kinds:
-            logger.warning("synthetic-capacity ignores value_kinds: its multi-fact histories draw every value kind")
-        return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance)
+        return capacity_items(list(cfg.n_facts), n, cfg.seed, count, cfg.full_budget, cfg.capacity_distance,
+                              value_kinds=cfg.value_kinds)
     if task == "synthetic-update":
         return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
                             cfg.value_kinds)

@@ -10,7 +10,7 @@ Every item's donor (shuffled-memory control) is the next episode of the same cel
 cell is generated so the last scored item has a donor too.
 
 `value_kinds` (e.g. colour,food,sport,drink: the shipped adapter's trained kinds) keeps only episodes whose asked
-value is of those kinds (distance and update suites): each episode is the first of its own seeded sequence that
+value is of those kinds (in the capacity suite only the asked fact; the others stay of any kind): each episode is the first of its own seeded sequence that
 matches, so the selection is deterministic and the same for every backend.
 """
 
@@ -60,11 +60,14 @@ def distance_items(distances: list[int], n: int, seed: int, count: Callable[[str
 
 
 def capacity_items(n_facts: list[int], n: int, seed: int, count: Callable[[str], int], full_budget: int,
-                   distance: int = 500, conditions=("out_of_window",)) -> list[Item]:
+                   distance: int = 500, conditions=("out_of_window",),
+                   value_kinds: tuple[str, ...] | None = None) -> list[Item]:
+    """k facts of distinct relations, one asked; with `value_kinds` the *asked* one is of those kinds (the other
+    k − 1 are of any kind: they are the writes the asked fact must survive beside)."""
     items = []
     for k in n_facts:
-        eps = generate(n + 1, seed=seed * 100_003 + 7 * k, split="heldout", mix={"multi": 1.0},
-                       distance_range=(distance, distance), n_facts_range=(k, k), count_tokens=count)
+        eps = episodes(n + 1, seed * 100_003 + 7 * k, count, value_kinds, mix={"multi": 1.0},
+                       distance_range=(distance, distance), n_facts_range=(k, k))
         items += _items("synthetic-capacity", f"k{k}", eps, n, conditions, full_budget,
                         {"n_facts": k, "distance": distance})
     return items
