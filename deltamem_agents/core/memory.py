@@ -25,6 +25,10 @@ from .scan import scan, scan_states
 from .segments import Segments
 
 
+# the state-independent task path's parameters (config.task_rank); an adapter saved without one lacks exactly these
+TASK_PATH_PARAMS = ("task_q_down", "task_q_up", "task_o_down", "task_o_up")
+
+
 @dataclass
 class LayerStep:
     """Result of one layer call: reads [B,T,R], new committed state [B,H,r,r], new pending sum [B,d]."""
@@ -66,6 +70,7 @@ class DeltaMemLayer(nn.Module):
         for p in (self.task_q_down, self.task_o_down):
             if p is not None:
                 nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        assert all(hasattr(self, n) for n in TASK_PATH_PARAMS)
 
     @torch.no_grad()
     def init_outputs(self, base_q: Tensor | None, base_o: Tensor | None) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.config import DeltaMemConfig
+from ..core.memory import TASK_PATH_PARAMS
 from ..core.state import DeltaState
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.distractors import distractor, faker_for
@@ -100,14 +101,11 @@ class TrainConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-TASK_KEYS = ("task_q_down", "task_q_up", "task_o_down", "task_o_up")
-
-
 def init_adapter_weights(adapter: DeltaMemAdapter, tensors: dict[str, torch.Tensor]) -> None:
     """Load `tensors` into `adapter` strictly, except that a task path (config.task_rank) the source lacks keeps
     its fresh initialisation (up-projections zero: the loaded adapter's behaviour is unchanged at step 0)."""
     missing, unexpected = adapter.load_state_dict(tensors, strict=False)
-    bad = [k for k in missing if not k.endswith(TASK_KEYS)] + list(unexpected)
+    bad = [k for k in missing if not k.endswith(TASK_PATH_PARAMS)] + list(unexpected)
     if bad:
         raise ValueError(f"init adapter does not match the configured adapter: {bad[:5]}")
     if missing:
