@@ -68,10 +68,20 @@ def test_condense_plus_context_chat_engine(kind, llm, embed, retriever):
 
     llm, memory = memory_for(kind, llm, f"cpc-{kind}", embed, SMALL)
     engine = CondensePlusContextChatEngine.from_defaults(retriever, llm=llm, memory=memory)
+    condensed: list[str] = []
+    cond = engine._acondense_question
+
+    async def record(*args, **kwargs):  # the standalone question the engine retrieves with
+        condensed.append(await cond(*args, **kwargs))
+        return condensed[-1]
+
+    engine._acondense_question = record
     r1 = engine.chat("Hi, I am Alice.")
     r2 = asyncio.run(engine.achat("When does the office open?"))  # condenses (a side call) then answers
-    assert r1.response.strip() and r2.response.strip()
-    assert "office" in r2.source_nodes[0].get_content()
+    assert r1.response.strip() and r2.response.strip() and len(condensed) == 1 and condensed[0].strip()
+    # the context is what the retriever returns for the condensed question (a 135M model's condensation is
+    # poor: "Hi Alice," / "Chat History:" were measured, so which document that is is not asserted)
+    assert [n.node_id for n in r2.source_nodes] == [n.node_id for n in retriever.retrieve(condensed[0])]
     _check_after(kind, llm, memory, ["user", "assistant"] * 2)
 
 
