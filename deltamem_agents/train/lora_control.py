@@ -15,7 +15,6 @@ fair comparison for an adapter that is held to them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -29,12 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
-from ..datasets.distractors import distractor, faker_for
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from .checkpoint import load_moments, save_training_state
 from .episode import IGNORE, EpisodePasses, build_passes
-from .gates import fact_values
-from .preserve import preserve_positions
+from .preserve import chat_ending, preserve_positions
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -140,8 +137,7 @@ class LoRAControlTrainer:
             rng = random.Random(f"chat:{self.cfg.seed}:{step}:{self._calls}")  # = Trainer._episode_loss's draw
             self._calls += 1
             if rng.random() < self.cfg.chat_frac:
-                q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
-                p = build_passes(dataclasses.replace(ep, question=q, answer=a), self.renderer, policy)
+                p = build_passes(chat_ending(ep, rng), self.renderer, policy)
                 logits: list[torch.Tensor] = []
                 answer_loss(self.model, p.read_ids, p.labels, logits)
                 kl = lora_preserve_kl(self.model, p, logits[0], include_answer=True)

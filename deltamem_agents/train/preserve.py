@@ -16,13 +16,24 @@ must not change how the model answers a question that is not about them.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..datasets.distractors import distractor, faker_for
+from ..datasets.episode import Episode
 from ..patching.context import disabled
 from .episode import IGNORE, EpisodePasses
+from .gates import fact_values
+
+
+def chat_ending(ep: Episode, rng: random.Random) -> Episode:
+    """The episode's history (a state full of facts) ending in a chit-chat exchange instead of its question."""
+    q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
+    return dataclasses.replace(ep, question=q, answer=a)
 
 
 def preserve_positions(p: EpisodePasses, include_answer: bool = False) -> torch.Tensor:

@@ -11,7 +11,6 @@ state. Only that gap is memory; a falling loss with a flat gap is a task fine-tu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,7 +27,6 @@ from ..core.config import DeltaMemConfig
 from ..core.memory import TASK_PATH_PARAMS
 from ..core.state import DeltaState
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
-from ..datasets.distractors import distractor, faker_for
 from ..datasets.episode import Episode
 from ..patching import attach, forward_with_state
 from ..patching.attach import DeltaMemAdapter
@@ -36,9 +34,9 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
-from .gates import fact_messages, fact_values, gate_loss, token_gate_loss, value_token_labels
+from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
-from .preserve import preserve_kl
+from .preserve import chat_ending, preserve_kl
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
@@ -247,9 +245,7 @@ class Trainer:
 
     def _chat_loss(self, ep: Episode, policy: WindowPolicy, rng: random.Random) -> tuple[torch.Tensor, dict[str, Any]]:
         """The episode's history (a state full of facts) ending in a chit-chat exchange: preservation only."""
-        q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
-        chat = dataclasses.replace(ep, question=q, answer=a)
-        p = self._passes(chat, policy)
+        p = self._passes(chat_ending(ep, rng), policy)
         hid: list[torch.Tensor] = []
         run_passes(self.model, p, truncated=self.cfg.write_grad == "truncated", hidden_out=hid)
         kl = preserve_kl(self.model, p, hid[0], include_answer=True)
