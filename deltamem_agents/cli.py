@@ -258,21 +258,26 @@ def eval_harm(adapter: str = "default", n: int = 40, distance: int = 150, budget
 
 
 @app.command("eval-compare")
-def eval_compare(arms: list[str] = typer.Argument(..., help="LABEL=ROWS.jsonl:CONDITION, two or more; the first "
-                                                             "is the reference of every difference")):
+def eval_compare(arms: list[str] = typer.Argument(..., help="LABEL=ROWS.jsonl[,MORE.jsonl...]:CONDITION, two or "
+                                                             "more; the first is the reference of every difference"),
+                 plot: Optional[Path] = typer.Option(None, help="also write accuracy vs distance per arm (PNG)"),
+                 title: str = typer.Option("accuracy vs fact distance", help="the plot's title")):
     """Paired differences between eval-memory runs on the same seeded episodes (e.g. δ-mem vs the LoRA control)."""
-    from .bench.run_probe import compare
+    from .bench.run_probe import compare, plot_arms
 
     parsed = []
     for a in arms:
         label, _, rest = a.partition("=")
-        path, _, cond = rest.rpartition(":")
-        if not label or not path or not cond:
-            raise typer.BadParameter(f"{a!r}: expected LABEL=ROWS.jsonl:CONDITION")
-        parsed.append((label, Path(path), cond))
+        paths, _, cond = rest.rpartition(":")
+        files = [Path(p) for p in paths.split(",") if p]
+        if not label or not files or not cond:
+            raise typer.BadParameter(f"{a!r}: expected LABEL=ROWS.jsonl[,MORE.jsonl...]:CONDITION")
+        parsed.append((label, files, cond))
     if len(parsed) < 2:
         raise typer.BadParameter("give at least two arms")
     typer.echo(compare(parsed))
+    if plot is not None:
+        typer.echo(f"plot: {plot_arms(parsed, plot, title=title)}")
 
 
 @app.command("eval-memory")

@@ -85,6 +85,25 @@ def _latency(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title: str, xlabel: str = "distance") -> Path:
+    """Accuracy vs `xlabel` per labelled arm ({label: {x: per-episode scores}}), bootstrap 95% bars; controls (labels
+    naming a shuffled state or a LoRA) drawn dashed, like the bench's plots."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for name, by_x in curves.items():
+        xs = sorted(by_x)
+        stats = [bootstrap_ci(by_x[x]) for x in xs]
+        low = name.lower()
+        style = ":" if "shuffled" in low else "--" if "lora" in low else "-"
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
+                    marker="o", capsize=3, linestyle=style, label=name)
+    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(-0.05, 1.05), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(plt, fig, path)
+
+
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

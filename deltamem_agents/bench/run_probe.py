@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .probe import CONDITIONS, EMPTY_FROZEN, FROZEN
 from .stats import bootstrap_ci, paired_diff_ci
@@ -130,18 +130,33 @@ def rows_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def compare(arms: list[tuple[str, Path, str]], *, base: int = 0) -> str:
+Paths = Path | Sequence[Path]
+
+
+def arm_rows(paths: Paths, cond: str, label: str) -> dict[tuple[int, int], dict[str, Any]]:
+    """One arm's rows by (distance, episode), from one run or several (e.g. one file per distance). A pair found in
+    two files must agree on the gold answer and the score, else the files are not runs of the same episodes."""
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for r in rows_of(path):
+            if r["condition"] != cond:
+                continue
+            key = (r["distance"], r["episode"])
+            old = rows.setdefault(key, r)
+            if (old["gold"], float(old["correct"])) != (r["gold"], float(r["correct"])):
+                raise ValueError(f"{label}: {path} disagrees with another file at distance {key[0]} episode {key[1]}")
+    if not rows:
+        raise ValueError(f"{paths} has no rows of condition {cond!r} ({label})")
+    return rows
+
+
+def compare(arms: list[tuple[str, Paths, str]], *, base: int = 0) -> str:
     """Paired differences between arms of *different* eval-memory runs over the same seeded episodes.
 
-    `arms` = [(label, rows path, condition)]; runs made with the same --seed/--n/--distances/--budget/--value-kinds
-    hold the same episodes under the same indices, so (distance, episode) pairs them. Refuses runs whose shared
-    episodes disagree on the gold answer (not the same episodes). Each arm is compared with arms[base]."""
-    data: list[dict[tuple[int, int], dict[str, Any]]] = []
-    for label, path, cond in arms:
-        rows = {(r["distance"], r["episode"]): r for r in rows_of(path) if r["condition"] == cond}
-        if not rows:
-            raise ValueError(f"{path} has no rows of condition {cond!r} ({label})")
-        data.append(rows)
+    `arms` = [(label, rows path or paths, condition)]; runs made with the same --seed/--n/--value-kinds hold the
+    same episodes under the same (distance, episode) keys, so those pair them. Refuses runs whose shared episodes
+    disagree on the gold answer (not the same episodes). Each arm is compared with arms[base]."""
+    data = [arm_rows(paths, cond, label) for label, paths, cond in arms]
     keys = sorted(set.intersection(*(set(d) for d in data)))
     if not keys:
         raise ValueError("the runs share no (distance, episode) pairs: not the same episodes")
@@ -160,3 +175,17 @@ def compare(arms: list[tuple[str, Path, str]], *, base: int = 0) -> str:
         diffs = ["%+.2f [%+.2f, %+.2f]" % paired_diff_ci(v, vals[base]) for i, v in enumerate(vals) if i != base]
         lines.append(f"| {dist} | {len(ks)} | " + " | ".join(cells + diffs) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_arms(arms: list[tuple[str, Paths, str]], path: Path, *, title: str) -> Path:
+    """Accuracy vs distance for each arm over all its episodes (bootstrap 95% bars), e.g. δ-mem beside the shuffled
+    state and the LoRA control; the paired differences are compare()'s."""
+    from .plots import plot_curves
+
+    curves: dict[str, dict[int, list[float]]] = {}
+    for label, paths, cond in arms:
+        by_d: dict[int, list[float]] = defaultdict(list)
+        for (dist, _), r in sorted(arm_rows(paths, cond, label).items()):
+            by_d[dist].append(float(r["correct"]))
+        curves[label] = dict(by_d)
+    return plot_curves(curves, path, title=title)

@@ -172,3 +172,36 @@ def test_eval_compare_pairs_runs_by_episode_and_refuses_other_episodes(tmp_path)
                                    f"B={tmp_path / 'b.jsonl'}:deltamem"])
     assert res.exit_code == 0 and "B − A" in res.output
     assert CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window"]).exit_code != 0
+
+
+def test_eval_compare_joins_files_per_distance_and_plots(tmp_path):
+    """An arm may span several runs (one per distance); a pair found in two files must agree; --plot draws it."""
+    from typer.testing import CliRunner
+
+    from deltamem_agents.bench.run_probe import compare
+    from deltamem_agents.cli import app
+
+    def write(path, dist, cond, correct, golds):
+        path.write_text("".join(json.dumps({"episode": i, "distance": dist, "condition": cond, "correct": c,
+                                            "gold": g}) + "\n" for i, (c, g) in enumerate(zip(correct, golds))))
+
+    write(tmp_path / "a0.jsonl", 0, "window", [1, 1, 0], ["Red.", "Tea.", "Golf."])
+    write(tmp_path / "a5.jsonl", 500, "window", [0, 0, 0], ["Rice.", "Blue.", "Judo."])
+    write(tmp_path / "b.jsonl", 0, "deltamem", [1, 1, 1], ["Red.", "Tea.", "Golf."])
+    with (tmp_path / "b.jsonl").open("a") as f:  # the second distance in the same file
+        f.writelines(json.dumps({"episode": i, "distance": 500, "condition": "deltamem", "correct": 1, "gold": g})
+                     + "\n" for i, g in enumerate(["Rice.", "Blue.", "Judo."]))
+    text = compare([("A", [tmp_path / "a0.jsonl", tmp_path / "a5.jsonl"], "window"), ("B", tmp_path / "b.jsonl",
+                                                                                      "deltamem")])
+    rows = [r.split(" | ") for r in text.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| 0", "| 500"]
+    assert rows[0][2].startswith("0.67") and rows[1][2].startswith("0.00") and rows[1][4].startswith("+1.00")
+    write(tmp_path / "a0bad.jsonl", 0, "window", [0, 1, 0], ["Red.", "Tea.", "Golf."])  # same pair, other score
+    with pytest.raises(ValueError, match="disagrees"):
+        compare([("A", [tmp_path / "a0.jsonl", tmp_path / "a0bad.jsonl"], "window"), ("B", tmp_path / "b.jsonl",
+                                                                                       "deltamem")])
+    png = tmp_path / "plot.png"
+    res = CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a0.jsonl'},{tmp_path / 'a5.jsonl'}:window",
+                                   f"B shuffled={tmp_path / 'b.jsonl'}:deltamem", "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
