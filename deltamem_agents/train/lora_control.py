@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from .checkpoint import load_moments, save_training_state
 from .episode import IGNORE, EpisodePasses, build_passes
-from .preserve import chat_ending, preserve_positions
+from .preserve import chat_ending, chat_rng, kl_from, preserve_positions
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -96,8 +95,7 @@ def lora_preserve_kl(model: Any, p: EpisodePasses, logits: torch.Tensor, include
     dev = logits.device
     with torch.no_grad(), model.disable_adapter():
         teacher = model(input_ids=torch.tensor([p.read_ids], device=dev), use_cache=False).logits[0, pos.to(dev)]
-    return F.kl_div(F.log_softmax(logits[pos.to(dev)].float(), dim=-1), F.log_softmax(teacher.float(), dim=-1),
-                    log_target=True, reduction="batchmean")
+    return kl_from(F.log_softmax(teacher.float(), dim=-1), logits[pos.to(dev)])
 
 
 class LoRAControlTrainer:
@@ -134,12 +132,12 @@ class LoRAControlTrainer:
         """(loss, read tokens, answer CE or None for a chat ending) of one micro-batch episode."""
         ep, policy = self.sampler.sample(step, micro)
         if self.cfg.chat_frac:
-            rng = random.Random(f"chat:{self.cfg.seed}:{step}:{self._calls}")  # = Trainer._episode_loss's draw
+            rng = chat_rng(self.cfg.seed, step, self._calls)  # = Trainer._episode_loss's draw
             self._calls += 1
             if rng.random() < self.cfg.chat_frac:
                 p = build_passes(chat_ending(ep, rng), self.renderer, policy)
-                logits: list[torch.Tensor] = []
-                answer_loss(self.model, p.read_ids, p.labels, logits)
+                dev = next(self.model.parameters()).device
+                logits = self.model(input_ids=torch.tensor([p.read_ids], device=dev), use_cache=False).logits
                 kl = lora_preserve_kl(self.model, p, logits[0], include_answer=True)
                 return self.cfg.preserve_weight * kl, len(p.read_ids), None
         eps = [ep]

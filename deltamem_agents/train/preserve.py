@@ -30,6 +30,12 @@ from .episode import IGNORE, EpisodePasses
 from .gates import fact_values
 
 
+def chat_rng(seed: int, step: int, call: int) -> random.Random:
+    """The draw that decides whether the `call`-th episode of `step` ends in chit-chat, and which chit-chat; the
+    δ-mem trainer and the LoRA control share it, so both see the same chat-ending episodes."""
+    return random.Random(f"chat:{seed}:{step}:{call}")
+
+
 def chat_ending(ep: Episode, rng: random.Random) -> Episode:
     """The episode's history (a state full of facts) ending in a chit-chat exchange instead of its question."""
     q, a = distractor(rng, faker_for(rng.getrandbits(32)), fact_values(ep))
@@ -60,6 +66,10 @@ def preserve_kl(model: Any, p: EpisodePasses, hidden: torch.Tensor, include_answ
     pos = preserve_positions(p, include_answer)
     if pos.numel() == 0:
         return hidden.sum() * 0.0
-    teacher = backbone_logprobs(model, p, pos)
-    student = F.log_softmax(model.lm_head(hidden[pos.to(hidden.device)]).float(), dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return kl_from(backbone_logprobs(model, p, pos), model.lm_head(hidden[pos.to(hidden.device)]))
+
+
+def kl_from(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher ‖ student): teacher log-probabilities and student logits, both [N, V]."""
+    return F.kl_div(F.log_softmax(student_logits.float(), dim=-1), teacher_logprobs, log_target=True,
+                    reduction="batchmean")
