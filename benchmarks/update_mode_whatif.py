@@ -1,0 +1,50 @@
+"""What if a trained adapter used another state update at inference? (issue 3, fact updates)
+
+The shipped adapter writes selected tokens with `no_lambda` (keep = 1: a write never decays the rest of the
+state), so a changed fact leaves both values in the state and the first one wins (docs/results.md §11c, §13a).
+This runs the memory probe with every layer's `state_update_mode` switched (e.g. to `standard`, where each
+written token also decays the state by 1 − β) — no retraining — to see whether recency alone fixes updates and
+what it costs single-fact recall. Same episodes as `eval-memory` with the same arguments.
+
+    python benchmarks/update_mode_whatif.py --mode standard --kind update --n 60 --distances 150 \
+        --out runs/whatif-standard-update.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from deltamem_agents.bench.run_probe import run_probe
+from deltamem_agents.chat.loading import load_model
+from deltamem_agents.core.config import UPDATE_MODES
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", default="default")
+    ap.add_argument("--mode", choices=UPDATE_MODES, required=True)
+    ap.add_argument("--kind", default="update")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--distances", default="150")
+    ap.add_argument("--budget", type=int, default=128)
+    ap.add_argument("--value-kinds", default="colour,food,sport,drink")
+    ap.add_argument("--conditions", default="deltamem,shuffled")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
+    layers = [m for m in model.modules() if hasattr(m, "coefficients") and hasattr(m, "cfg")]
+    assert layers, "no δ-mem layers found"
+    for m in layers:
+        m.cfg = dataclasses.replace(m.cfg, state_update_mode=a.mode)
+    print(f"{len(layers)} δ-mem layers switched to state_update_mode={a.mode!r}")
+    run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
+              out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
+              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens)
+
+
+if __name__ == "__main__":
+    main()
