@@ -188,4 +188,4 @@ def plot_arms(arms: list[tuple[str, Paths, str]], path: Path, *, title: str) -> 
         for (dist, _), r in sorted(arm_rows(paths, cond, label).items()):
             by_d[dist].append(float(r["correct"]))
         curves[label] = dict(by_d)
-    return plot_curves(curves, path, title=title)
+    return plot_curves(curves, path, title=title, xlabel="fact distance (tokens before the question)")
