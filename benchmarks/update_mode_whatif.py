@@ -1,7 +1,7 @@
 """What if a trained adapter used another state update at inference? (issue 3, fact updates)
 
 The shipped adapter writes selected tokens with `no_lambda` (keep = 1: a write never decays the rest of the
-state), so a changed fact leaves both values in the state and the first one wins (docs/results.md §11c, §13a).
+state), so a changed fact leaves both values in the state and the first one wins (docs/results.md §11c, §12c).
 This runs the memory probe with every layer's `state_update_mode` switched (e.g. to `standard`, where each
 written token also decays the state by 1 − β) — no retraining — to see whether recency alone fixes updates and
 what it costs single-fact recall. Same episodes as `eval-memory` with the same arguments.
@@ -19,6 +19,7 @@ from pathlib import Path
 from deltamem_agents.bench.run_probe import run_probe
 from deltamem_agents.chat.loading import load_model
 from deltamem_agents.core.config import UPDATE_MODES
+from deltamem_agents.core.memory import DeltaMemLayer
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
-    layers = [m for m in model.modules() if hasattr(m, "coefficients") and hasattr(m, "cfg")]
+    layers = [m for m in model.modules() if isinstance(m, DeltaMemLayer)]
     assert layers, "no δ-mem layers found"
     for m in layers:
         m.cfg = dataclasses.replace(m.cfg, state_update_mode=a.mode)
