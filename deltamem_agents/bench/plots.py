@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import LORA_PREFIX, backends_in, label, scored
+from .report import backends_in, label, scored
 from .stats import bootstrap_ci
 
 
@@ -21,6 +21,12 @@ def _plt() -> Any:
     return plt
 
 
+def _style(name: str) -> str:
+    """Controls dashed: a shuffled state dotted, a LoRA control dashed (bench backend names or plot labels)."""
+    low = name.lower()
+    return ":" if "shuffled" in low else "--" if "lora" in low else "-"
+
+
 def _curve(ax: Any, rows: list[dict[str, Any]], key: str, backend: str) -> None:
     xs = sorted({r[key] for r in rows if r["backend"] == backend})
     if not xs:
@@ -28,8 +34,7 @@ def _curve(ax: Any, rows: list[dict[str, Any]], key: str, backend: str) -> None:
     stats = [bootstrap_ci([r["score"] for r in rows if r["backend"] == backend and r[key] == x]) for x in xs]
     m = [s[0] for s in stats]
     err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
-    style = ":" if "shuffled" in backend else "--" if backend.startswith(LORA_PREFIX) else "-"  # controls dashed
-    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, linestyle=style, label=label(backend))
+    ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, linestyle=_style(backend), label=label(backend))
 
 
 def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str, split: str | None) -> Path | None:
@@ -93,10 +98,8 @@ def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title:
     for name, by_x in curves.items():
         xs = sorted(by_x)
         stats = [bootstrap_ci(by_x[x]) for x in xs]
-        low = name.lower()
-        style = ":" if "shuffled" in low else "--" if "lora" in low else "-"
         ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
-                    marker="o", capsize=3, linestyle=style, label=name)
+                    marker="o", capsize=3, linestyle=_style(name), label=name)
     ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(-0.05, 1.05), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
