@@ -44,7 +44,8 @@ def main() -> None:
     print(f"{len(layers)} δ-mem layers switched to state_update_mode={a.mode!r}")
     run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
               out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
-              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens)
+              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens,
+              label=f"{a.adapter} (state_update_mode={a.mode})")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from .stats import bootstrap_ci, paired_diff_ci
 def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
               conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
               show_progress: bool = True, value_kinds: list[str] | None = None, max_new_tokens: int = 16,
-              lora: str | None = None) -> str:
+              lora: str | None = None, label: str | None = None) -> str:
+    """The memory probe over seeded episodes, appended to `out` (resumable); rows name the arm `label` (default: the
+    adapter, or `lora:<dir>`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -69,7 +71,7 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
                 rows = probe.run(pair, policy, conditions, score={0})  # eps[i+1] only donates its state
                 for r in rows:
                     if r["episode"] == 0:
-                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=str(adapter),
+                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=label or str(adapter),
                                  max_new_tokens=max_new_tokens)
                         f.write(json.dumps(r) + "\n")
                 f.flush()

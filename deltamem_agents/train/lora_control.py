@@ -30,7 +30,7 @@ from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from .checkpoint import load_moments, save_training_state
 from .episode import IGNORE, EpisodePasses, build_passes
-from .preserve import chat_ending, chat_rng, kl_from, preserve_positions
+from .preserve import chat_draw, chat_ending, kl_from, preserve_positions
 from .sampler import EpisodeSampler
 
 logger = logging.getLogger(__name__)
@@ -73,17 +73,22 @@ def trainable_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def read_logits(model: Any, read_ids: list[int]) -> torch.Tensor:
+    """The model's [T, V] logits over one episode's read pass."""
+    dev = next(model.parameters()).device
+    return model(input_ids=torch.tensor([read_ids], device=dev), use_cache=False).logits[0]
+
+
 def answer_loss(model: Any, read_ids: list[int], labels: list[int],
                 logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
-    dev = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([read_ids], device=dev), use_cache=False)
+    logits = read_logits(model, read_ids)
     if logits_out is not None:
-        logits_out.append(out.logits[0])
-    lab = torch.tensor(labels, device=dev)
+        logits_out.append(logits)
+    lab = torch.tensor(labels, device=logits.device)
     pos = (lab[1:] != IGNORE).nonzero().squeeze(-1)
     if pos.numel() == 0:
-        return out.logits.sum() * 0.0
-    return F.cross_entropy(out.logits[0, pos].float(), lab[1:][pos])
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[pos].float(), lab[1:][pos])
 
 
 def lora_preserve_kl(model: Any, p: EpisodePasses, logits: torch.Tensor, include_answer: bool = False) -> torch.Tensor:
@@ -132,13 +137,11 @@ class LoRAControlTrainer:
         """(loss, read tokens, answer CE or None for a chat ending) of one micro-batch episode."""
         ep, policy = self.sampler.sample(step, micro)
         if self.cfg.chat_frac:
-            rng = chat_rng(self.cfg.seed, step, self._calls)  # = Trainer._episode_loss's draw
+            rng = chat_draw(self.cfg.seed, step, self._calls, self.cfg.chat_frac)  # = Trainer._episode_loss's draw
             self._calls += 1
-            if rng.random() < self.cfg.chat_frac:
+            if rng is not None:
                 p = build_passes(chat_ending(ep, rng), self.renderer, policy)
-                dev = next(self.model.parameters()).device
-                logits = self.model(input_ids=torch.tensor([p.read_ids], device=dev), use_cache=False).logits
-                kl = lora_preserve_kl(self.model, p, logits[0], include_answer=True)
+                kl = lora_preserve_kl(self.model, p, read_logits(self.model, p.read_ids), include_answer=True)
                 return self.cfg.preserve_weight * kl, len(p.read_ids), None
         eps = [ep]
         if self.cfg.counterfactual and supports_counterfactual(ep):

@@ -30,10 +30,12 @@ from .episode import IGNORE, EpisodePasses
 from .gates import fact_values
 
 
-def chat_rng(seed: int, step: int, call: int) -> random.Random:
-    """The draw that decides whether the `call`-th episode of `step` ends in chit-chat, and which chit-chat; the
-    δ-mem trainer and the LoRA control share it, so both see the same chat-ending episodes."""
-    return random.Random(f"chat:{seed}:{step}:{call}")
+def chat_draw(seed: int, step: int, call: int, frac: float) -> random.Random | None:
+    """Whether the `call`-th episode of `step` ends in chit-chat (with probability `frac`): the generator that picks
+    the chit-chat if it does, else None. The δ-mem trainer and the LoRA control share it, so both see the same
+    chat-ending episodes."""
+    rng = random.Random(f"chat:{seed}:{step}:{call}")
+    return rng if rng.random() < frac else None
 
 
 def chat_ending(ep: Episode, rng: random.Random) -> Episode:

@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
-from .preserve import chat_ending, chat_rng, preserve_kl
+from .preserve import chat_draw, chat_ending, preserve_kl
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
@@ -254,9 +254,9 @@ class Trainer:
 
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.cfg.chat_frac:
-            rng = chat_rng(self.cfg.seed, self.step, self._calls)
+            rng = chat_draw(self.cfg.seed, self.step, self._calls, self.cfg.chat_frac)
             self._calls += 1
-            if rng.random() < self.cfg.chat_frac:
+            if rng is not None:
                 return self._chat_loss(ep, policy, rng)
         if self.cfg.counterfactual and supports_counterfactual(ep):
             return self._twin_loss(ep, policy)

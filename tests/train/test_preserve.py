@@ -89,3 +89,16 @@ def test_chat_ending_episodes_train_on_the_preservation_kl_only(real_tokenizer, 
 def test_positions_with_the_answer_are_every_position(setup):
     _, _, p = setup
     assert preserve_positions(p, include_answer=True).tolist() == list(range(len(p.read_ids) - 1))
+
+
+def test_chat_draw_is_seeded_per_call_and_honours_the_fraction():
+    from deltamem_agents.train.preserve import chat_draw
+
+    draws = [chat_draw(3, 7, c, 0.5) for c in range(200)]
+    again = [chat_draw(3, 7, c, 0.5) for c in range(200)]
+    assert [d is None for d in draws] == [d is None for d in again]  # the same episodes end in chit-chat
+    assert [d.random() for d in draws if d] == [d.random() for d in again if d]  # and pick the same chit-chat
+    assert 60 < sum(d is not None for d in draws) < 140
+    assert all(chat_draw(3, 7, c, 0.0) is None for c in range(50))
+    assert all(chat_draw(3, 7, c, 1.0) is not None for c in range(50))
+    assert [chat_draw(3, 8, c, 0.5) is None for c in range(200)] != [d is None for d in draws]  # per step
