@@ -53,15 +53,24 @@ def asked_values(ep: Episode) -> set[str]:
 def value_token_labels(ep: Episode, renderer: Any, values: set[str] | None = None) -> dict[int, list[bool]]:
     """For each history message that mentions a fact value (every fact value of the episode, or only
     `values`, lower-cased, e.g. `asked_values(ep)`): which tokens of its rendered block overlap a mention
-    (whole-word, case-insensitive). These are the tokens selective token writes should store."""
+    (whole-word, case-insensitive), except a `superseded` old value. These are the tokens selective token writes
+    should store."""
     values = fact_values(ep) if values is None else values
     out: dict[int, list[bool]] = {}
     for i in fact_messages(ep, values):
         text, _, spans = renderer.message_block(ep.messages[i])
-        hits = [(m.start(), m.end()) for v in values
+        hits = [(m.start(), m.end()) for v in values - superseded(ep, i)
                 for m in re.finditer(r"(?<![\w])" + re.escape(v) + r"(?![\w])", text, flags=re.IGNORECASE)]
         out[i] = [any(a < e and s < b for s, e in hits) for a, b in spans]
     return out
+
+
+def superseded(ep: Episode, i: int) -> set[str]:
+    """Values that message `i` mentions but that are no longer true there (lower-cased): in an update episode, the
+    old value from the update message on ("…has replaced {old}…", "…now, not {old}."). Writing such a mention
+    stores the old value again, after the new one (docs/results.md §12c), so it is not a write target."""
+    old = ep.meta.get("old_value")
+    return {str(old).lower()} if old and i >= ep.fact_index else set()
 
 
 def token_classes(mids: list[int], labels: dict[int, list[bool]], n_history: int) -> list[int]:

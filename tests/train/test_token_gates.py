@@ -75,3 +75,27 @@ def test_fit_raises_value_recall_and_lowers_false_writes(real_backbone, renderer
     # the fit only moved the gates
     calls = _calls(model, build_passes(episode(), renderer, pol), False)
     assert all(g.shape[-1] == 8 for gates, _, _ in calls for g, _ in gates.values())
+
+
+def test_an_update_marks_the_old_value_where_stated_not_where_superseded(renderer, real_backbone):
+    from deltamem_agents.train.sampler import EpisodeSampler
+
+    sampler = EpisodeSampler(real_backbone[1], value_kinds=["colour", "food", "sport", "drink"])
+    checked = 0
+    for seed in range(40):  # training and held-out update templates; some name the old value after the new one
+        for split in ("train", "heldout"):
+            ep = sampler.generate_one(seed, split, mix={"update": 1.0}, distance_range=(0, 0))
+            old, new = ep.meta["old_value"].lower(), ep.meta["value"].lower()
+            labels = value_token_labels(ep, renderer)
+            squash = lambda t: t.lower().replace(" ", "")  # noqa: E731
+            for i, lab in labels.items():
+                text, _, spans = renderer.message_block(ep.messages[i])
+                marked = squash("".join(text[a:b] for (a, b), y in zip(spans, lab) if y))
+                said = squash(ep.messages[i]["content"])
+                if i < ep.fact_index:  # the first statement (and its acknowledgement): the old value is written
+                    assert (squash(old) in marked) == (squash(old) in said)
+                elif squash(old) not in squash(new):  # from the update on, only the new value is a write target
+                    assert squash(old) not in marked
+                    assert (squash(new) in marked) == (squash(new) in said)
+                    checked += squash(old) in said
+    assert checked >= 5  # the wording that names the old value in the update was exercised
