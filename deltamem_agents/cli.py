@@ -15,7 +15,8 @@ sessions_app = typer.Typer(no_args_is_help=True, help="Inspect and manage persis
 app.add_typer(sessions_app, name="sessions")
 bench_app = typer.Typer(help="Benchmark δ-mem against window, RAG, full-context and no-history baselines.")
 app.add_typer(bench_app, name="bench")
-BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
+BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "synthetic-vartrack", "babi", "locomo",
+               "capability")
 BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
                   "deltamem_frozen", "deltamem_rag_shuffled")
 
@@ -367,6 +368,8 @@ def bench(ctx: typer.Context,
           seed: int = 0,
           distances: str = typer.Option("0,250,500,1000,2000,4000", help="synthetic-distance fact distances"),
           n_facts: str = typer.Option("1,2,4,8,16,32", help="synthetic-capacity fact counts"),
+          hops: str = typer.Option("0,1,2,3", help="synthetic-vartrack chain links between the code and the asked "
+                                                "locker"),
           full_budget: int = typer.Option(8192, help="budget of the in-window conditions and the full backend"),
           locomo: Optional[Path] = typer.Option(None, help="LoCoMo JSON (default $DELTAMEM_DATA/locomo/locomo_dev.json)"),
           babi_dir: Optional[Path] = typer.Option(None, help="bAbI 'en' dir (default $DELTAMEM_BABI_DIR, else "
@@ -375,7 +378,8 @@ def bench(ctx: typer.Context,
           rag_scope: str = typer.Option("evicted", help="what RAG searches: 'evicted' (messages that left its "
                                                        "window) or 'all' (every earlier message, as a vector-"
                                                        "store memory beside a buffer does; for in-window runs)"),
-          conditions: str = typer.Option("in_window,out_of_window", help="synthetic-distance/-update conditions"),
+          conditions: str = typer.Option("in_window,out_of_window",
+                                         help="synthetic-distance/-update/-vartrack conditions"),
           value_kinds: str = typer.Option("", help="synthetic-distance/-update: only answers of these value kinds, "
                                                    "e.g. colour,food,sport,drink (default: all)"),
           max_new_tokens: Optional[int] = typer.Option(None, help="override each task's answer length"),
@@ -392,7 +396,7 @@ def bench(ctx: typer.Context,
 
     logging.basicConfig(level=logging.INFO)
     tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=_ints(distances),
-                      n_facts=_ints(n_facts), conditions=_names(conditions),
+                      n_facts=_ints(n_facts), vartrack_hops=_ints(hops), conditions=_names(conditions),
                       value_kinds=_names(value_kinds) or None, babi_dir=str(babi_dir) if babi_dir else None,
                       locomo_path=str(locomo) if locomo else None)
     cfg = BenchConfig(out=out, tasks=_names(tasks), backends=_names(backends), budget=budget, adapter=adapter,

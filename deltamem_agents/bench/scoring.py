@@ -2,7 +2,8 @@
 
 Containment (`bench.probe.contains_answer`, the memory probe's score) is used for the synthetic suites, bAbI
 and the capability items: the answer counts when any gold alias appears in it as whole words. For fact
-updates, `says_old` records whether the stale value was given.
+updates, `says_old` records whether the stale value was given; for variable tracking, `says_decoy` whether the
+decoy locker's code was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def score(item: Item, raw: str) -> dict[str, Any]:
     if item.scoring != "contains":
         raise ValueError(f"unknown scoring {item.scoring!r}")
     out: dict[str, Any] = {"prediction": raw, "score": float(contains_answer(raw, item.aliases or (item.gold,)))}
-    old = item.fields.get("old_value")
-    if old:
-        out["says_old"] = contains_answer(raw, [old])
+    for field, flag in (("old_value", "says_old"), ("decoy", "says_decoy")):  # a stale update / a decoy locker's code
+        if item.fields.get(field):
+            out[flag] = contains_answer(raw, [item.fields[field]])
     return out

@@ -195,12 +195,13 @@ def test_other_tasks_answer_on_the_real_model(ctx, model):
     tok = model[1]
     count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     cfg = TaskConfig(limit=1, n_facts=(4,), capacity_distance=150, update_distances=(150,), full_budget=FULL,
-                     babi_filler=150)
-    for task in ("synthetic-capacity", "synthetic-update", "babi", "capability"):
+                     babi_filler=150, vartrack_hops=(2,), vartrack_distance=150)
+    for task in ("synthetic-capacity", "synthetic-update", "synthetic-vartrack", "babi", "capability"):
         it = replace(build_items(task, cfg, count)[-1], max_new_tokens=3)
         row = answer(ctx, it, "deltamem")
         assert row["task"] == task and 0.0 <= row["score"] <= 1.0 and row["prompt_tokens"] <= row["budget"]
         assert ("says_old" in row) == (task == "synthetic-update") and row["memory_kind"] == "delta_state"
+        assert ("says_decoy" in row) == (task == "synthetic-vartrack")
     big = BenchContext(*model, budget=384, full_budget=FULL)  # the LoCoMo question prompt alone is ~120 tokens
     locomo = [replace(i, max_new_tokens=3) for i in build_items("locomo", cfg, count)[:5:4]]  # categories 1 and 5
     rows = [answer(big, i, "window") for i in locomo]

@@ -1,6 +1,7 @@
 """Benchmark tasks: each turns data into `Item`s; `build_items(task, cfg, count_tokens)` is the one entry point.
 
-`limit` caps the items per *cell*: per (distance, condition) for synthetic-distance and -update, per number of
+`limit` caps the items per *cell*: per (distance, condition) for synthetic-distance and -update, per (hops,
+condition) for synthetic-vartrack, per number of
 facts for synthetic-capacity, per (bAbI task, condition) for babi and capability, per (conversation, category)
 for LoCoMo. Without a limit, the synthetic, bAbI and capability suites use `default_limit` items per cell and
 LoCoMo uses every question.
@@ -16,7 +17,8 @@ from ..items import Item
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "babi", "locomo", "capability")
+TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "synthetic-vartrack", "babi", "locomo",
+         "capability")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class TaskConfig:
     n_facts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     capacity_distance: int = 500  # tokens of history after the asked fact (synthetic-capacity)
     update_distances: tuple[int, ...] = (250, 1000)
-    conditions: tuple[str, ...] = ("in_window", "out_of_window")  # synthetic-distance / -update
+    vartrack_hops: tuple[int, ...] = (0, 1, 2, 3)  # chain links between the stated code and the asked locker
+    vartrack_distance: int = 500  # tokens of history after the last link (synthetic-vartrack)
+    conditions: tuple[str, ...] = ("in_window", "out_of_window")  # synthetic-distance / -update / -vartrack
     value_kinds: tuple[str, ...] | None = None  # synthetic-distance / -update: only answers of these value kinds
     babi_dir: str | None = None
     babi_filler: int = 1000  # tokens of chit-chat pushing the story out of the window
@@ -54,7 +58,7 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
     from .babi import babi_items, capability_items
     from .locomo import locomo_items
     from .paths import babi_dir
-    from .synthetic import capacity_items, distance_items, update_items
+    from .synthetic import capacity_items, distance_items, update_items, vartrack_items
 
     n = cfg.limit or cfg.default_limit
     if task == "synthetic-distance":
@@ -66,6 +70,9 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
     if task == "synthetic-update":
         return update_items(list(cfg.update_distances), n, cfg.seed, count, cfg.full_budget, cfg.conditions,
                             cfg.value_kinds)
+    if task == "synthetic-vartrack":
+        return vartrack_items(list(cfg.vartrack_hops), n, cfg.seed, count, cfg.full_budget, cfg.vartrack_distance,
+                              cfg.conditions)
     if task == "babi":
         return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
     if task == "capability":

@@ -6,6 +6,9 @@
   left the window; the row's `in_window` field says where it really was).
 - synthetic-capacity: `n_facts` facts of distinct relations, one asked, `capacity_distance` tokens after it.
 - synthetic-update: a fact stated, later changed; the newest value must win (`says_old` is recorded).
+- synthetic-vartrack: a locker's code, then `hops` "locker B uses the same code as locker A" links and a decoy
+  locker, `vartrack_distance` tokens of chit-chat, then the last locker's code is asked (datasets.vartrack;
+  `says_decoy` is recorded).
 Every item's donor (shuffled-memory control) is the next episode of the same cell; one extra episode per
 cell is generated so the last scored item has a donor too.
 
@@ -21,6 +24,7 @@ from typing import Callable
 from ...datasets.episode import Episode
 from ...datasets.synthetic import asked_value_kind as value_kind
 from ...datasets.synthetic import first_of_kinds, generate
+from ...datasets.vartrack import vartrack_episode
 from ..items import Item
 
 CONDITIONS = ("in_window", "out_of_window")
@@ -32,7 +36,7 @@ def _items(task: str, cell: str, eps: list[Episode], n: int, conditions, full_bu
     for cond in conditions:
         for i in range(n):
             ep, donor = eps[i], eps[i + 1]
-            extra = {"old_value": ep.meta["old_value"]} if "old_value" in ep.meta else {}
+            extra = {k: ep.meta[k] for k in ("old_value", "decoy") if k in ep.meta}
             out.append(Item(
                 task=task, item_id=f"{cell}/{cond}/{i}", messages=ep.messages, question=ep.question, gold=ep.answer,
                 aliases=ep.aliases, evidence=(ep.fact_index,), budget=full_budget if cond == "in_window" else None,
@@ -80,4 +84,14 @@ def update_items(distances: list[int], n: int, seed: int, count: Callable[[str],
         eps = episodes(n + 1, seed * 100_003 + 13 * d + 1, count, value_kinds, mix={"update": 1.0},
                        distance_range=(d, d))
         items += _items("synthetic-update", f"d{d}", eps, n, conditions, full_budget, {"distance": d, "n_facts": 1})
+    return items
+
+
+def vartrack_items(hops: list[int], n: int, seed: int, count: Callable[[str], int], full_budget: int,
+                   distance: int = 500, conditions=CONDITIONS) -> list[Item]:
+    items = []
+    for h in hops:
+        eps = [vartrack_episode(seed * 100_003 + 17 * h + i, h, distance, count) for i in range(n + 1)]
+        items += _items("synthetic-vartrack", f"h{h}", eps, n, conditions, full_budget,
+                        {"hops": h, "distance": distance, "n_facts": 2})
     return items
