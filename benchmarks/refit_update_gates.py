@@ -29,7 +29,7 @@ from deltamem_agents.runtime.window import WindowPolicy
 from deltamem_agents.train.episode import build_passes
 from deltamem_agents.train.gates import token_classes, value_token_labels
 from deltamem_agents.train.sampler import EpisodeSampler
-from deltamem_agents.train.write_selector import _calls, fit_write_gates
+from deltamem_agents.train.write_selector import fit_write_gates, gate_passes
 
 KINDS = ["colour", "food", "sport", "drink"]
 
@@ -51,7 +51,7 @@ def write_rates(model, renderer, held, threshold: float) -> dict[str, float]:
     for ep, pol in held:
         groups = group_labels(ep, renderer)
         p = build_passes(ep, renderer, pol)
-        for gates, mids, _ in _calls(model, p, False):
+        for gates, mids, _ in gate_passes(model, p, False):
             cls = {g: torch.tensor(token_classes(mids, lab, len(ep.messages))) for g, lab in groups.items()}
             labelled = sum((c == 1).long() for c in cls.values()) > 0
             other = (next(iter(cls.values())) >= 0) & ~labelled
@@ -94,9 +94,11 @@ def main() -> None:
     losses = fit_write_gates(model, renderer, episodes, steps=a.steps, batch=a.batch, lr=a.lr)
     after = write_rates(model, renderer, held, tau)
     print("after ", json.dumps(after))
-    info = {"from": str(a.adapter), "refit": "write gates only, update-aware labels (benchmarks/refit_update_gates.py)",
+    info = {"from": str(a.adapter),
+            "refit": "write gates only, update-aware labels (benchmarks/refit_update_gates.py)",
             "steps": a.steps, "batch": a.batch, "lr": a.lr, "update_share": a.update_share, "seed": a.seed,
-            "loss_first": losses[:3], "loss_last": losses[-3:], "write_rates_before": before, "write_rates_after": after}
+            "loss_first": losses[:3], "loss_last": losses[-3:],
+            "write_rates_before": before, "write_rates_after": after}
     save_adapter(model, a.out, info=info)
     print(f"saved {a.out}")
 

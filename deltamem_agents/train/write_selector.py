@@ -22,7 +22,7 @@ from .episode import EpisodePasses, build_passes
 from .gates import token_classes, token_gate_loss, value_token_labels
 
 
-def _calls(model: Any, p: EpisodePasses, grad: bool) -> list[Any]:
+def gate_passes(model: Any, p: EpisodePasses, grad: bool) -> list[Any]:
     """Every pass of an episode with its gates captured (inputs detached), the state carried as at runtime."""
     adapter = model.deltamem
     dev = adapter.layers[0].beta_bias.device
@@ -58,7 +58,7 @@ def fit_write_gates(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple
             for _ in range(batch):
                 ep, pol = next(it)
                 p = build_passes(ep, renderer, pol)
-                loss = token_gate_loss(_calls(model, p, True), value_token_labels(ep, renderer), len(ep.messages),
+                loss = token_gate_loss(gate_passes(model, p, True), value_token_labels(ep, renderer), len(ep.messages),
                                        hi, lo)
                 if loss is not None:
                     (loss / batch).backward()
@@ -87,7 +87,7 @@ def selector_report(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple
     for ep, pol in episodes:
         p = build_passes(ep, renderer, pol)
         labels = value_token_labels(ep, renderer)
-        for gates, mids, _ in _calls(model, p, False):
+        for gates, mids, _ in gate_passes(model, p, False):
             t = torch.tensor(token_classes(mids, labels, len(ep.messages)))
             n_pos += int((t == 1).sum())
             n_neg += int((t == 0).sum())

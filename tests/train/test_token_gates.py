@@ -15,7 +15,7 @@ from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
 from deltamem_agents.train.episode import build_passes
 from deltamem_agents.train.gates import token_gate_loss, value_token_labels
-from deltamem_agents.train.write_selector import _calls, fit_write_gates, selector_report
+from deltamem_agents.train.write_selector import fit_write_gates, gate_passes, selector_report
 
 
 def episode() -> Episode:
@@ -73,7 +73,7 @@ def test_fit_raises_value_recall_and_lowers_false_writes(real_backbone, renderer
     assert sum(after.recall) / len(after.recall) > 0.5  # most layers now store the value token
     assert max(after.false_rate) < 0.2
     # the fit only moved the gates
-    calls = _calls(model, build_passes(episode(), renderer, pol), False)
+    calls = gate_passes(model, build_passes(episode(), renderer, pol), False)
     assert all(g.shape[-1] == 8 for gates, _, _ in calls for g, _ in gates.values())
 
 
