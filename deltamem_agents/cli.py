@@ -121,6 +121,9 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
           writes: str = typer.Option("runtime", help="runtime (the session runtime's writes) | value_only (only the "
                                                      "asked value's tokens, nothing in the final pass; token writes)"),
           counterfactual: bool = typer.Option(False, help="train fact episodes beside their counterfactual twins"),
+          recency_weight: float = typer.Option(0.0, help="update episodes: relu(margin - (CE of the old value's "
+                                                         "answer - CE of the new one)), same state (0 = off)"),
+          recency_margin: float = 1.0,
           preserve_weight: float = typer.Option(0.0, help="KL(backbone || δ-mem) on the final pass's non-answer "
                                                           "tokens: a state leaves text it is not about unchanged"),
           chat_frac: float = typer.Option(0.0, help="share of episodes ending in a chit-chat question, trained on "
@@ -167,6 +170,7 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
     cfg = TrainConfig(out_dir=str(out_dir), steps=steps, grad_accum=grad_accum, lr=lr, delta=delta, seed=seed,
                       max_minutes=max_minutes, bf16=bf16, contrast_weight=contrast_weight,
                       contrast_margin=contrast_margin, counterfactual=counterfactual, writes=writes,
+                      recency_weight=recency_weight, recency_margin=recency_margin,
                       preserve_weight=preserve_weight, chat_frac=chat_frac,
                       init_adapter=str(init_adapter) if init_adapter else None, gate_weight=gate_weight,
                       gate_level=gate_level, gate_hi=gate_hi, gate_lo=gate_lo, lr_schedule=lr_schedule,

@@ -27,7 +27,7 @@ from ..core.config import DeltaMemConfig
 from ..core.memory import TASK_PATH_PARAMS
 from ..core.state import DeltaState
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
-from ..datasets.episode import Episode
+from ..datasets.episode import Episode, answer_text
 from ..patching import attach, forward_with_state
 from ..patching.attach import DeltaMemAdapter
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
@@ -67,6 +67,11 @@ class TrainConfig:
     # value differs, and the contrast term reads each twin's question with the other twin's state — the
     # negative differs only in the value, so only a state that carries the value can open the gap
     counterfactual: bool = False
+    # recency contrast for update episodes (a fact stated, later changed): λ·relu(margin − (CE of the *old* value's
+    # answer − CE of the new value's answer)), both read with the episode's own state — the state must make the
+    # newer value more likely than the one it replaced (docs/results.md §12c: the first value won). 0 = off
+    recency_weight: float = 0.0
+    recency_margin: float = 1.0
     # write-gate supervision (train/gates.py): messages that mention a fact value -> β̄ ≈ gate_hi, others -> gate_lo
     gate_weight: float = 0.0
     gate_hi: float = 0.5
@@ -211,6 +216,10 @@ class Trainer:
             gaps = torch.stack([lab - la, lba - lb])
             total = total + self.cfg.contrast_weight * torch.relu(self.cfg.contrast_margin - gaps).mean()
             extra["gap"] = gaps.mean().item()
+        if self.cfg.recency_weight and ep.meta.get("old_value"):
+            rec = torch.stack([self._recency_gap(ep, policy, la, sa), self._recency_gap(twin, policy, lb, sb)])
+            total = total + self.cfg.recency_weight * torch.relu(self.cfg.recency_margin - rec).mean()
+            extra["recency_gap"] = rec.mean().item()
         betas = ba + bb
         if self.cfg.sparsity_weight and betas:
             total = total + self.cfg.sparsity_weight * torch.stack(
@@ -219,6 +228,13 @@ class Trainer:
         return total, {**extra, "loss": ((la + lb) / 2).item(), "tokens": pa.num_tokens + pb.num_tokens,
                        "in_window": pa.fact_in_window,
                        "beta": torch.stack(betas).mean().item() if betas else None}
+
+    def _recency_gap(self, ep: Episode, policy: WindowPolicy, new_loss: torch.Tensor,
+                     state: DeltaState) -> torch.Tensor:
+        """CE of the update's old value as the answer minus CE of the new one, read with the same state."""
+        p = build_passes(ep, self.renderer, policy, answer=answer_text(ep.meta["old_value"]))
+        old_loss = run_passes(self.model, EpisodePasses([], p.read_ids, p.read_mids, p.labels), state=state.rebased())[0]
+        return old_loss - new_loss
 
     def _passes(self, ep: Episode, policy: WindowPolicy) -> EpisodePasses:
         """The episode's forward passes with the configured writes (`TrainConfig.writes`)."""
@@ -264,6 +280,10 @@ class Trainer:
         loss, entering, betas, gl = self._own(ep, p)
         total = loss + gl
         extra: dict[str, Any] = {"gate_loss": gl.item() if self.cfg.gate_weight else None}
+        if self.cfg.recency_weight and ep.meta.get("old_value") and p.write_passes:
+            rec = self._recency_gap(ep, policy, loss, entering)
+            total = total + self.cfg.recency_weight * torch.relu(self.cfg.recency_margin - rec)
+            extra["recency_gap"] = rec.item()
         foreign = self._foreign
         self._foreign = entering.detach().rebased()
         if self.cfg.contrast_weight and foreign is not None and p.write_passes:
@@ -343,6 +363,7 @@ class Trainer:
                 "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
                 "train_gap": _mean([s.get("gap") for s in stats]),
                 "gate_loss": _mean([s.get("gate_loss") for s in stats]),
+                "recency_gap": _mean([s.get("recency_gap") for s in stats]),
                 "preserve_kl": _mean(self._kls),
                 "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
             }

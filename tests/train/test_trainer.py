@@ -104,3 +104,41 @@ def test_centred_inputs_are_calibrated_saved_and_keep_zero_state_exact(tmp_path)
     tr.train()
     saved = load_file(str(tmp_path / "checkpoint-last" / "adapter" / "adapter.safetensors"))
     torch.testing.assert_close(saved["layers.3.input_center"], tr.adapter.layers[3].input_center)
+
+
+def test_recency_contrast_reads_old_and_new_answers_with_one_state(tmp_path, fresh_backbone):
+    """Update episodes get the recency term (old value's answer CE − new value's, same state and prompt);
+    fact episodes do not; an 'update' whose old value equals the new one has a gap of exactly 0."""
+    import dataclasses
+
+    from deltamem_agents.patching import detach
+    from deltamem_agents.train.episode import EpisodePasses, build_passes
+    from deltamem_agents.train.trainer import run_passes
+
+    from deltamem_agents.patching.attach import ATTR
+
+    model, tok = fresh_backbone
+    if hasattr(model, ATTR):  # the first test leaves its trainer's adapter attached
+        detach(model)
+    upd = {**SAMPLER, "mix": {"update": 1.0}}
+    tr = Trainer(model, tok, _config(tmp_path / "u", steps=1, recency_weight=1.0, gate_weight=0.0, sampler=upd))
+    tr.train()
+    row = json.loads((tmp_path / "u" / "log.jsonl").read_text().splitlines()[0])
+    assert row["recency_gap"] is not None and row["recency_gap"] == row["recency_gap"]
+    ep, pol = tr.sampler.sample(5, 0)
+    assert ep.meta["old_value"].lower() != ep.meta["value"].lower()
+    p = build_passes(ep, tr.renderer, pol)
+    with torch.no_grad():
+        new_loss, _, entering, _ = run_passes(model, p)
+        gap = tr._recency_gap(ep, pol, new_loss, entering)
+        same = dataclasses.replace(ep, meta={**ep.meta, "old_value": ep.meta["value"]})
+        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        again = run_passes(model, q, state=entering.rebased())[0]
+        assert torch.allclose(tr._recency_gap(same, pol, again, entering), torch.zeros(()), atol=1e-5)
+    assert gap.abs() > 0
+    detach(model)
+    tr2 = Trainer(model, tok, _config(tmp_path / "f", steps=1, recency_weight=1.0, gate_weight=0.0))
+    tr2.train()
+    row = json.loads((tmp_path / "f" / "log.jsonl").read_text().splitlines()[0])
+    assert row["recency_gap"] is None  # fact episodes: no old value, no term
+    detach(model)
