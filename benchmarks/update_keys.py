@@ -101,11 +101,15 @@ def main() -> None:
     vecs = [episode_vectors(model, cap, renderer, ep, pol) for ep in eps]
     kinds = [ep.meta["relation"] for ep in eps]
     stats = defaultdict(list)
+    per_layer = defaultdict(lambda: defaultdict(list))
     cos = lambda x, y: float(F.cosine_similarity(x, y, dim=0))  # noqa: E731
     for i, vi in enumerate(vecs):
         for li, d in vi.items():
             if "k_old" in d and "k_new" in d:
                 stats["cos(k_old,k_new)"].append(cos(d["k_old"], d["k_new"]))
+                per_layer[li]["cos(k_old,k_new)"].append(cos(d["k_old"], d["k_new"]))
+                per_layer[li]["|q.k_old|"].append(abs(float(d["q"] @ d["k_old"])))
+                per_layer[li]["|q.k_new|"].append(abs(float(d["q"] @ d["k_new"])))
                 stats["q.k_old"].append(float(d["q"] @ d["k_old"]))
                 stats["q.k_new"].append(float(d["q"] @ d["k_new"]))
                 if d.get("Sq") is not None:
@@ -119,6 +123,10 @@ def main() -> None:
     print(json.dumps({"adapter": a.adapter, "n": a.n, "kinds_known": all(kinds),
                       **{k: round(sum(v) / len(v), 3) for k, v in stats.items()},
                       "counts": {k: len(v) for k, v in stats.items()}}, indent=1))
+    print("per layer (layer: cos(k_old,k_new) |q.k_old| |q.k_new| n):")
+    for li in sorted(per_layer):
+        d = per_layer[li]
+        print(li, *(f"{sum(v) / len(v):.3f}" for v in d.values()), len(d["cos(k_old,k_new)"]))
 
 
 if __name__ == "__main__":

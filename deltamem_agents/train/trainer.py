@@ -233,7 +233,8 @@ class Trainer:
                      state: DeltaState) -> torch.Tensor:
         """CE of the update's old value as the answer minus CE of the new one, read with the same state."""
         p = build_passes(ep, self.renderer, policy, answer=answer_text(ep.meta["old_value"]))
-        old_loss = run_passes(self.model, EpisodePasses([], p.read_ids, p.read_mids, p.labels), state=state.rebased())[0]
+        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        old_loss = run_passes(self.model, q, state=state.rebased())[0]
         return old_loss - new_loss
 
     def _passes(self, ep: Episode, policy: WindowPolicy) -> EpisodePasses:
