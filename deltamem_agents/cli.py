@@ -266,7 +266,8 @@ def eval_harm(adapter: str = "default", n: int = 40, distance: int = 150, budget
 def eval_compare(arms: list[str] = typer.Argument(..., help="LABEL=ROWS.jsonl[,MORE.jsonl...]:CONDITION, two or "
                                                              "more; the first is the reference of every difference"),
                  plot: Optional[Path] = typer.Option(None, help="also write accuracy vs distance per arm (PNG)"),
-                 title: str = typer.Option("accuracy vs fact distance", help="the plot's title")):
+                 title: str = typer.Option("accuracy vs fact distance", help="the plot's title"),
+                 score: str = typer.Option("correct", help="row field compared: correct | says_old (update probes)")):
     """Paired differences between eval-memory runs on the same seeded episodes (e.g. δ-mem vs the LoRA control)."""
     from .bench.run_probe import compare, plot_arms
 
@@ -280,7 +281,9 @@ def eval_compare(arms: list[str] = typer.Argument(..., help="LABEL=ROWS.jsonl[,M
         parsed.append((label, files, cond))
     if len(parsed) < 2:
         raise typer.BadParameter("give at least two arms")
-    typer.echo(compare(parsed))
+    if score not in ("correct", "says_old"):
+        raise typer.BadParameter(f"--score must be correct or says_old, got {score!r}")
+    typer.echo(compare(parsed, score=score))
     if plot is not None:
         typer.echo(f"plot: {plot_arms(parsed, plot, title=title)}")
 

@@ -152,12 +152,13 @@ def arm_rows(paths: Paths, cond: str, label: str) -> dict[tuple[int, int], dict[
     return rows
 
 
-def compare(arms: list[tuple[str, Paths, str]], *, base: int = 0) -> str:
+def compare(arms: list[tuple[str, Paths, str]], *, base: int = 0, score: str = "correct") -> str:
     """Paired differences between arms of *different* eval-memory runs over the same seeded episodes.
 
     `arms` = [(label, rows path or paths, condition)]; runs made with the same --seed/--n/--value-kinds hold the
     same episodes under the same (distance, episode) keys, so those pair them. Refuses runs whose shared episodes
-    disagree on the gold answer (not the same episodes). Each arm is compared with arms[base]."""
+    disagree on the gold answer (not the same episodes). Each arm is compared with arms[base]. `score` is the row
+    field compared: "correct" (the gold answer), or "says_old" (update probes: the answer names the old value)."""
     data = [arm_rows(paths, cond, label) for label, paths, cond in arms]
     keys = sorted(set.intersection(*(set(d) for d in data)))
     if not keys:
@@ -172,7 +173,7 @@ def compare(arms: list[tuple[str, Paths, str]], *, base: int = 0) -> str:
              "|---" * (2 + len(arms) + len(arms) - 1) + "|"]
     for dist in sorted({k[0] for k in keys}):
         ks = [k for k in keys if k[0] == dist]
-        vals = [[float(d[k]["correct"]) for k in ks] for d in data]
+        vals = [[float(d[k][score]) for k in ks] for d in data]
         cells = ["%.2f [%.2f, %.2f]" % bootstrap_ci(v) for v in vals]
         diffs = ["%+.2f [%+.2f, %+.2f]" % paired_diff_ci(v, vals[base]) for i, v in enumerate(vals) if i != base]
         lines.append(f"| {dist} | {len(ks)} | " + " | ".join(cells + diffs) + " |")

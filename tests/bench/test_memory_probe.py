@@ -172,6 +172,14 @@ def test_eval_compare_pairs_runs_by_episode_and_refuses_other_episodes(tmp_path)
                                    f"B={tmp_path / 'b.jsonl'}:deltamem"])
     assert res.exit_code == 0 and "B − A" in res.output
     assert CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window"]).exit_code != 0
+    # update probes: compare how often each arm names the old value
+    for name, cond, old in (("u1.jsonl", "deltamem", [1, 1, 0]), ("u2.jsonl", "deltamem", [0, 0, 0])):
+        (tmp_path / name).write_text("".join(json.dumps({"episode": i, "distance": 150, "condition": cond,
+                                                         "correct": 0, "says_old": o, "gold": golds[i]}) + "\n"
+                                             for i, o in enumerate(old)))
+    row = compare([("v2", tmp_path / "u1.jsonl", "deltamem"), ("v5", tmp_path / "u2.jsonl", "deltamem")],
+                  score="says_old").splitlines()[2].split(" | ")
+    assert row[2].startswith("0.67") and row[3].startswith("0.00") and row[4].startswith("-0.67")
 
 
 def test_eval_compare_joins_files_per_distance_and_plots(tmp_path):
