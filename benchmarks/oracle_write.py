@@ -96,8 +96,8 @@ def make_pairs(sampler, renderer, policy, n, split, seed0, mode, distance):
 def pair_loss(model, pa, pb):
     la, _, sa, _ = run_passes(model, pa)
     lb, _, sb, _ = run_passes(model, pb)
-    lab = run_passes(model, EpisodePasses([], pa.read_ids, pa.read_mids, pa.labels), state=sb.rebased())[0]
-    lba = run_passes(model, EpisodePasses([], pb.read_ids, pb.read_mids, pb.labels), state=sa.rebased())[0]
+    lab = run_passes(model, pa.read_only(), state=sb.rebased())[0]
+    lba = run_passes(model, pb.read_only(), state=sa.rebased())[0]
     ga, gb = lab - la, lba - lb
     loss = la + lb + torch.relu(1 - ga) + torch.relu(1 - gb)
     return loss, [ga.item(), gb.item()], ((la + lb) / 2).item()

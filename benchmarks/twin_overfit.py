@@ -15,7 +15,7 @@ from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach
 from deltamem_agents.runtime.render import ChatRenderer, DEFAULT_SYSTEM_PROMPT
 from deltamem_agents.runtime.window import WindowPolicy
-from deltamem_agents.train.episode import build_passes, EpisodePasses
+from deltamem_agents.train.episode import build_passes
 from deltamem_agents.train.trainer import run_passes
 from deltamem_agents.train.calibrate import calibrate_input_centers
 from deltamem_agents.datasets.counterfactual import counterfactual
@@ -35,8 +35,8 @@ calibrate_input_centers(m, [p for ab in train[:8] for p in ab])
 opt = torch.optim.AdamW(ad.parameters(), lr=3e-3)
 def gap(pa, pb):
     la, _, sa, _ = run_passes(m, pa); lb, _, sb, _ = run_passes(m, pb)
-    lab = run_passes(m, EpisodePasses([], pa.read_ids, pa.read_mids, pa.labels), state=sb.rebased())[0]
-    lba = run_passes(m, EpisodePasses([], pb.read_ids, pb.read_mids, pb.labels), state=sa.rebased())[0]
+    lab = run_passes(m, pa.read_only(), state=sb.rebased())[0]
+    lba = run_passes(m, pb.read_only(), state=sa.rebased())[0]
     g = ((lab - la) + (lba - lb)) / 2
     loss = la + lb + torch.relu(1 - (lab - la)) + torch.relu(1 - (lba - lb))
     return loss, g.item(), ((la + lb) / 2).item()

@@ -112,15 +112,14 @@ def main() -> None:
                 per_layer[li]["|q.k_new|"].append(abs(float(d["q"] @ d["k_new"])))
                 stats["q.k_old"].append(float(d["q"] @ d["k_old"]))
                 stats["q.k_new"].append(float(d["q"] @ d["k_new"]))
-                if d.get("Sq") is not None:
-                    stats["cos(Sq,v_old)"].append(cos(d["Sq"], d["v_old"]))
-                    stats["cos(Sq,v_new)"].append(cos(d["Sq"], d["v_new"]))
+                stats["cos(Sq,v_old)"].append(cos(d["Sq"], d["v_old"]))
+                stats["cos(Sq,v_new)"].append(cos(d["Sq"], d["v_new"]))
             for j, vj in enumerate(vecs):
                 if j == i or "k_new" not in d or "k_old" not in vj[li]:
                     continue
                 key = "cos(k_new,k_same_kind)" if kinds[i] == kinds[j] else "cos(k_new,k_other_kind)"
                 stats[key].append(cos(d["k_new"], vj[li]["k_old"]))
-    print(json.dumps({"adapter": a.adapter, "n": a.n, "kinds_known": all(kinds),
+    print(json.dumps({"adapter": a.adapter, "n": a.n,
                       **{k: round(sum(v) / len(v), 3) for k, v in stats.items()},
                       "counts": {k: len(v) for k, v in stats.items()}}, indent=1))
     print("per layer (layer: cos(k_old,k_new) |q.k_old| |q.k_new| n):")

@@ -29,6 +29,10 @@ class EpisodePasses:
     fact_in_window: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def read_only(self) -> EpisodePasses:
+        """Only the final (read) pass: the question and answer read with a state given from elsewhere."""
+        return EpisodePasses([], self.read_ids, self.read_mids, self.labels)
+
     @property
     def num_tokens(self) -> int:
         return sum(len(i) for i, _ in self.write_passes) + len(self.read_ids)

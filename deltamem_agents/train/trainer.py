@@ -211,8 +211,8 @@ class Trainer:
         total = (la + lb) / 2 + (ga + gb) / 2
         extra: dict[str, Any] = {"gate_loss": ((ga + gb) / 2).item() if self.cfg.gate_weight else None}
         if self.cfg.contrast_weight and pa.write_passes:
-            lab = run_passes(self.model, EpisodePasses([], pa.read_ids, pa.read_mids, pa.labels), state=sb.rebased())[0]
-            lba = run_passes(self.model, EpisodePasses([], pb.read_ids, pb.read_mids, pb.labels), state=sa.rebased())[0]
+            lab = run_passes(self.model, pa.read_only(), state=sb.rebased())[0]
+            lba = run_passes(self.model, pb.read_only(), state=sa.rebased())[0]
             gaps = torch.stack([lab - la, lba - lb])
             total = total + self.cfg.contrast_weight * torch.relu(self.cfg.contrast_margin - gaps).mean()
             extra["gap"] = gaps.mean().item()
@@ -233,7 +233,7 @@ class Trainer:
                      state: DeltaState) -> torch.Tensor:
         """CE of the update's old value as the answer minus CE of the new one, read with the same state."""
         p = build_passes(ep, self.renderer, policy, answer=answer_text(ep.meta["old_value"]))
-        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        q = p.read_only()
         old_loss = run_passes(self.model, q, state=state.rebased())[0]
         return old_loss - new_loss
 
@@ -288,7 +288,7 @@ class Trainer:
         foreign = self._foreign
         self._foreign = entering.detach().rebased()
         if self.cfg.contrast_weight and foreign is not None and p.write_passes:
-            q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+            q = p.read_only()
             shuf = run_passes(self.model, q, state=foreign)[0]
             gap = shuf - loss
             total = total + self.cfg.contrast_weight * torch.relu(self.cfg.contrast_margin - gap)
@@ -322,7 +322,7 @@ class Trainer:
                 "counterfactual_gap": m(cf) - m(own), "diag_preserve_kl": m(kl)}
 
     def _final_loss(self, p: EpisodePasses, state: DeltaState) -> float:
-        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        q = p.read_only()
         return run_passes(self.model, q, state=state)[0].item()
 
     def train(self) -> None:

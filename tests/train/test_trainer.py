@@ -112,7 +112,7 @@ def test_recency_contrast_reads_old_and_new_answers_with_one_state(tmp_path, fre
     import dataclasses
 
     from deltamem_agents.patching import detach
-    from deltamem_agents.train.episode import EpisodePasses, build_passes
+    from deltamem_agents.train.episode import build_passes
     from deltamem_agents.train.trainer import run_passes
 
     from deltamem_agents.patching.attach import ATTR
@@ -132,7 +132,7 @@ def test_recency_contrast_reads_old_and_new_answers_with_one_state(tmp_path, fre
         new_loss, _, entering, _ = run_passes(model, p)
         gap = tr._recency_gap(ep, pol, new_loss, entering)
         same = dataclasses.replace(ep, meta={**ep.meta, "old_value": ep.meta["value"]})
-        q = EpisodePasses([], p.read_ids, p.read_mids, p.labels)
+        q = p.read_only()
         again = run_passes(model, q, state=entering.rebased())[0]
         assert torch.allclose(tr._recency_gap(same, pol, again, entering), torch.zeros(()), atol=1e-5)
     assert gap.abs() > 0
