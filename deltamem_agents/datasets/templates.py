@@ -4,14 +4,17 @@ Each *family* groups relations stated and asked with the same phrasings (slots s
 or ``{thing}`` come from the relation, ``{v}`` is the value, ``{old}`` the previous value in an
 update, ``{a}`` / ``{a_old}`` the indefinite article for ``{v}`` / ``{old}``). Every family has
 statement (``s``), question (``q``) and, when updatable, update (``u``) templates, split into a
-TRAIN list and a disjoint HELDOUT list. Template ids are ``"<family>.<s|q|u><n>"``; train ids come
-first, so the two splits never share an id. Relations flagged ``heldout_only`` never appear in
-training episodes.
+TRAIN list and a disjoint HELDOUT list. Template ids are ``"<family>.<s|q|u><n>"``: the hand-written
+train ids come first, then the held-out ones, then the *generated* train paraphrases of
+:mod:`.paraphrase` (numbered last so held-out ids never move), so the two splits never share an id.
+Relations flagged ``heldout_only`` never appear in training episodes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .paraphrase import generated
 
 __all__ = ["Template", "Relation", "FAMILIES", "RELATIONS", "relation", "relations", "templates", "template_inventory"]
 
@@ -184,6 +187,7 @@ def _build() -> dict[str, dict[str, dict[str, tuple[Template, ...]]]]:
         out[fam] = {}
         for part, (train, held) in parts.items():
             items = [(t, "train") for t in train] + [(t, "heldout") for t in held]
+            items += [(t, "train") for t in generated(fam, part) if t not in train and t not in held]
             tpls = [Template(f"{fam}.{part}{i}", fam, part, sp, txt) for i, (txt, sp) in enumerate(items)]
             out[fam][part] = {sp: tuple(t for t in tpls if t.split == sp) for sp in ("train", "heldout")}
     return out

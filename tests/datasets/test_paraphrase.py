@@ -1,0 +1,57 @@
+"""Generated training paraphrases: many, deterministic, train-only, and free of the held-out wording."""
+
+import random
+import re
+
+from deltamem_agents.datasets import generate
+from deltamem_agents.datasets.paraphrase import BANNED, GRAMMARS, generated
+from deltamem_agents.datasets.templates import _RAW, FAMILIES, templates
+
+
+def test_generated_templates_are_many_deterministic_and_format():
+    for fam, parts in GRAMMARS.items():
+        for part in parts:
+            gen = generated(fam, part)
+            assert len(gen) >= 30, (fam, part)
+            assert gen == generated(fam, part)
+            assert len(set(gen)) == len(gen)
+            slots = {"v": "teal", "old": "navy blue", "thing": "colour", "a": "a", "a_old": "a"}
+            for t in gen:
+                text = t.format(**slots)
+                assert "{" not in text and (text[0].isupper() or t.startswith("{")) and text[-1] in ".?", t
+                assert "teal" in text or part == "q"
+                assert ("{old}" in t) <= (part == "u")  # only updates may name the old value
+
+
+def test_generated_templates_are_train_only_and_avoid_heldout_wording():
+    for fam, parts in GRAMMARS.items():
+        for part in parts:
+            held = [t.text for t in templates(fam, part, "heldout")]
+            assert held == _RAW[fam][part][1]  # the held-out lists are the hand-written ones, unchanged
+            train = templates(fam, part, "train")
+            assert len(train) == len(_RAW[fam][part][0]) + len(generated(fam, part))
+            for t in train:
+                assert t.text not in held
+            for t in generated(fam, part):
+                assert not any(re.search(rf"\b{re.escape(w)}\b", t.lower()) for w in BANNED), t
+    # every banned word really is held-out vocabulary of the favourite family (the list is not arbitrary)
+    held_text = " ".join(t.text.lower() for p in "suq" for t in templates("favourite", p, "heldout"))
+    assert all(w in held_text for w in BANNED)
+
+
+def test_ids_unique_and_heldout_ids_stable():
+    ids = [t.id for fam in FAMILIES.values() for part in fam.values() for sp in part.values() for t in sp]
+    assert len(ids) == len(set(ids))
+    # held-out ids are numbered before the generated ones, so results that cite them stay valid
+    assert [t.id for t in templates("favourite", "u", "heldout")] == ["favourite.u11", "favourite.u12"]
+
+
+def test_training_episodes_use_generated_wordings():
+    eps = generate(120, seed=5, split="train", mix={"update": 1.0}, distance_range=(0, 20))
+    fav = [e for e in eps if e.meta["family"] == "favourite"]
+    gen_u = {t.id for t in templates("favourite", "u", "train")[len(_RAW["favourite"]["u"][0]):]}
+    assert fav and sum(e.meta["templates"]["update"] in gen_u for e in fav) >= len(fav) // 2
+    rng = random.Random(0)
+    held = generate(60, seed=rng.randrange(1000), split="heldout", mix={"update": 1.0}, distance_range=(0, 20))
+    held_ids = {t.id for p in "suq" for t in templates("favourite", p, "heldout")}
+    assert all(i in held_ids for e in held if e.meta["family"] == "favourite" for i in e.meta["template_ids"])
