@@ -436,6 +436,14 @@ def ship_adapter(checkpoint: Path, eval_md: Optional[Path] = typer.Option(None, 
     typer.echo(str(ship(checkpoint, eval_md, command, reading)))
 
 
+@app.command("strip-task-path")
+def strip_task_path_cmd(src: Path, dst: Path, note: str = typer.Option("", help="why, kept in the adapter info")):
+    """Copy an adapter without its state-independent task path (the state path alone; docs/results.md §14h)."""
+    from .patching.adapter_io import strip_task_path
+
+    typer.echo(str(strip_task_path(src, dst, note=note)))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

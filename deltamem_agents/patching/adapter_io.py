@@ -42,6 +42,31 @@ def save_adapter(model_or_adapter: nn.Module, path: str | Path, *, info: dict[st
     return path
 
 
+def strip_task_path(src: str | Path, dst: str | Path, *, note: str = "") -> Path:
+    """Copy the adapter at `src` to `dst` without its state-independent task path (config.task_rank -> 0, the
+    task tensors dropped): the state path alone, exactly as the original with the task path zeroed. `note` is
+    kept in the info (why it was stripped)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..core.memory import TASK_PATH_PARAMS
+
+    meta = read_adapter_config(src)
+    cfg: DeltaMemConfig = meta["config"]
+    if not cfg.task_rank:
+        raise ValueError(f"{src}: the adapter has no task path to strip")
+    tensors = load_file(str(Path(src) / WEIGHTS_NAME))
+    kept = {k: v for k, v in tensors.items() if not k.endswith(TASK_PATH_PARAMS)}
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(dst / WEIGHTS_NAME), metadata={"format": ADAPTER_FORMAT})
+    info = dict(meta.get("info") or {})
+    info["stripped_task_path"] = {"from": str(src), "task_rank": cfg.task_rank, "task_alpha": cfg.task_alpha,
+                                  "note": note}
+    out = {**meta, "config": cfg.replace(task_rank=0).to_dict(), "info": info}
+    (dst / CONFIG_NAME).write_text(json.dumps(out, indent=2, sort_keys=True))
+    return dst
+
+
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     cfg_file = path / CONFIG_NAME

@@ -96,6 +96,33 @@ def test_task_path_save_load_round_trip(tmp_path):
         load_adapter(m3, tmp_path / "ad")
 
 
+def test_strip_task_path_equals_the_adapter_with_its_task_path_zeroed(tmp_path):
+    from deltamem_agents.patching.adapter_io import read_adapter_config, strip_task_path
+
+    m1 = tiny_llama()
+    a1 = attach(m1, tsw(task_rank=3, task_alpha=5.0))
+    randomize_adapter(a1)
+    save_adapter(m1, tmp_path / "with", info={"steps": 7})
+    strip_task_path(tmp_path / "with", tmp_path / "without", note="test")
+    meta = read_adapter_config(tmp_path / "without")
+    assert meta["config"].task_rank == 0 and meta["info"]["steps"] == 7
+    assert meta["info"]["stripped_task_path"]["task_rank"] == 3
+    m2 = tiny_llama()
+    a2 = load_adapter(m2, tmp_path / "without")
+    assert not [n for n, _ in a2.named_parameters() if ".task_" in n]
+    with torch.no_grad():  # the reference: the original adapter with its task path's up-projections zeroed
+        for n, p in a1.named_parameters():
+            if n.endswith(("task_q_up", "task_o_up")):
+                p.zero_()
+    for T in (1, 11):
+        x = _ids(T, seed=T)
+        st1, st2 = forward_with_state(m1, x, a1.zero_state()), forward_with_state(m2, x, a2.zero_state())
+        torch.testing.assert_close(st2.outputs.logits, st1.outputs.logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(st2.state.S, st1.state.S, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no task path"):
+        strip_task_path(tmp_path / "without", tmp_path / "again")
+
+
 def test_init_from_an_adapter_without_task_path_keeps_its_behaviour():
     m0 = tiny_llama()
     a0 = attach(m0, tsw())
