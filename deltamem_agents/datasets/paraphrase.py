@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+from functools import lru_cache
 
 __all__ = ["GRAMMARS", "BANNED", "banned", "expand", "generated"]
 
@@ -210,10 +211,16 @@ def expand(rules) -> list[str]:
     return list(out)
 
 
+@lru_cache(maxsize=None)
+def _banned_re(family: str) -> re.Pattern | None:
+    words = BANNED.get(family, ())
+    return re.compile("|".join(rf"(?<!\w){re.escape(w)}(?!\w)" for w in words)) if words else None
+
+
 def banned(family: str, text: str) -> bool:
-    """True if ``text`` uses a phrase of ``family``'s held-out templates (``BANNED``)."""
-    low = text.lower()
-    return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", low) for w in BANNED.get(family, ()))
+    """True if ``text`` uses a phrase of ``family``'s held-out templates (``BANNED``), as whole words, any case."""
+    pattern = _banned_re(family)
+    return bool(pattern and pattern.search(text.lower()))
 
 
 def generated(family: str, part: str) -> list[str]:
