@@ -26,15 +26,26 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 
 
-def save_adapter(model_or_adapter: nn.Module, path: str | Path, *, info: dict[str, Any] | None = None) -> Path:
-    """Write the adapter of an attached model (or a DeltaMemAdapter) into directory `path`."""
+def _write_weights(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """safetensors writes through a private temp file (mode 0600); give the file the mode any file written
+    here gets (0666 less the umask), so an adapter copied into a package or shared directory stays readable."""
+    import os
+
     from safetensors.torch import save_file
 
+    save_file(tensors, str(file), metadata={"format": ADAPTER_FORMAT})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)
+
+
+def save_adapter(model_or_adapter: nn.Module, path: str | Path, *, info: dict[str, Any] | None = None) -> Path:
+    """Write the adapter of an attached model (or a DeltaMemAdapter) into directory `path`."""
     adapter = model_or_adapter if isinstance(model_or_adapter, DeltaMemAdapter) else get_adapter(model_or_adapter)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": ADAPTER_FORMAT})
+    _write_weights(tensors, path / WEIGHTS_NAME)
     meta = {"format": ADAPTER_FORMAT, "format_version": ADAPTER_FORMAT_VERSION,
             "config": adapter.config.to_dict(), "layer_ids": list(adapter.layer_ids),
             "fingerprint": adapter.fingerprint, "info": info or {}}
@@ -46,7 +57,7 @@ def strip_task_path(src: str | Path, dst: str | Path, *, note: str = "") -> Path
     """Copy the adapter at `src` to `dst` without its state-independent task path (config.task_rank -> 0, the
     task tensors dropped): the state path alone, exactly as the original with the task path zeroed. `note` is
     kept in the info (why it was stripped)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from ..core.memory import TASK_PATH_PARAMS
 
@@ -58,7 +69,7 @@ def strip_task_path(src: str | Path, dst: str | Path, *, note: str = "") -> Path
     kept = {k: v for k, v in tensors.items() if not k.endswith(TASK_PATH_PARAMS)}
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    save_file(kept, str(dst / WEIGHTS_NAME), metadata={"format": ADAPTER_FORMAT})
+    _write_weights(kept, dst / WEIGHTS_NAME)
     info = dict(meta.get("info") or {})
     info["stripped_task_path"] = {"from": str(src), "task_rank": cfg.task_rank, "task_alpha": cfg.task_alpha,
                                   "note": note}

@@ -8,6 +8,8 @@ forward and backward, at odd sizes; plus its boundaries: fresh = no change, outs
 from __future__ import annotations
 
 import copy
+import os
+import stat
 
 import pytest
 import torch
@@ -107,6 +109,10 @@ def test_strip_task_path_equals_the_adapter_with_its_task_path_zeroed(tmp_path):
     meta = read_adapter_config(tmp_path / "without")
     assert meta["config"].task_rank == 0 and meta["info"]["steps"] == 7
     assert meta["info"]["stripped_task_path"]["task_rank"] == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    for d in ("with", "without"):  # safetensors' private temp-file mode (0600) is not what a shipped file needs
+        assert stat.S_IMODE((tmp_path / d / "adapter.safetensors").stat().st_mode) == 0o666 & ~umask
     m2 = tiny_llama()
     a2 = load_adapter(m2, tmp_path / "without")
     assert not [n for n, _ in a2.named_parameters() if ".task_" in n]
