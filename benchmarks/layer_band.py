@@ -1,0 +1,69 @@
+"""Which layers carry the memory? The probe with δ-mem's read-out kept only in a band of layers (issue 3).
+
+Issue 3's ablation table asks for "all layers vs a middle band". Training a band-only adapter means running the
+whole recipe again (hours here); this is the inference-time half of that question: the shipped adapter, with
+the corrections B_q / B_o of every layer outside `--read-layers` set to zero (those layers still write their
+state, but nothing reads it, so they behave as the frozen backbone). No retraining, so a drop says the band
+alone does not carry what the trained adapter stores — not what a band-trained adapter could do. Same episodes
+as `eval-memory` with the same arguments.
+
+    python benchmarks/layer_band.py --read-layers 10-19 --kind fact --n 60 --distances 150 \
+        --out runs/band-10-19-fact.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from deltamem_agents.bench.run_probe import run_probe
+from deltamem_agents.chat.loading import load_model
+from deltamem_agents.patching import get_adapter
+
+
+def parse_layers(spec: str) -> set[int]:
+    """"10-19,25" -> {10, ..., 19, 25}."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", default="default")
+    ap.add_argument("--read-layers", required=True, help="backbone layer ids whose read-out stays on, e.g. 10-19")
+    ap.add_argument("--kind", default="fact")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--distances", default="150")
+    ap.add_argument("--budget", type=int, default=128)
+    ap.add_argument("--value-kinds", default="colour,food,sport,drink")
+    ap.add_argument("--conditions", default="deltamem,shuffled")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    keep = parse_layers(a.read_layers)
+    model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
+    adapter = get_adapter(model)
+    unknown = keep - set(adapter.layer_ids)
+    if unknown:
+        raise SystemExit(f"--read-layers {sorted(unknown)} are not δ-mem layers ({adapter.layer_ids[0]}..{adapter.layer_ids[-1]})")
+    with torch.no_grad():
+        for lid, layer in zip(adapter.layer_ids, adapter.layers):
+            if lid not in keep:
+                for p in (layer.delta_q_proj, layer.delta_o_proj):
+                    if p is not None:
+                        p.zero_()
+    print(f"read-out kept in {len(keep)} of {len(adapter.layer_ids)} layers: {sorted(keep)}")
+    run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
+              out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
+              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens,
+              label=f"{a.adapter} (read-out only in layers {a.read_layers})")
+
+
+if __name__ == "__main__":
+    main()
