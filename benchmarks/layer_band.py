@@ -14,11 +14,10 @@ as `eval-memory` with the same arguments.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from deltamem_agents.bench.run_probe import run_probe
+from deltamem_agents.bench.run_probe import add_probe_args, probe_from_args
 from deltamem_agents.chat.loading import load_model
 from deltamem_agents.patching import get_adapter
 
@@ -34,17 +33,8 @@ def parse_layers(spec: str) -> set[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", default="default")
     ap.add_argument("--read-layers", required=True, help="backbone layer ids whose read-out stays on, e.g. 10-19")
-    ap.add_argument("--kind", default="fact")
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--distances", default="150")
-    ap.add_argument("--budget", type=int, default=128)
-    ap.add_argument("--value-kinds", default="colour,food,sport,drink")
-    ap.add_argument("--conditions", default="deltamem,shuffled")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
+    add_probe_args(ap, kind="fact")
     a = ap.parse_args()
     keep = parse_layers(a.read_layers)
     model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
@@ -59,10 +49,7 @@ def main() -> None:
                     if p is not None:
                         p.zero_()
     print(f"read-out kept in {len(keep)} of {len(adapter.layer_ids)} layers: {sorted(keep)}")
-    run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
-              out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
-              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens,
-              label=f"{a.adapter} (read-out only in layers {a.read_layers})")
+    probe_from_args(a, label=f"{a.adapter} (read-out only in layers {a.read_layers})")
 
 
 if __name__ == "__main__":

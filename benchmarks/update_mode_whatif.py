@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
-from deltamem_agents.bench.run_probe import run_probe
+from deltamem_agents.bench.run_probe import add_probe_args, probe_from_args
 from deltamem_agents.chat.loading import load_model
 from deltamem_agents.core.config import UPDATE_MODES
 from deltamem_agents.core.memory import DeltaMemLayer
@@ -24,17 +23,8 @@ from deltamem_agents.core.memory import DeltaMemLayer
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", default="default")
     ap.add_argument("--mode", choices=UPDATE_MODES, required=True)
-    ap.add_argument("--kind", default="update")
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--distances", default="150")
-    ap.add_argument("--budget", type=int, default=128)
-    ap.add_argument("--value-kinds", default="colour,food,sport,drink")
-    ap.add_argument("--conditions", default="deltamem,shuffled")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
+    add_probe_args(ap, kind="update")
     a = ap.parse_args()
     model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
     layers = [m for m in model.modules() if isinstance(m, DeltaMemLayer)]
@@ -42,10 +32,7 @@ def main() -> None:
     for m in layers:
         m.cfg = dataclasses.replace(m.cfg, state_update_mode=a.mode)
     print(f"{len(layers)} δ-mem layers switched to state_update_mode={a.mode!r}")
-    run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
-              out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
-              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens,
-              label=f"{a.adapter} (state_update_mode={a.mode})")
+    probe_from_args(a, label=f"{a.adapter} (state_update_mode={a.mode})")
 
 
 if __name__ == "__main__":

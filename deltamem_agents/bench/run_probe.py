@@ -81,6 +81,28 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     return text
 
 
+def add_probe_args(ap: Any, *, kind: str = "fact") -> None:
+    """The memory probe's options on an argparse parser, for benchmark scripts that alter the adapter and then
+    call `probe_from_args` (same defaults and episodes as `eval-memory`)."""
+    ap.add_argument("--adapter", default="default")
+    ap.add_argument("--kind", default=kind)
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--distances", default="150")
+    ap.add_argument("--budget", type=int, default=128)
+    ap.add_argument("--value-kinds", default="colour,food,sport,drink")
+    ap.add_argument("--conditions", default="deltamem,shuffled")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+
+
+def probe_from_args(a: Any, *, label: str) -> None:
+    """`run_probe` with the options `add_probe_args` defined (seed 0, as `eval-memory`)."""
+    run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
+              out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
+              value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens, label=label)
+
+
 def kind_episodes(tok: Any, n: int, distance: int, seed: int, split: str, value_kinds: list[str] | None,
                   kind: str = "fact") -> list[Any]:
     """The probe's seeded episodes whose answers are of `value_kinds`, fact `distance` tokens back (the same
