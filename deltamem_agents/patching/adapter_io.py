@@ -27,16 +27,16 @@ WEIGHTS_NAME = "adapter.safetensors"
 
 
 def _write_weights(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    """safetensors writes through a private temp file (mode 0600); give the file the mode any file written
-    here gets (0666 less the umask), so an adapter copied into a package or shared directory stays readable."""
+    """Serialise with safetensors and write through a sibling temp file + rename: the file gets the mode any
+    file written here gets (the umask's), not safetensors' `save_file` private 0600, so an adapter copied into a
+    package or shared directory stays readable; no process-wide umask is touched."""
     import os
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file(tensors, str(file), metadata={"format": ADAPTER_FORMAT})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(file, 0o666 & ~umask)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_bytes(save(tensors, metadata={"format": ADAPTER_FORMAT}))
+    os.replace(tmp, file)
 
 
 def save_adapter(model_or_adapter: nn.Module, path: str | Path, *, info: dict[str, Any] | None = None) -> Path:
