@@ -137,10 +137,19 @@ class SQLiteBackend(SessionBackend):
 
     def _init_schema(self) -> None:
         conn = self._conn()
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open session database {self.path}: {exc}") from exc
+        # switching to WAL needs an exclusive lock and sqlite may report "locked" at once, without its busy
+        # handler, while another process opens the same new file: retry until the connection timeout
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open session database {self.path}: {exc}") from exc
+                time.sleep(0.02)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open session database {self.path}: {exc}") from exc
         if str(mode).lower() != "wal":
             warnings.warn(f"{self.path}: WAL journal mode unavailable (got {mode!r}); "
                           "concurrent readers will block writers", RuntimeWarning, stacklevel=3)
