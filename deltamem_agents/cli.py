@@ -444,6 +444,16 @@ def strip_task_path_cmd(src: Path, dst: Path, note: str = typer.Option("", help=
     typer.echo(str(strip_task_path(src, dst, note=note)))
 
 
+@app.command("add-state-heads")
+def add_state_heads_cmd(src: Path, dst: Path, heads: int = typer.Option(4, help="state heads after growing (MSW: 4)"),
+                        seed: int = 0, note: str = typer.Option("", help="why, kept in the adapter info")):
+    """Copy a token-write adapter grown to more parallel state heads (TSW -> MSW), computing the same until
+    trained further (new heads: fresh projections, gates copied, zero output columns; docs/results.md §13)."""
+    from .patching.grow import add_state_heads
+
+    typer.echo(str(add_state_heads(src, dst, heads, seed=seed, note=note)))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

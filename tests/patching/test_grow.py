@@ -1,0 +1,107 @@
+"""Growing an adapter into more state heads (`add-state-heads`, TSW -> MSW) keeps what it computes.
+
+The grown adapter must give the source's logits over a multi-call conversation (selective writes on, centred
+inputs, odd sizes), its old heads' states must be the source's states, and its new heads must write, read and
+receive gradients — otherwise the MSW arm of the ablation would be the TSW adapter with dead weight.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deltamem_agents.core.config import ssw, tsw
+from deltamem_agents.patching import attach, forward_with_state
+from deltamem_agents.patching.adapter_io import load_adapter, read_adapter_config, save_adapter
+from deltamem_agents.patching.grow import add_state_heads
+from tests.conftest import randomize_adapter, tiny_llama
+
+
+def _ids(T: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 97, (1, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _conversation(model, calls):
+    """Logits of every call and the final state, calling turn by turn with the state carried."""
+    state, logits = None, []
+    for x in calls:
+        out = forward_with_state(model, x, state)
+        logits.append(out.outputs.logits)
+        state = out.state
+    return logits, state
+
+
+@pytest.mark.parametrize("rank,heads,layers", [(3, 3, (0, 2)), (5, 4, ())])
+def test_grown_adapter_computes_the_same_and_its_new_heads_learn(tmp_path, rank, heads, layers):
+    src_model = tiny_llama(seed=rank)
+    cfg = tsw(rank=rank, write_threshold=0.15, state_update_mode="no_lambda", center_inputs=True,
+              target_layers=layers)
+    adapter = attach(src_model, cfg)
+    randomize_adapter(adapter, seed=heads)
+    with torch.no_grad():
+        for lay in adapter.layers:
+            lay.input_center.copy_(torch.randn(lay.input_center.shape, generator=torch.Generator().manual_seed(7)))
+    save_adapter(adapter, tmp_path / "src")
+    add_state_heads(tmp_path / "src", tmp_path / "grown", heads, seed=1, note="test")
+
+    meta = read_adapter_config(tmp_path / "grown")
+    assert meta["config"].num_state_heads == heads and meta["config"].rank == rank
+    assert meta["info"]["grown_state_heads"]["heads"] == [1, heads]
+
+    grown_model = copy.deepcopy(tiny_llama(seed=rank))
+    grown = load_adapter(grown_model, tmp_path / "grown")
+    calls = [_ids(T, seed=T) for T in (11, 6, 17)]
+    with torch.no_grad():
+        want, s_src = _conversation(src_model, calls)
+        got, s_grown = _conversation(grown_model, calls)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the old head's state is the source's state; the new heads wrote something of their own
+    torch.testing.assert_close(s_grown.S[:, :, :1], s_src.S, rtol=1e-5, atol=1e-6)
+    assert s_src.S.abs().sum() > 0, "no token passed the write threshold: the test would not test writes"
+    assert (s_grown.S[:, :, 1:].flatten(2).abs().sum(-1) > 0).all()
+
+    # the new heads' output columns get gradients at once (no zero saddle)
+    out = forward_with_state(grown_model, calls[-1], s_grown)
+    out.outputs.logits.square().mean().backward()
+    for lay in grown.layers:
+        for B in (lay.delta_q_proj, lay.delta_o_proj):
+            assert B.grad[:, rank:].abs().sum() > 0
+
+
+def test_growing_refuses_message_writes_and_fewer_heads(tmp_path):
+    model = tiny_llama()
+    save_adapter(attach(model, ssw()), tmp_path / "ssw")
+    with pytest.raises(ValueError, match="token writes"):
+        add_state_heads(tmp_path / "ssw", tmp_path / "out", 4)
+    model = tiny_llama()
+    save_adapter(attach(model, tsw()), tmp_path / "tsw")
+    with pytest.raises(ValueError, match="already has 1 state heads"):
+        add_state_heads(tmp_path / "tsw", tmp_path / "out", 1)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_shipped_adapter_grown_to_msw_gives_the_same_logits_on_the_real_backbone(tmp_path):
+    from deltamem_agents.backbone import load_backbone
+    from deltamem_agents.chat.loading import DEFAULT_ADAPTER
+    from deltamem_agents.patching import detach
+
+    model, tok = load_backbone()
+    calls = [tok(t, return_tensors="pt")["input_ids"] for t in
+             ("My favourite colour is teal, by the way.", "Noted. Anything else?", "What is my favourite colour?")]
+    add_state_heads(DEFAULT_ADAPTER, tmp_path / "msw", 4)
+    results = []
+    for path in (DEFAULT_ADAPTER, tmp_path / "msw"):
+        load_adapter(model, path)
+        try:
+            with torch.no_grad():
+                results.append(_conversation(model, calls))
+        finally:
+            detach(model)
+    (want, s_src), (got, s_grown) = results
+    assert s_src.S.abs().sum() > 0  # the shipped adapter wrote something
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
