@@ -140,6 +140,10 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
                                                               "from start to end"),
           diag_every: int = 25, diag_episodes: int = 8, diag_budget: int = 256, diag_distance: int = 400,
           ckpt_every_min: float = 10.0,
+          stop_at: Optional[int] = typer.Option(None, help="pause after this step (checkpoint saved, schedule still "
+                                                           "that of --steps); resume with the same command"),
+          snapshot_every: int = typer.Option(0, help="also keep the adapter of every N-th step in "
+                                                     "OUT_DIR/adapter-step{N} (0 = none)"),
           backbone: str = typer.Option("default", help="backbone: 'default' or a local HF model dir")):
     """Train (or resume) a δ-mem adapter on a frozen backbone; checkpoints in OUT_DIR/checkpoint-last.
 
@@ -176,7 +180,8 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
                       gate_level=gate_level, gate_hi=gate_hi, gate_lo=gate_lo, lr_schedule=lr_schedule,
                       warmup_frac=warmup_frac, max_grad_norm=max_grad_norm, diag_every=diag_every,
                       diag_episodes=diag_episodes, diag_budget=diag_budget, diag_distance=diag_distance,
-                      ckpt_every_min=ckpt_every_min, sampler=sampler)
+                      ckpt_every_min=ckpt_every_min, stop_at=stop_at, snapshot_every=snapshot_every,
+                      sampler=sampler)
     model, tok = load_backbone(backbone)
     Trainer(model, tok, cfg).train()
 

@@ -29,6 +29,7 @@ from ..core.state import DeltaState
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.episode import Episode, answer_text
 from ..patching import attach, forward_with_state
+from ..patching.adapter_io import save_adapter
 from ..patching.attach import DeltaMemAdapter
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
@@ -99,6 +100,8 @@ class TrainConfig:
     calibration_episodes: int = 16  # training episodes whose written tokens set the input centres (center_inputs)
     init_adapter: str | None = None  # start from these adapter weights (fresh optimizer) unless resuming
     max_minutes: float | None = None
+    stop_at: int | None = None  # pause after this step (checkpoint saved; the schedule is still that of `steps`)
+    snapshot_every: int = 0  # also keep the adapter of every N-th step in OUT_DIR/adapter-step{N} (0 = none)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -334,8 +337,9 @@ class Trainer:
         log = (self.out / "log.jsonl").open("a")
         last_ckpt = time.monotonic()
         t_start = time.monotonic()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train δ-mem", dynamic_ncols=True)
-        while self.step < cfg.steps:
+        end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
+        bar = tqdm(total=end, initial=self.step, desc="train δ-mem", dynamic_ncols=True)
+        while self.step < end:
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg)
             for g in self.opt.param_groups:
@@ -374,7 +378,9 @@ class Trainer:
             log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss'] if row['loss'] is not None else float('nan'):.3f}", gap=f"{row.get('memory_gap') or float('nan'):.3f}")
-            done = self.step >= cfg.steps
+            if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                save_adapter(self.adapter, self.out / f"adapter-step{self.step}", info=self._info())
+            done = self.step >= end
             out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
             if done or out_of_time or time.monotonic() - last_ckpt > 60 * cfg.ckpt_every_min:
                 self.save()
@@ -385,11 +391,13 @@ class Trainer:
         bar.close()
         log.close()
 
-    def save(self) -> Path:
-        info = {"train_config": asdict(self.cfg), "steps": self.step, "wall_seconds": round(self.wall, 1),
+    def _info(self) -> dict[str, Any]:
+        return {"train_config": asdict(self.cfg), "steps": self.step, "wall_seconds": round(self.wall, 1),
                 "threads": torch.get_num_threads()}
+
+    def save(self) -> Path:
         return save_checkpoint(self.out, self.adapter, self.opt, {"step": self.step, "wall_seconds": self.wall},
-                               info)
+                               self._info())
 
 
 def _mean(xs: list[float]) -> float | None:
