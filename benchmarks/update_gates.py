@@ -24,17 +24,10 @@ from deltamem_agents.patching import get_adapter
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
 from deltamem_agents.train.episode import build_passes
+from deltamem_agents.train.gates import mention_mask
 from deltamem_agents.train.trainer import run_passes
 
 from update_breakdown import wording  # noqa: E402  (sibling script)
-
-
-def mention_mask(renderer: ChatRenderer, message: dict, value: str) -> list[bool]:
-    """Per token of the message's rendered block: does it overlap a whole-word mention of `value`?"""
-    text, _, spans = renderer.message_block(message)
-    hits = [(m.start(), m.end()) for m in re.finditer(r"(?<![\w])" + re.escape(value) + r"(?![\w])", text,
-                                                      flags=re.IGNORECASE)]
-    return [any(a < e and s < b for s, e in hits) for a, b in spans]
 
 
 def main() -> None:
@@ -73,7 +66,7 @@ def main() -> None:
                 pos[m] += 1
             for m, spec in targets.items():
                 for name, value in spec:
-                    mask = mention_mask(renderer, ep.messages[m], value)
+                    mask = mention_mask(renderer, ep.messages[m], {value})
                     cols = [t for t, (mm, j) in enumerate(index) if mm == m and j < len(mask) and mask[j]]
                     if not cols:
                         continue

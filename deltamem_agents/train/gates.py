@@ -56,13 +56,16 @@ def value_token_labels(ep: Episode, renderer: Any, values: set[str] | None = Non
     (whole-word, case-insensitive), except a `superseded` old value. These are the tokens selective token writes
     should store."""
     values = fact_values(ep) if values is None else values
-    out: dict[int, list[bool]] = {}
-    for i in fact_messages(ep, values):
-        text, _, spans = renderer.message_block(ep.messages[i])
-        hits = [(m.start(), m.end()) for v in values - superseded(ep, i)
-                for m in re.finditer(r"(?<![\w])" + re.escape(v) + r"(?![\w])", text, flags=re.IGNORECASE)]
-        out[i] = [any(a < e and s < b for s, e in hits) for a, b in spans]
-    return out
+    return {i: mention_mask(renderer, ep.messages[i], values - superseded(ep, i)) for i in fact_messages(ep, values)}
+
+
+def mention_mask(renderer: Any, message: dict[str, Any], values: set[str]) -> list[bool]:
+    """Per token of the message's rendered block: does it overlap a whole-word, case-insensitive mention of one
+    of `values`?"""
+    text, _, spans = renderer.message_block(message)
+    hits = [(m.start(), m.end()) for v in values
+            for m in re.finditer(r"(?<![\w])" + re.escape(v) + r"(?![\w])", text, flags=re.IGNORECASE)]
+    return [any(a < e and s < b for s, e in hits) for a, b in spans]
 
 
 def superseded(ep: Episode, i: int) -> set[str]:
