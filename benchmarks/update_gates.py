@@ -1,4 +1,4 @@
-"""Which value mentions does an adapter write in held-out update episodes? (issue 3; docs/results.md §12h)
+"""Which value mentions does an adapter write in held-out update episodes? (issue 3; docs/results.md §12j)
 
 For the update probe's seeded episodes (the same ones `eval-memory --kind update` scores), runs the runtime's
 write passes (`train/episode.py`, the probe's window) with gate capture and reports, per update wording, the
