@@ -22,6 +22,7 @@ __all__ = [
     "SessionBusyError",
     "ConcurrentWriteError",
     "CorruptSessionError",
+    "RunBusyError",
     "StoreError",
     "BackboneNotFoundError",
 ]
@@ -76,6 +77,10 @@ class ConcurrentWriteError(DeltaMemError):
         self.session_id = session_id
         self.expected_version = expected_version
         self.actual_version = actual_version
+
+
+class RunBusyError(DeltaMemError, RuntimeError):
+    """Another benchmark or probe run is writing the same results file (bench/rowlock.py)."""
 
 
 class CorruptSessionError(DeltaMemError, ValueError):

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from .harm import ARMS
+from .rowlock import exclusive_rows
 from .stats import bootstrap_ci, paired_diff_ci
 
 
@@ -41,15 +42,16 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
     eps = kind_episodes(tok, n, distance, seed, "heldout", value_kinds)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    with out.open("w") as f:
-        for i in tqdm(range(n), desc="reply preservation", disable=not show_progress):
-            r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0},
-                           lora_probe=lora_probe)[0]
-            r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter),
-                     lora_dir=str(lora) if lora else None)  # not "lora": that key is the control's reply
-            rows.append(r)
-            f.write(json.dumps(r) + "\n")
-            f.flush()
+    with exclusive_rows(out):  # one writer: two runs would interleave their rows in one file
+        with out.open("w") as f:
+            for i in tqdm(range(n), desc="reply preservation", disable=not show_progress):
+                r = reply_rows(probe, [eps[i], eps[(i + 1) % n]], policy, seed=seed * 7_919 + i, score={0},
+                               lora_probe=lora_probe)[0]
+                r.update(episode=i, distance=distance, budget=budget, adapter=str(adapter),
+                         lora_dir=str(lora) if lora else None)  # not "lora": that key is the control's reply
+                rows.append(r)
+                f.write(json.dumps(r) + "\n")
+                f.flush()
     text = summarize(rows)
     out.with_suffix(".md").write_text(text)
     print(text)

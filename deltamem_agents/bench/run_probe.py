@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .probe import CONDITIONS, EMPTY_FROZEN, FROZEN
+from .rowlock import exclusive_rows
 from .stats import bootstrap_ci, paired_diff_ci
 
 
@@ -47,34 +48,35 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     policy = WindowPolicy(budget=budget, reserve=48)
     count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        for line in out.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["distance"], r["episode"]))
-    with out.open("a") as f:
-        for d in distances:
-            if kind == "babi":  # bAbI *test* stories (tasks 1,2,3,5,6,7) as they are; the distance is only a label
-                from ..datasets.babi import babi_episodes
+    with exclusive_rows(out):  # one writer: a second run on this file would write every row twice
+        done = set()
+        if out.exists():
+            for line in out.read_text().splitlines():
+                r = json.loads(line)
+                done.add((r["distance"], r["episode"]))
+        with out.open("a") as f:
+            for d in distances:
+                if kind == "babi":  # bAbI *test* stories (tasks 1,2,3,5,6,7) as they are; the distance is only a label
+                    from ..datasets.babi import babi_episodes
 
-                eps = babi_episodes(None, split="test", max_items=max(1, n // 6 + 1), seed=seed)[:n]
-                n = len(eps)
-            elif value_kinds:  # only questions whose answer is of these kinds (e.g. the closed-set curriculum)
-                eps = kind_episodes(tok, n, d, seed, split, value_kinds, kind)
-            else:
-                eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
-                               count_tokens=count)
-            todo = [i for i in range(n) if (d, i) not in done]
-            # states for the shuffled control come from the neighbouring episode: keep pairs together
-            for i in tqdm(todo, desc=f"probe d={d}", disable=not show_progress):
-                pair = [eps[i], eps[(i + 1) % n]]
-                rows = probe.run(pair, policy, conditions, score={0})  # eps[i+1] only donates its state
-                for r in rows:
-                    if r["episode"] == 0:
-                        r.update(episode=i, distance=d, budget=budget, split=split, adapter=label or str(adapter),
-                                 max_new_tokens=max_new_tokens)
-                        f.write(json.dumps(r) + "\n")
-                f.flush()
+                    eps = babi_episodes(None, split="test", max_items=max(1, n // 6 + 1), seed=seed)[:n]
+                    n = len(eps)
+                elif value_kinds:  # only questions whose answer is of these kinds (e.g. the closed-set curriculum)
+                    eps = kind_episodes(tok, n, d, seed, split, value_kinds, kind)
+                else:
+                    eps = generate(n, seed=seed * 100_003 + d, split=split, mix={kind: 1.0}, distance_range=(d, d),
+                                   count_tokens=count)
+                todo = [i for i in range(n) if (d, i) not in done]
+                # states for the shuffled control come from the neighbouring episode: keep pairs together
+                for i in tqdm(todo, desc=f"probe d={d}", disable=not show_progress):
+                    pair = [eps[i], eps[(i + 1) % n]]
+                    rows = probe.run(pair, policy, conditions, score={0})  # eps[i+1] only donates its state
+                    for r in rows:
+                        if r["episode"] == 0:
+                            r.update(episode=i, distance=d, budget=budget, split=split, adapter=label or str(adapter),
+                                     max_new_tokens=max_new_tokens)
+                            f.write(json.dumps(r) + "\n")
+                    f.flush()
     text = summarize(out)
     out.with_suffix(".md").write_text(text)
     print(text)

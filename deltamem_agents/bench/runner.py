@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from .backends import BACKENDS, NEEDS_ADAPTER
 from .items import Item
 from .report import LORA_PREFIX, read_rows
+from .rowlock import exclusive_rows
 from .tasks import TASKS, TaskConfig, build_items
 
 logger = logging.getLogger(__name__)
@@ -146,14 +147,15 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
         _ = ctx.retriever.model  # load MiniLM before timing anything
     path = cfg.out / ROWS
     prefix = LORA_PREFIX if cfg.lora else ""
-    done = {(r["task"], r["item_id"], r["backend"]) for r in read_rows(path)}
-    todo = [(it, b) for it in _items(cfg, tokenizer) for b in backends
-            if (it.task, it.item_id, prefix + b) not in done]
-    logger.info("%d rows done, %d to run", len(done), len(todo))
-    with path.open("a") as f, torch.inference_mode():
-        for item, backend in tqdm(todo, desc="bench", disable=not cfg.progress, unit="row"):
-            row = answer(ctx, item, backend, prefix + backend)
-            row.update(adapter=cfg.adapter, lora=cfg.lora, seed=cfg.task.seed)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+    with exclusive_rows(path):  # one writer: a second run on this dir would write every row twice
+        done = {(r["task"], r["item_id"], r["backend"]) for r in read_rows(path)}
+        todo = [(it, b) for it in _items(cfg, tokenizer) for b in backends
+                if (it.task, it.item_id, prefix + b) not in done]
+        logger.info("%d rows done, %d to run", len(done), len(todo))
+        with path.open("a") as f, torch.inference_mode():
+            for item, backend in tqdm(todo, desc="bench", disable=not cfg.progress, unit="row"):
+                row = answer(ctx, item, backend, prefix + backend)
+                row.update(adapter=cfg.adapter, lora=cfg.lora, seed=cfg.task.seed)
+                f.write(json.dumps(row) + "\n")
+                f.flush()
     return path

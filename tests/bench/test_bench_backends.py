@@ -219,3 +219,15 @@ def test_without_an_adapter_the_memory_backends_are_left_out(real_backbone, tmp_
     assert [r["backend"] for r in rows] == ["floor", "floor"] and "skipping the backends" in caplog.text
     with pytest.raises(ValueError, match="RAG window"):
         BenchConfig(out=tmp_path, backends=("rag",), budget=80, reserve=16)
+
+
+def test_a_second_run_on_the_same_rows_is_refused(run, model):
+    from deltamem_agents.bench.rowlock import exclusive_rows
+    from deltamem_agents.errors import RunBusyError
+
+    cfg, path = run
+    before = path.read_text()
+    with exclusive_rows(path):  # as if another `bench` with this --out were still running
+        with pytest.raises(RunBusyError):
+            run_bench(cfg, model=model[0], tokenizer=model[1])
+    assert path.read_text() == before
