@@ -67,13 +67,19 @@ def strip_task_path(src: str | Path, dst: str | Path, *, note: str = "") -> Path
         raise ValueError(f"{src}: the adapter has no task path to strip")
     tensors = load_file(str(Path(src) / WEIGHTS_NAME))
     kept = {k: v for k, v in tensors.items() if not k.endswith(TASK_PATH_PARAMS)}
+    how = {"from": str(src), "task_rank": cfg.task_rank, "task_alpha": cfg.task_alpha, "note": note}
+    return write_derived_adapter(dst, kept, meta, cfg.replace(task_rank=0), "stripped_task_path", how)
+
+
+def write_derived_adapter(dst: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                          config: DeltaMemConfig, info_key: str, how: dict[str, Any]) -> Path:
+    """Write an adapter made from another one (its `meta` as read by `read_adapter_config`) into directory `dst`:
+    the new weights and config, the source's info plus `info[info_key] = how` (what was done to it)."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    _write_weights(kept, dst / WEIGHTS_NAME)
-    info = dict(meta.get("info") or {})
-    info["stripped_task_path"] = {"from": str(src), "task_rank": cfg.task_rank, "task_alpha": cfg.task_alpha,
-                                  "note": note}
-    out = {**meta, "config": cfg.replace(task_rank=0).to_dict(), "info": info}
+    _write_weights(tensors, dst / WEIGHTS_NAME)
+    info = {**(meta.get("info") or {}), info_key: how}
+    out = {**meta, "config": config.to_dict(), "info": info}
     (dst / CONFIG_NAME).write_text(json.dumps(out, indent=2, sort_keys=True))
     return dst
 

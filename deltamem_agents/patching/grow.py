@@ -13,14 +13,13 @@ zero saddle). An ablation tool: the rank-8 TSW adapter and its MSW continuation 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from ..core.config import DeltaMemConfig
-from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, _write_weights, read_adapter_config
+from .adapter_io import WEIGHTS_NAME, read_adapter_config, write_derived_adapter
 
 _PROJ = ("memory_q_proj", "memory_k_proj", "memory_v_proj")
 _OUT = ("delta_q_proj", "delta_o_proj")
@@ -61,15 +60,8 @@ def add_state_heads(src: str | Path, dst: str | Path, heads: int, *, seed: int =
         raise ValueError(f"{src}: parallel state heads need token writes (TSW -> MSW); "
                          f"this adapter writes per {cfg.write_granularity!r}")
     grown = grow_heads_tensors(load_file(str(Path(src) / WEIGHTS_NAME)), cfg, heads, seed=seed)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    _write_weights(grown, dst / WEIGHTS_NAME)
-    info = dict(meta.get("info") or {})
-    info["grown_state_heads"] = {"from": str(src), "heads": [cfg.num_state_heads, heads], "seed": seed,
-                                 "note": note}
-    out = {**meta, "config": cfg.replace(num_state_heads=heads).to_dict(), "info": info}
-    (dst / CONFIG_NAME).write_text(json.dumps(out, indent=2, sort_keys=True))
-    return dst
+    how = {"from": str(src), "heads": [cfg.num_state_heads, heads], "seed": seed, "note": note}
+    return write_derived_adapter(dst, grown, meta, cfg.replace(num_state_heads=heads), "grown_state_heads", how)
 
 
 __all__ = ["add_state_heads", "grow_heads_tensors"]
