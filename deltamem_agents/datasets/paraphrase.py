@@ -47,7 +47,13 @@ _CORE_S = ("my favourite {thing} is {v}.", "{v} is my favourite {thing}.", "I lo
            "the {thing} I love most is {v}.", "I'm a huge fan of {v}; it's my favourite {thing}.",
            "my all-time favourite {thing} is {v}.", "no {thing} makes me happier than {v}.",
            "if I had to choose one {thing}, it would be {v}.", "{v} is the {thing} I enjoy most.",
-           "my favourite {thing}? {v}, easily.")
+           "my favourite {thing}? {v}, easily.",
+           # session 15: other words for "favourite" and other sentence shapes (the held-out wording stays banned),
+           # because v8's write gates generalise poorly to unseen update wordings (docs/results.md §12j, §12k)
+           "my go-to {thing} is {v}.", "{v} is my go-to {thing}.", "the {thing} I like most is {v}.",
+           "I can't get enough of {v}; no other {thing} comes close.", "I'm crazy about {v}, the best {thing} there is.",
+           "of every {thing}, {v} is the one I enjoy most.", "my best-loved {thing} is {v}.",
+           "when it comes to {thing}, {v} wins for me.", "I adore {v}; it beats every other {thing}.")
 
 _OPEN_U = ("", "Actually, ", "Update: ", "Heads up: ", "Quick correction: ", "Just so you know, ", "Oh, by the way, ",
            "Small change: ", "FYI, ", "News: ", "Correction: ", "So, ", "Well, ", "Okay, new info: ", "Funny thing, ",
@@ -57,7 +63,13 @@ _CORE_U_NEW = ("my favourite {thing} is {v} now", "my new favourite {thing} is {
                "my favourite {thing} has changed to {v}", "these days the {thing} I love most is {v}",
                "I've fallen for {v}, so that's my favourite {thing} now", "I now love {v} more than any other {thing}",
                "from now on my favourite {thing} is {v}", "my favourite {thing} is now {v}",
-               "I've changed my favourite {thing}: it's {v} now")
+               "I've changed my favourite {thing}: it's {v} now",
+               # session 15 (see _CORE_S)
+               "my go-to {thing} is {v} now", "{v} has become my go-to {thing}", "{v} is the {thing} I like most now",
+               "the {thing} I enjoy most is {v} now", "{v} now beats every other {thing} for me",
+               "{v} has overtaken the rest as the {thing} I like most", "my best-loved {thing} is now {v}",
+               "when it comes to {thing}, {v} wins for me now", "I've got a new go-to {thing}: {v}",
+               "I'm crazy about {v} now; it's the {thing} I enjoy most")
 _CLOSE_U = (".", ", not {old}.", " instead of {old}.", " — no more {old}.", ". I'm done with {old}.",
             ". {old} was my old one.")
 _CORE_U_OLD = ("my favourite {thing} is no longer {old}; it's {v}.", "I went off {old}; my favourite {thing} is {v} now.",
@@ -67,7 +79,12 @@ _CORE_U_OLD = ("my favourite {thing} is no longer {old}; it's {v}.", "I went off
                "my favourite {thing} was {old}, and now it's {v}.", "I switched from {old} to {v} as my favourite {thing}.",
                "{old} is out, {v} is in: that's my favourite {thing} now.",
                "I've stopped loving {old}. My favourite {thing} is {v} now.",
-               "my favourite {thing} went from {old} to {v}.")
+               "my favourite {thing} went from {old} to {v}.",
+               # session 15 (see _CORE_S)
+               "{v} has taken {old}'s place as my go-to {thing}.", "{old} was my go-to {thing}, but {v} has overtaken it.",
+               "I've gone off {old}; {v} is the {thing} I like most now.",
+               "{v} has pushed {old} aside as the {thing} I enjoy most.",
+               "my go-to {thing} used to be {old}; now it's {v}.", "{old} has lost out to {v} as my best-loved {thing}.")
 
 _OPEN_Q = ("", "Quick question: ", "Hey, ", "Remind me, ", "So, ", "Tell me, ", "Let's see if you remember: ",
            "Hmm, ", "One more thing: ", "Okay, ")
@@ -75,7 +92,10 @@ _CORE_Q = ("what's my favourite {thing}?", "which {thing} do I love most?", "wha
            "what's my current favourite {thing}?", "which {thing} is my favourite these days?",
            "what {thing} do I enjoy the most?", "do you know my favourite {thing}?",
            "what did I say my favourite {thing} is?", "which {thing} do I love most at the moment?",
-           "what's the {thing} I love most?")
+           "what's the {thing} I love most?",
+           # session 15 (see _CORE_S)
+           "what's my go-to {thing}?", "which {thing} do I like most?", "what {thing} do I enjoy most these days?",
+           "which {thing} wins for me?", "what's my best-loved {thing}?")
 
 # the other families: openers and update closers are shared (BANNED filters per family), cores are the family's
 _CLOSE = (".", ", not {old}.", " instead of {old}.", " — {old} is history.", ". {old} was the old one.")
@@ -192,7 +212,7 @@ GRAMMARS: dict[str, dict[str, list[tuple[tuple[str, ...], tuple[str, ...], tuple
 }
 
 # how many of a part's expansions to keep (seeded sample; the rest are never used)
-_KEEP = {"s": 40, "u": 120, "q": 40}
+_KEEP = {"s": 60, "u": 240, "q": 60}  # session 15: 40 / 120 / 40 (v8 and earlier)
 
 
 def _join(opener: str, core: str, closer: str) -> str:
