@@ -459,6 +459,17 @@ def add_state_heads_cmd(src: Path, dst: Path, heads: int = typer.Option(4, help=
     typer.echo(str(add_state_heads(src, dst, heads, seed=seed, note=note)))
 
 
+@app.command("grow-rank")
+def grow_rank_cmd(src: Path, dst: Path, rank: int = typer.Option(16, help="rank after growing (a multiple of the old)"),
+                  eps: float = typer.Option(0.05, help="scale of the new q/k/v rows (0 would be a saddle)"),
+                  seed: int = 0, note: str = typer.Option("", help="why, kept in the adapter info")):
+    """Copy an adapter grown to a larger state rank (8 -> 16), computing nearly the same until trained further
+    (new rows eps-small, gates copied block-wise, zero output columns, α scaled with r; docs/results.md §13)."""
+    from .patching.grow import grow_rank
+
+    typer.echo(str(grow_rank(src, dst, rank, eps=eps, seed=seed, note=note)))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
