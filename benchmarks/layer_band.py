@@ -19,16 +19,8 @@ import torch
 
 from deltamem_agents.bench.run_probe import add_probe_args, probe_from_args
 from deltamem_agents.chat.loading import load_model
+from deltamem_agents.core.config import parse_layer_spec
 from deltamem_agents.patching import get_adapter
-
-
-def parse_layers(spec: str) -> set[int]:
-    """"10-19,25" -> {10, ..., 19, 25}."""
-    out: set[int] = set()
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def main() -> None:
@@ -36,7 +28,7 @@ def main() -> None:
     ap.add_argument("--read-layers", required=True, help="backbone layer ids whose read-out stays on, e.g. 10-19")
     add_probe_args(ap, kind="fact")
     a = ap.parse_args()
-    keep = parse_layers(a.read_layers)
+    keep = set(parse_layer_spec(a.read_layers))
     model, _ = load_model(None, a.adapter)  # cached: run_probe below gets this very model
     adapter = get_adapter(model)
     unknown = keep - set(adapter.layer_ids)

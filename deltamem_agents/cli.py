@@ -163,7 +163,9 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
 
         delta = delta_from_adapter(init_adapter, **overrides)
     else:
-        layers = [int(x) for x in target_layers.split(",") if x.strip()]
+        from .core.config import parse_layer_spec
+
+        layers = list(parse_layer_spec(target_layers))
         delta = {"write_granularity": granularity, "rank": rank, "num_state_heads": heads,
                  "beta_bias_init": beta_bias_init, "target_layers": layers, "center_inputs": center_inputs,
                  **overrides}
@@ -457,6 +459,17 @@ def add_state_heads_cmd(src: Path, dst: Path, heads: int = typer.Option(4, help=
     from .patching.grow import add_state_heads
 
     typer.echo(str(add_state_heads(src, dst, heads, seed=seed, note=note)))
+
+
+@app.command("keep-layers")
+def keep_layers_cmd(src: Path, dst: Path, layers: str = typer.Option(..., help="backbone layer ids to keep, e.g. 10-29"),
+                    note: str = typer.Option("", help="why, kept in the adapter info")):
+    """Copy an adapter restricted to a band of layers (the others become the frozen backbone): the start of a
+    band-trained ablation arm (docs/results.md §13)."""
+    from .core.config import parse_layer_spec
+    from .patching.adapter_io import keep_layers
+
+    typer.echo(str(keep_layers(src, dst, parse_layer_spec(layers), note=note)))
 
 
 @app.command("grow-rank")

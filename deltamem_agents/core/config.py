@@ -131,6 +131,23 @@ class DeltaMemConfig:
         return DeltaMemConfig.from_dict({**self.to_dict(), **changes})
 
 
+def parse_layer_spec(spec: str) -> tuple[int, ...]:
+    """Layer ids from "10-19,25" (ranges inclusive, sorted, no duplicates); "" -> () (all layers)."""
+    out: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ValueError(f"bad layer spec {spec!r}: {part!r} is not a layer id or a range like 10-19") from None
+        if a < 0 or b < a:
+            raise ValueError(f"bad layer spec {spec!r}: range {part!r} is empty or negative")
+        out.update(range(a, b + 1))
+    return tuple(sorted(out))
+
+
 def tsw(**kw: Any) -> DeltaMemConfig:
     """Token-State Write: one delta-rule step per token (the paper's default)."""
     return DeltaMemConfig(write_granularity="token", num_state_heads=1, **kw)

@@ -84,6 +84,29 @@ def write_derived_adapter(dst: str | Path, tensors: dict[str, torch.Tensor], met
     return dst
 
 
+def keep_layers(src: str | Path, dst: str | Path, layers: tuple[int, ...] | list[int], *, note: str = "") -> Path:
+    """Copy the adapter at `src` to `dst` with only the δ-mem layers whose backbone ids are in `layers` (a band):
+    every other layer becomes the frozen backbone (no state, no read-out). The starting point of a band-trained
+    arm; unlike zeroing B_q / B_o at inference (benchmarks/layer_band.py) the dropped layers keep no state."""
+    from safetensors.torch import load_file
+
+    meta = read_adapter_config(src)
+    ids = list(meta["layer_ids"])
+    unknown = sorted(set(layers) - set(ids))
+    if unknown or not layers:
+        raise ValueError(f"{src}: layers {unknown or '[]'} are not among the adapter's δ-mem layers {ids[0]}..{ids[-1]}")
+    keep = [i for i, lid in enumerate(ids) if lid in set(layers)]
+    tensors = load_file(str(Path(src) / WEIGHTS_NAME))
+    kept = {}
+    for new, old in enumerate(keep):
+        prefix = f"layers.{old}."
+        kept.update({f"layers.{new}.{k[len(prefix):]}": v for k, v in tensors.items() if k.startswith(prefix)})
+    band = tuple(ids[i] for i in keep)
+    how = {"from": str(src), "layers": list(band), "dropped": [lid for lid in ids if lid not in band], "note": note}
+    meta = {**meta, "layer_ids": list(band)}
+    return write_derived_adapter(dst, kept, meta, meta["config"].replace(target_layers=band), "kept_layers", how)
+
+
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     cfg_file = path / CONFIG_NAME
