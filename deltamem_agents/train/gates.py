@@ -76,32 +76,57 @@ def superseded(ep: Episode, i: int) -> set[str]:
     return {str(old).lower()} if old and i >= ep.fact_index else set()
 
 
-def token_classes(mids: list[int], labels: dict[int, list[bool]], n_history: int) -> list[int]:
-    """Per token of one call: 1 = a fact value's token, 0 = another history/question token, -1 = left out
-    (unwritten tokens and the answer). A written message's tokens are contiguous within a call."""
+def superseded_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
+    """For each history message that mentions a `superseded` value (an update's re-mention of the old value):
+    which tokens of its rendered block overlap that mention. The hard negatives of the write gates: a value token
+    like the positives, in a context that says it is no longer true (docs/results.md §12k)."""
+    out = {}
+    for i, m in enumerate(ep.messages):
+        gone = superseded(ep, i)
+        if gone and any(v in message_text(m).lower() for v in gone):
+            out[i] = mention_mask(renderer, m, gone)
+    return out
+
+
+def token_classes(mids: list[int], labels: dict[int, list[bool]], n_history: int,
+                  hard: dict[int, list[bool]] | None = None) -> list[int]:
+    """Per token of one call: 1 = a fact value's token, 2 = a `hard` negative's token (a superseded mention; only
+    when `hard` is given), 0 = another history/question token, -1 = left out (unwritten tokens and the answer).
+    A written message's tokens are contiguous within a call."""
     out, pos, prev = [], 0, None
     for m in mids:
         pos = pos + 1 if m == prev else 0
         prev = m
         if m < 0 or m > n_history:
             out.append(-1)
+            continue
+        lab, hl = labels.get(m), (hard or {}).get(m)
+        if lab is not None and pos < len(lab) and lab[pos]:
+            out.append(1)
+        elif hl is not None and pos < len(hl) and hl[pos]:
+            out.append(2)
         else:
-            lab = labels.get(m)
-            out.append(int(bool(lab is not None and pos < len(lab) and lab[pos])))
+            out.append(0)
     return out
 
 
 def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[int], DeltaState]],
-                    labels: dict[int, list[bool]], n_history: int, hi: float, lo: float) -> torch.Tensor | None:
+                    labels: dict[int, list[bool]], n_history: int, hi: float, lo: float,
+                    hard: dict[int, list[bool]] | None = None, hard_weight: float = 0.0) -> torch.Tensor | None:
     """Token writes: BCE of each candidate token's β̄ (mean over heads/ranks) against hi (a fact value's
     token) or lo (every other history or question token; the answer is left out). Positives and negatives
-    are averaged separately and added (a value is ~1 % of the tokens), then summed over layers."""
+    are averaged separately and added (a value is ~1 % of the tokens), then summed over layers.
+
+    With `hard` labels and `hard_weight` > 0 the hard negatives (superseded mentions, target lo) are a third
+    class averaged on their own and added with that weight. Among the other negatives they were ~1 token in
+    several hundred, so the gates never learned them: v8 writes a re-mentioned old value in 55 % of layer-tokens
+    on *training* wordings, although a linear probe on the gate's own input separates it (§12k)."""
     per_layer: dict[int, list[torch.Tensor]] = {}
     targets: list[torch.Tensor] = []
     for gates, mids, _ in calls:
         if not gates:
             continue
-        cls = torch.tensor(token_classes(mids, labels, n_history))
+        cls = torch.tensor(token_classes(mids, labels, n_history, hard if hard_weight > 0 else None))
         keep = cls >= 0
         if not bool(keep.any()):
             continue
@@ -112,13 +137,15 @@ def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor
     if not targets:
         return None
     cls = torch.cat(targets)
-    pos, neg = cls == 1, cls == 0
+    pos, neg, hrd = cls == 1, cls == 0, cls == 2
     t = torch.where(pos, hi, lo).float()
     total = torch.zeros(())
     for betas in per_layer.values():
         b = torch.cat(betas)
         bce = F.binary_cross_entropy(b, t.to(b.device), reduction="none")
         total = total + (bce[neg].mean() if bool(neg.any()) else 0.0) + (bce[pos].mean() if bool(pos.any()) else 0.0)
+        if bool(hrd.any()):
+            total = total + hard_weight * bce[hrd].mean()
     return total
 
 

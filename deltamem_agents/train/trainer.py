@@ -35,7 +35,7 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .episode import IGNORE, EpisodePasses, build_passes
-from .gates import fact_messages, gate_loss, token_gate_loss, value_token_labels
+from .gates import fact_messages, gate_loss, superseded_token_labels, token_gate_loss, value_token_labels
 from .sampler import EpisodeSampler
 from .preserve import chat_draw, chat_ending, preserve_kl
 from .writes import WRITES, select_writes
@@ -80,6 +80,9 @@ class TrainConfig:
     # "message": SSW messages' β̄ (gate_loss); "token": token writes, the fact values' tokens vs every other token
     # (token_gate_loss) — with `write_threshold` this teaches the adapter which tokens to store at all
     gate_level: str = "message"
+    # token level only: weight of the superseded mentions (an update's re-mention of the old value, target lo)
+    # as a class of their own in token_gate_loss (docs/results.md §12k); 0 = among the other negatives (v8 and before)
+    gate_superseded_weight: float = 0.0
     # which tokens the episodes write (train/writes.py): "runtime" = the session runtime's writes; "value_only" =
     # only the asked fact's value tokens in the history passes and nothing in the final pass (oracle selection,
     # stage 1 of docs/training.md; token writes only). The held-out diagnostics use the same writes
@@ -257,8 +260,9 @@ class Trainer:
             aux = aux + self.cfg.preserve_weight * kl
         g = None
         if calls and self.cfg.gate_level == "token":
+            hard = superseded_token_labels(ep, self.renderer) if self.cfg.gate_superseded_weight else None
             g = token_gate_loss(calls, value_token_labels(ep, self.renderer), len(ep.messages), self.cfg.gate_hi,
-                                self.cfg.gate_lo)
+                                self.cfg.gate_lo, hard, self.cfg.gate_superseded_weight)
         elif calls:
             g = gate_loss(calls, fact_messages(ep), len(ep.messages), self.cfg.gate_hi, self.cfg.gate_lo)
         return loss, entering, betas, aux + (self.cfg.gate_weight * g if g is not None else 0.0)

@@ -99,3 +99,48 @@ def test_an_update_marks_the_old_value_where_stated_not_where_superseded(rendere
                     assert (squash(new) in marked) == (squash(new) in said)
                     checked += squash(old) in said
     assert checked >= 5  # the wording that names the old value in the update was exercised
+
+
+def update_episode() -> Episode:
+    msgs = [{"role": "user", "content": "My favourite colour is navy."},
+            {"role": "assistant", "content": "Noted!"},
+            {"role": "user", "content": "Scratch that, teal has replaced navy as my top colour."},
+            {"role": "assistant", "content": "Got it."}]
+    return Episode(kind="update", messages=msgs, question="What is my favourite colour?", answer="teal", aliases=(),
+                   fact_index=2, meta={"value": "teal", "old_value": "navy", "relation": "favourite_colour"})
+
+
+def test_superseded_mentions_are_a_class_of_their_own_when_weighted(renderer):
+    from deltamem_agents.train.gates import superseded_token_labels, token_classes
+
+    ep = update_episode()
+    labels, hard = value_token_labels(ep, renderer), superseded_token_labels(ep, renderer)
+    assert set(labels) == {0, 2} and set(hard) == {2}  # the first statement of navy is a fact, not superseded
+    text, _, spans = renderer.message_block(ep.messages[2])
+    assert "".join(text[a:b] for (a, b), y in zip(spans, hard[2]) if y).strip().lower() == "navy"
+    assert "".join(text[a:b] for (a, b), y in zip(spans, labels[2]) if y).strip().lower() == "teal"
+
+    n = len(spans)
+    mids = [-1] * 2 + [2] * n
+    assert 2 not in token_classes(mids, labels, len(ep.messages))  # unweighted: among the other negatives
+    cls = token_classes(mids, labels, len(ep.messages), hard)
+    assert [c for c in cls[2:]] == [1 if p else 2 if h else 0 for p, h in zip(labels[2], hard[2])]
+
+    # a gate that writes the value tokens, the superseded one included, vs one that writes only the new value
+    writes_old = torch.tensor([0.01] * 2 + [0.9 if (p or h) else 0.01 for p, h in zip(labels[2], hard[2])])
+    writes_new = torch.tensor([0.01] * 2 + [0.9 if p else 0.01 for p in labels[2]])
+    mask = torch.ones(1, len(mids), dtype=torch.bool)
+
+    def loss(g, w):
+        g = g.view(1, -1, 1, 1).expand(1, len(mids), 1, 2)
+        return token_gate_loss([({0: (g, mask)}, mids, None)], labels, len(ep.messages), 0.9, 0.01, hard, w).item()
+
+    # weight 0 is the loss as before (v8's recipe), where writing the old value costs only a diluted negative
+    assert loss(writes_old, 0.0) == pytest.approx(
+        token_gate_loss([({0: (writes_old.view(1, -1, 1, 1).expand(1, len(mids), 1, 2), mask)}, mids, None)],
+                        labels, len(ep.messages), 0.9, 0.01))
+    gap0 = loss(writes_old, 0.0) - loss(writes_new, 0.0)
+    gap1 = loss(writes_old, 1.0) - loss(writes_new, 1.0)
+    # on its own the superseded class costs its full BCE above its minimum (≈ 2.2 nats at 0.9 for a target of 0.01),
+    # 17× what it cost diluted among the other negatives of this one message (in an episode: hundreds of them)
+    assert gap0 > 0 and gap1 > gap0 + 2.0
