@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=24)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--superseded-weight", type=float, default=0.0,
+                    help="superseded mentions as a negative class of their own with this weight (0: among the others)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -91,12 +93,14 @@ def main() -> None:
     before = write_rates(model, renderer, held, tau)
     print("before", json.dumps(before))
     episodes = (sampler.sample(step, micro) for step in range(10**6) for micro in range(a.batch))
-    losses = fit_write_gates(model, renderer, episodes, steps=a.steps, batch=a.batch, lr=a.lr)
+    losses = fit_write_gates(model, renderer, episodes, steps=a.steps, batch=a.batch, lr=a.lr,
+                             superseded_weight=a.superseded_weight)
     after = write_rates(model, renderer, held, tau)
     print("after ", json.dumps(after))
     info = {"from": str(a.adapter),
             "refit": "write gates only, update-aware labels (benchmarks/refit_update_gates.py)",
             "steps": a.steps, "batch": a.batch, "lr": a.lr, "update_share": a.update_share, "seed": a.seed,
+            "superseded_weight": a.superseded_weight,
             "loss_first": losses[:3], "loss_last": losses[-3:],
             "write_rates_before": before, "write_rates_after": after}
     save_adapter(model, a.out, info=info)

@@ -19,7 +19,7 @@ from ..patching.forward import forward_with_state
 from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
 from .episode import EpisodePasses, build_passes
-from .gates import token_classes, token_gate_loss, value_token_labels
+from .gates import superseded_token_labels, token_classes, token_gate_loss, value_token_labels
 
 
 def gate_passes(model: Any, p: EpisodePasses, grad: bool) -> list[Any]:
@@ -40,8 +40,9 @@ def gate_passes(model: Any, p: EpisodePasses, grad: bool) -> list[Any]:
 
 def fit_write_gates(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple[Episode, WindowPolicy]], *,
                     steps: int, batch: int = 4, lr: float = 1e-2, hi: float = 0.9, lo: float = 0.01,
-                    progress: bool = True) -> list[float]:
-    """Train only the gate parameters with `token_gate_loss`; returns the loss per step."""
+                    superseded_weight: float = 0.0, progress: bool = True) -> list[float]:
+    """Train only the gate parameters with `token_gate_loss` (with `superseded_weight` > 0: an update's re-mentions
+    of the old value as a negative class of their own); returns the loss per step."""
     adapter = model.deltamem
     gate_params = [p for n, p in adapter.named_parameters() if n.endswith(("beta_proj", "beta_bias"))]
     others = [p for n, p in adapter.named_parameters() if not n.endswith(("beta_proj", "beta_bias"))]
@@ -58,8 +59,9 @@ def fit_write_gates(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple
             for _ in range(batch):
                 ep, pol = next(it)
                 p = build_passes(ep, renderer, pol)
+                hard = superseded_token_labels(ep, renderer) if superseded_weight else None
                 loss = token_gate_loss(gate_passes(model, p, True), value_token_labels(ep, renderer), len(ep.messages),
-                                       hi, lo)
+                                       hi, lo, hard, superseded_weight)
                 if loss is not None:
                     (loss / batch).backward()
                     total += loss.item() / batch
