@@ -91,11 +91,11 @@ def keep_layers(src: str | Path, dst: str | Path, layers: tuple[int, ...] | list
     from safetensors.torch import load_file
 
     meta = read_adapter_config(src)
-    ids = list(meta["layer_ids"])
-    unknown = sorted(set(layers) - set(ids))
-    if unknown or not layers:
+    ids, wanted = list(meta["layer_ids"]), set(layers)
+    unknown = sorted(wanted - set(ids))
+    if unknown or not wanted:
         raise ValueError(f"{src}: layers {unknown or '[]'} are not among the adapter's δ-mem layers {ids[0]}..{ids[-1]}")
-    keep = [i for i, lid in enumerate(ids) if lid in set(layers)]
+    keep = [i for i, lid in enumerate(ids) if lid in wanted]
     tensors = load_file(str(Path(src) / WEIGHTS_NAME))
     kept = {}
     for new, old in enumerate(keep):
