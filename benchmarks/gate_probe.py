@@ -22,8 +22,6 @@ says the gate needs other inputs.
 from __future__ import annotations
 
 import argparse
-import collections
-import re
 
 import numpy as np
 import torch
@@ -41,17 +39,17 @@ from deltamem_agents.runtime.window import WindowPolicy
 from deltamem_agents.train.episode import build_passes
 from deltamem_agents.train.gates import mention_mask
 
+from update_gates import mention_targets, token_positions  # noqa: E402  (sibling script)
+
 FEATURES = ("x_t", "x_t + x_t-1", "x_t + message mean")
 
 
-def collect(model, renderer, policy, eps, tau):
+def collect(model, renderer, policy, eps):
     """Per mention token: (label, kind, per-layer features for each FEATURES entry, per-layer gate β̄)."""
     adapter = get_adapter(model)
     out = []
     for ep in tqdm(eps, desc="episodes"):
-        old, new, ui = ep.meta["old_value"], ep.meta["value"], ep.fact_index
-        first = next(i for i, m in enumerate(ep.messages[:ui]) if re.search(re.escape(old), m["content"], re.I))
-        targets = {first: [(1, "fact: old value", old)], ui: [(1, "update: new value", new), (0, "update: old value", old)]}
+        targets = mention_targets(ep)  # the trainer's labels: only the re-mentioned old value is "do not write"
         p = build_passes(ep, renderer, policy)
         st = adapter.zero_state(1, torch.device("cpu"))
         for ids, mids in p.write_passes:
@@ -61,14 +59,11 @@ def collect(model, renderer, policy, eps, tau):
             st = o.state
             xs = torch.stack([o.inputs[i][0].float() for i in range(len(adapter.layers))])  # [L, T, d]
             gates = torch.stack([o.gates[i][0][0].float().mean(dim=(-2, -1)) for i in range(len(adapter.layers))])
-            pos: dict[int, int] = collections.Counter()
-            index = []
-            for m in mids:
-                index.append((m, pos[m]))
-                pos[m] += 1
+            index = token_positions(mids)
             for m, spec in targets.items():
                 cols_m = [t for t, (mm, _) in enumerate(index) if mm == m]
-                for label, kind, value in spec:
+                for kind, value in spec:
+                    label = int(kind != "update: old value")
                     mask = mention_mask(renderer, ep.messages[m], {value})
                     for t, (mm, j) in enumerate(index):
                         if mm != m or j >= len(mask) or not mask[j] or t == 0:
@@ -97,8 +92,8 @@ def main() -> None:
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     policy = WindowPolicy(budget=a.budget, reserve=48)
     kinds = a.value_kinds.split(",")
-    train = collect(model, renderer, policy, kind_episodes(tok, a.n_train, a.distance, 1, "train", kinds, "update"), tau)
-    held = collect(model, renderer, policy, kind_episodes(tok, a.n_heldout, a.distance, 0, "heldout", kinds, "update"), tau)
+    train = collect(model, renderer, policy, kind_episodes(tok, a.n_train, a.distance, 1, "train", kinds, "update"))
+    held = collect(model, renderer, policy, kind_episodes(tok, a.n_heldout, a.distance, 0, "heldout", kinds, "update"))
     ytr, yte = np.array([r[0] for r in train]), np.array([r[0] for r in held])
     kinds_te = [r[1] for r in held]
     L = len(train[0][3])

@@ -30,6 +30,24 @@ from deltamem_agents.train.trainer import run_passes
 from update_breakdown import wording  # noqa: E402  (sibling script)
 
 
+def mention_targets(ep) -> dict[int, list[tuple[str, str]]]:
+    """message index -> [(mention kind, value)] for an update episode: the fact's first statement of the old value,
+    the update's new value and the update's re-mention of the old value."""
+    old, new, ui = ep.meta["old_value"], ep.meta["value"], ep.fact_index
+    first = next(i for i, m in enumerate(ep.messages[:ui]) if re.search(re.escape(old), m["content"], re.I))
+    return {first: [("fact: old value", old)], ui: [("update: new value", new), ("update: old value", old)]}
+
+
+def token_positions(mids: list[int]) -> list[tuple[int, int]]:
+    """Per token of a call: (message id, position within that message's block)."""
+    pos: dict[int, int] = collections.Counter()
+    index = []
+    for m in mids:
+        index.append((m, pos[m]))
+        pos[m] += 1
+    return index
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", default="default")
@@ -50,20 +68,14 @@ def main() -> None:
     # (wording, mention kind) -> [sum β̄, written layer-tokens, layer-tokens]
     acc: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     for ep in eps:
-        old, new, ui = ep.meta["old_value"], ep.meta["value"], ep.fact_index
-        first = next(i for i, m in enumerate(ep.messages[:ui]) if re.search(re.escape(old), m["content"], re.I))
-        targets = {first: [("fact: old value", old)], ui: [("update: new value", new), ("update: old value", old)]}
-        group = wording(ep.messages[ui]["content"], old, new)
+        targets = mention_targets(ep)
+        group = wording(ep.messages[ep.fact_index]["content"], ep.meta["old_value"], ep.meta["value"])
         p = build_passes(ep, renderer, policy)
         calls: list = []
         with torch.no_grad():
             run_passes(model, p, gate_calls=calls)
         for gates, mids, _ in calls:
-            pos: dict[int, int] = collections.Counter()
-            index = []  # per token of the call: (message id, position within its block)
-            for m in mids:
-                index.append((m, pos[m]))
-                pos[m] += 1
+            index = token_positions(mids)
             for m, spec in targets.items():
                 for name, value in spec:
                     mask = mention_mask(renderer, ep.messages[m], {value})

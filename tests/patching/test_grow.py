@@ -31,6 +31,27 @@ def _conversation(model, calls):
     return logits, state
 
 
+def _shipped_and_derived(derive):
+    """(logits, state) of a three-call conversation on the real backbone with the shipped adapter, then with the
+    adapter `derive(shipped_path)` writes (it returns its directory)."""
+    from deltamem_agents.backbone import load_backbone
+    from deltamem_agents.chat.loading import DEFAULT_ADAPTER
+    from deltamem_agents.patching import detach
+
+    model, tok = load_backbone()
+    calls = [tok(t, return_tensors="pt")["input_ids"] for t in
+             ("My favourite colour is teal, by the way.", "Noted. Anything else?", "What is my favourite colour?")]
+    results = []
+    for path in (DEFAULT_ADAPTER, derive(DEFAULT_ADAPTER)):
+        load_adapter(model, path)
+        try:
+            with torch.no_grad():
+                results.append(_conversation(model, calls))
+        finally:
+            detach(model)
+    return results
+
+
 @pytest.mark.parametrize("rank,heads,layers", [(3, 3, (0, 2)), (5, 4, ())])
 def test_grown_adapter_computes_the_same_and_its_new_heads_learn(tmp_path, rank, heads, layers):
     src_model = tiny_llama(seed=rank)
@@ -83,23 +104,7 @@ def test_growing_refuses_message_writes_and_fewer_heads(tmp_path):
 
 @pytest.mark.slow
 def test_shipped_adapter_grown_to_msw_gives_the_same_logits_on_the_real_backbone(tmp_path):
-    from deltamem_agents.backbone import load_backbone
-    from deltamem_agents.chat.loading import DEFAULT_ADAPTER
-    from deltamem_agents.patching import detach
-
-    model, tok = load_backbone()
-    calls = [tok(t, return_tensors="pt")["input_ids"] for t in
-             ("My favourite colour is teal, by the way.", "Noted. Anything else?", "What is my favourite colour?")]
-    add_state_heads(DEFAULT_ADAPTER, tmp_path / "msw", 4)
-    results = []
-    for path in (DEFAULT_ADAPTER, tmp_path / "msw"):
-        load_adapter(model, path)
-        try:
-            with torch.no_grad():
-                results.append(_conversation(model, calls))
-        finally:
-            detach(model)
-    (want, s_src), (got, s_grown) = results
+    (want, s_src), (got, s_grown) = _shipped_and_derived(lambda src: add_state_heads(src, tmp_path / "msw", 4))
     assert s_src.S.abs().sum() > 0  # the shipped adapter wrote something
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -155,23 +160,7 @@ def test_growing_rank_refuses_non_multiples(tmp_path):
 
 @pytest.mark.slow
 def test_shipped_adapter_grown_to_rank_16_nearly_keeps_its_logits_on_the_real_backbone(tmp_path):
-    from deltamem_agents.backbone import load_backbone
-    from deltamem_agents.chat.loading import DEFAULT_ADAPTER
-    from deltamem_agents.patching import detach
-
-    model, tok = load_backbone()
-    calls = [tok(t, return_tensors="pt")["input_ids"] for t in
-             ("My favourite colour is teal, by the way.", "Noted. Anything else?", "What is my favourite colour?")]
-    grow_rank(DEFAULT_ADAPTER, tmp_path / "r16", 16)
-    results = []
-    for path in (DEFAULT_ADAPTER, tmp_path / "r16"):
-        load_adapter(model, path)
-        try:
-            with torch.no_grad():
-                results.append(_conversation(model, calls))
-        finally:
-            detach(model)
-    (want, s_src), (got, s_grown) = results
+    (want, s_src), (got, s_grown) = _shipped_and_derived(lambda src: grow_rank(src, tmp_path / "r16", 16))
     assert s_src.S.abs().sum() > 0
     # the same next-token choice everywhere and log-probabilities within 0.05 nats
     for a, b in zip(got, want):
