@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import math
+
 import torch
 from tqdm import tqdm
 
@@ -71,6 +73,24 @@ def fit_write_gates(model: Any, renderer: ChatRenderer, episodes: Iterable[tuple
         for p, r in zip(others, saved):
             p.requires_grad_(r)
     return losses
+
+
+@torch.no_grad()
+def fold_linear_gate(layer: Any, weight: torch.Tensor, bias: float, threshold: float) -> None:
+    """Make one δ-mem layer's write gate apply a linear decision on its input x: every rank-wise row becomes
+    `weight` and the bias is shifted so that the mean gate β̄ ≥ `threshold` (the layer's selective-write τ) exactly
+    when weight·x + bias ≥ 0. The gate's strength on a written token is then sigmoid(weight·x + bias + logit τ).
+    Used to install a gate fitted outside SGD (benchmarks/fit_gates_convex.py, docs/results.md §12m)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    w = weight.detach().to(layer.beta_proj.dtype).reshape(-1)
+    if w.numel() != layer.beta_proj.shape[1]:
+        raise ValueError(f"weight has {w.numel()} entries; the layer's input has {layer.beta_proj.shape[1]}")
+    b = float(bias) + math.log(threshold / (1.0 - threshold))
+    if layer.input_center is not None:  # the gate sees x − c
+        b += float(w @ layer.input_center.to(w.dtype))
+    layer.beta_proj.copy_(w.expand_as(layer.beta_proj))
+    layer.beta_bias.fill_(b)
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""Fit each layer's write gate to convergence as a convex problem, then fold it into the adapter (issue 3; §12m).
+
+`gate_probe.py` showed that a linear function of the gate's own input x_t separates held-out "write" mentions from
+re-mentioned old values (AUC 0.92) while the trained gates do not (0.51), and that adding the superseded mentions
+as a class to the SGD gate loss collapsed every value write (§12k). This script solves the gate's problem
+directly, per layer, with a logistic regression to convergence on standardised inputs:
+
+  positives   a fact value's tokens (the trainer's labels: `value_token_labels`, superseded mentions left out);
+  superseded  an update's re-mention of the old value (`superseded_token_labels`), a negative class of its own;
+  others      every other written history/question token (subsampled).
+
+Each class gets its own total weight (positives 1, superseded `--superseded-weight`, others 1). The decision
+threshold per layer is then set so that the share of *other* training tokens written equals the adapter's own
+false-write rate at that layer (the same budget of junk writes; `--false-rate` overrides it). The fitted logit z
+(w·(x − μ)/σ + b − threshold) is folded into the layer's gate with every rank-wise row equal
+(`train/write_selector.fold_linear_gate`), so β̄ ≥ τ exactly when z ≥ 0 and the runtime's selective writes
+(β̄ ≥ τ) apply the fitted decision; a written token's strength is sigmoid(z + logit τ). Nothing else changes.
+
+Inputs are captured once, with the source adapter's gates writing the state (the residual stream holds its
+reads), so the fit is on the source adapter's distribution; `update_gates.py` on the saved adapter measures the
+real effect.
+
+    PYTHONPATH=. python benchmarks/fit_gates_convex.py --out runs/v8-cvx --n-train 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from deltamem_agents.bench.run_probe import kind_episodes
+from deltamem_agents.chat.loading import load_model
+from deltamem_agents.patching import forward_with_state, get_adapter
+from deltamem_agents.patching.adapter_io import save_adapter
+from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
+from deltamem_agents.runtime.window import WindowPolicy
+from deltamem_agents.train.episode import build_passes
+from deltamem_agents.train.gates import superseded_token_labels, token_classes, value_token_labels
+from deltamem_agents.train.sampler import EpisodeSampler
+from deltamem_agents.train.write_selector import fold_linear_gate
+
+KINDS = ["colour", "food", "sport", "drink"]
+
+
+@torch.no_grad()
+def collect(model, renderer, items, keep_other: float, seed: int):
+    """Per layer: inputs X [N, d] (fp16) of the kept tokens; their classes y [N] (0 other, 1 value, 2 superseded)
+    and the source gates' β̄ [L, N]. Passes run as at runtime (state carried, writes by the source gates)."""
+    adapter = get_adapter(model)
+    L = len(adapter.layers)
+    rng = np.random.default_rng(seed)
+    xs: list[list[np.ndarray]] = [[] for _ in range(L)]
+    ys, gs = [], []
+    for ep, pol in tqdm(items, desc="capture"):
+        p = build_passes(ep, renderer, pol)
+        labels, hard = value_token_labels(ep, renderer), superseded_token_labels(ep, renderer)
+        st = adapter.zero_state(1, torch.device("cpu"))
+        for ids, mids in p.write_passes + [(p.read_ids, p.read_mids)]:
+            o = forward_with_state(model, torch.tensor([ids]), st, message_ids=torch.tensor([mids]),
+                                   skip_lm_head=True, use_cache=False, capture_inputs=True)
+            st = o.state
+            if not o.gates:
+                continue
+            cls = np.array(token_classes(mids, labels, len(ep.messages), hard))
+            keep = (cls > 0) | ((cls == 0) & (rng.random(len(cls)) < keep_other))
+            if not keep.any():
+                continue
+            ys.append(cls[keep])
+            gs.append(np.stack([o.gates[s][0][0].mean(dim=(-2, -1)).float().numpy()[keep] for s in range(L)]))
+            for s in range(L):
+                xs[s].append(o.inputs[s][0].float().numpy()[keep].astype(np.float16))
+    return [np.concatenate(x) for x in xs], np.concatenate(ys), np.concatenate(gs, 1)
+
+
+def rates(written: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """written [L, N] bool -> share written per class, mean over layers."""
+    return {name: round(float(written[:, y == c].mean()), 4) for c, name in ((1, "value"), (2, "superseded"),
+                                                                          (0, "other")) if (y == c).any()}
+
+
+def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float):
+    scaler = StandardScaler().fit(X.astype(np.float32))
+    Z = scaler.transform(X.astype(np.float32))
+    w = np.zeros(len(y))
+    for c, total in ((0, 1.0), (1, 1.0), (2, sup_weight)):
+        if (y == c).any():
+            w[y == c] = total / (y == c).sum()
+    clf = LogisticRegression(C=C, max_iter=3000).fit(Z, (y == 1).astype(int), sample_weight=w * len(y) / w.sum())
+    return scaler, clf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", default="default")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n-train", type=int, default=300, help="training-split episodes (facts and updates 50/50)")
+    ap.add_argument("--n-check", type=int, default=60, help="held-out episodes of each kind (a seed the probes do not use)")
+    ap.add_argument("--superseded-weight", type=float, default=1.0)
+    ap.add_argument("--C", type=float, default=0.05)
+    ap.add_argument("--false-rate", type=float, default=None, help="share of other tokens to write (default: the source's)")
+    ap.add_argument("--keep-other", type=float, default=0.3, help="share of other tokens kept for the fit")
+    ap.add_argument("--seed", type=int, default=23)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model, tok = load_model(adapter=a.adapter)
+    model.float()
+    adapter = get_adapter(model)
+    tau = adapter.config.write_threshold
+    if not tau:
+        raise SystemExit("the adapter has no write threshold: selective token writes are what this fits")
+    renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    sampler = EpisodeSampler(tok, seed=a.seed, total_steps=a.n_train, value_kinds=KINDS, in_window_frac=0.0,
+                             mix={"fact": 0.5, "update": 0.5}, budget_range=(128, 128), distance_start=0,
+                             distance_end=180)
+    train = [sampler.sample(i, 0) for i in range(a.n_train)]
+    pol = WindowPolicy(budget=128, reserve=48)
+    check = [(ep, pol) for kind in ("update", "fact")
+             for ep in kind_episodes(tok, a.n_check, 150, 7, "heldout", KINDS, kind)]
+    Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
+    Xck, yck, gck = collect(model, renderer, check, 1.0, a.seed + 1)
+    print(f"tokens: train {len(ytr)} (value {(ytr == 1).sum()}, superseded {(ytr == 2).sum()}), "
+          f"check {len(yck)} (value {(yck == 1).sum()}, superseded {(yck == 2).sum()})")
+    before = {"train": rates(gtr >= tau, ytr), "check": rates(gck >= tau, yck)}
+    print("source gates written:", json.dumps(before))
+    L = len(adapter.layers)
+    ztr, zck, thresholds = np.zeros((L, len(ytr))), np.zeros((L, len(yck))), []
+    for s in tqdm(range(L), desc="fit layers"):
+        scaler, clf = fit_layer(Xtr[s], ytr, a.superseded_weight, a.C)
+        ztr[s] = clf.decision_function(scaler.transform(Xtr[s].astype(np.float32)))
+        zck[s] = clf.decision_function(scaler.transform(Xck[s].astype(np.float32)))
+        fr = a.false_rate if a.false_rate is not None else float((gtr[s][ytr == 0] >= tau).mean())
+        thr = float(np.quantile(ztr[s][ytr == 0], 1.0 - fr)) if fr > 0 else float(ztr[s][ytr == 0].max())
+        thresholds.append(thr)
+        wz = clf.coef_[0] / scaler.scale_  # the decision on raw x: wz·x + bias ≥ 0
+        fold_linear_gate(adapter.layers[s], torch.from_numpy(wz).float(),
+                         float(clf.intercept_[0] - wz @ scaler.mean_) - thr, tau)
+    thr = np.array(thresholds)[:, None]
+    after = {"train": rates(ztr >= thr, ytr), "check": rates(zck >= thr, yck)}
+    print("fitted gates written (on the source's inputs):", json.dumps(after))
+    info = {"from": str(a.adapter), "refit": "write gates only: convex per-layer fit (benchmarks/fit_gates_convex.py)",
+            "n_train": a.n_train, "superseded_weight": a.superseded_weight, "C": a.C, "false_rate": a.false_rate,
+            "keep_other": a.keep_other, "seed": a.seed, "written_before": before, "written_after": after,
+            "thresholds": [round(t, 4) for t in thresholds]}
+    save_adapter(model, a.out, info=info)
+    print(f"saved {a.out}")
+
+
+if __name__ == "__main__":
+    main()
