@@ -83,6 +83,9 @@ class TrainConfig:
     # token level only: weight of the superseded mentions (an update's re-mention of the old value, target lo)
     # as a class of their own in token_gate_loss (docs/results.md §12k); 0 = among the other negatives (v8 and before)
     gate_superseded_weight: float = 0.0
+    # keep the write gates (beta_proj / beta_bias) as initialised: e.g. gates fitted outside SGD
+    # (benchmarks/fit_gates_convex.py), while the read path adapts to what they write. Needs gate_weight 0
+    freeze_gates: bool = False
     # which tokens the episodes write (train/writes.py): "runtime" = the session runtime's writes; "value_only" =
     # only the asked fact's value tokens in the history passes and nothing in the final pass (oracle selection,
     # stage 1 of docs/training.md; token writes only). The held-out diagnostics use the same writes
@@ -178,12 +181,19 @@ class Trainer:
         dcfg = DeltaMemConfig(**cfg.delta)
         if cfg.writes == "value_only" and dcfg.write_granularity != "token":
             raise ValueError("writes='value_only' needs token writes (delta write_granularity='token')")
+        if cfg.freeze_gates and cfg.gate_weight:
+            raise ValueError("freeze_gates keeps the gates fixed: gate supervision (gate_weight > 0) would do nothing")
         self.adapter = attach(model, dcfg)
+        if cfg.freeze_gates:
+            for n, p in self.adapter.named_parameters():
+                if n.endswith(("beta_proj", "beta_bias")):
+                    p.requires_grad_(False)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable and all(n.startswith("deltamem.") for n in trainable), "backbone must stay frozen"
         self.renderer = ChatRenderer(tokenizer, cfg.system_prompt)
         self.sampler = EpisodeSampler(tokenizer, seed=cfg.seed, total_steps=cfg.steps, **cfg.sampler)
-        self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW([p for p in self.adapter.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
         self.step, self.wall = 0, 0.0
         ckpt = self.out / "checkpoint-last"
         if ckpt.is_dir():

@@ -142,3 +142,28 @@ def test_recency_contrast_reads_old_and_new_answers_with_one_state(tmp_path, fre
     row = json.loads((tmp_path / "f" / "log.jsonl").read_text().splitlines()[0])
     assert row["recency_gap"] is None  # fact episodes: no old value, no term
     detach(model)
+
+
+def test_frozen_gates_stay_put_while_the_read_path_trains(tmp_path, fresh_backbone):
+    """`freeze_gates`: one step with token writes moves the read path and leaves every beta_proj / beta_bias
+    exactly as initialised; asking for gate supervision at the same time is refused."""
+    from deltamem_agents.patching import detach
+    from deltamem_agents.patching.attach import ATTR
+
+    model, tok = fresh_backbone
+    if hasattr(model, ATTR):
+        detach(model)
+    delta = {"write_granularity": "token", "write_threshold": 0.5, "beta_bias_init": 0.5}
+    with pytest.raises(ValueError, match="freeze_gates"):
+        Trainer(model, tok, _config(tmp_path / "bad", steps=1, delta=delta, freeze_gates=True))
+    if hasattr(model, ATTR):
+        detach(model)
+    tr = Trainer(model, tok, _config(tmp_path, steps=1, delta=delta, freeze_gates=True, gate_weight=0.0,
+                                     sparsity_weight=0.0, diag_every=0))
+    before = {n: p.detach().clone() for n, p in tr.adapter.named_parameters()}
+    tr.train()
+    gates = [n for n in before if n.endswith(("beta_proj", "beta_bias"))]
+    moved = [n for n, p in tr.adapter.named_parameters() if not torch.equal(p, before[n])]
+    assert gates and moved and not set(gates) & set(moved)
+    assert any(n.endswith("memory_q_proj") for n in moved)
+    detach(model)
