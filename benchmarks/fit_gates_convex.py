@@ -96,6 +96,10 @@ def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float):
     return scaler, clf
 
 
+def cache_key(a) -> str:
+    return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", default="default")
@@ -108,6 +112,7 @@ def main() -> None:
     ap.add_argument("--keep-other", type=float, default=0.3, help="share of other tokens kept for the fit")
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=None, help="keep the captured inputs here (.npz) and reuse them")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, tok = load_model(adapter=a.adapter)
@@ -124,8 +129,19 @@ def main() -> None:
     pol = WindowPolicy(budget=128, reserve=48)
     check = [(ep, pol) for kind in ("update", "fact")
              for ep in kind_episodes(tok, a.n_check, 150, 7, "heldout", KINDS, kind)]
-    Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
-    Xck, yck, gck = collect(model, renderer, check, 1.0, a.seed + 1)
+    if a.cache and a.cache.exists():  # the captured inputs of an earlier run with the same adapter and episodes
+        z = np.load(a.cache)
+        if z["meta"].item() != cache_key(a):
+            raise SystemExit(f"{a.cache} holds another capture ({z['meta'].item()}); remove it or pass another --cache")
+        L = len(adapter.layers)
+        Xtr, ytr, gtr = [z[f"xtr{s}"] for s in range(L)], z["ytr"], z["gtr"]
+        Xck, yck, gck = [z[f"xck{s}"] for s in range(L)], z["yck"], z["gck"]
+    else:
+        Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
+        Xck, yck, gck = collect(model, renderer, check, 1.0, a.seed + 1)
+        if a.cache:
+            np.savez(a.cache, meta=np.array(cache_key(a)), ytr=ytr, gtr=gtr, yck=yck, gck=gck,
+                     **{f"xtr{s}": x for s, x in enumerate(Xtr)}, **{f"xck{s}": x for s, x in enumerate(Xck)})
     print(f"tokens: train {len(ytr)} (value {(ytr == 1).sum()}, superseded {(ytr == 2).sum()}), "
           f"check {len(yck)} (value {(yck == 1).sum()}, superseded {(yck == 2).sum()})")
     before = {"train": rates(gtr >= tau, ytr), "check": rates(gck >= tau, yck)}
