@@ -50,9 +50,10 @@ KINDS = ["colour", "food", "sport", "drink"]
 
 
 @torch.no_grad()
-def collect(model, renderer, items, keep_other: float, seed: int):
-    """Per layer: inputs X [N, d] (fp16) of the kept tokens; their classes y [N] (0 other, 1 value, 2 superseded)
-    and the source gates' β̄ [L, N]. Passes run as at runtime (state carried, writes by the source gates)."""
+def collect(model, renderer, items, keep_other: float, seed: int, story: bool = False):
+    """Per layer: inputs X [N, d] (fp16) of the kept tokens; their classes y [N] (0 other, 1 value, 2 superseded,
+    3 a story's token: every token of `story` episodes, e.g. bAbI) and the source gates' β̄ [L, N]. Passes run as
+    at runtime (state carried, writes by the source gates)."""
     adapter = get_adapter(model)
     L = len(adapter.layers)
     rng = np.random.default_rng(seed)
@@ -70,6 +71,8 @@ def collect(model, renderer, items, keep_other: float, seed: int):
                 continue
             cls = np.array(token_classes(mids, labels, len(ep.messages), hard))
             keep = (cls > 0) | ((cls == 0) & (rng.random(len(cls)) < keep_other))
+            if story:
+                cls = np.where(cls >= 0, 3, cls)
             if not keep.any():
                 continue
             ys.append(cls[keep])
@@ -82,14 +85,14 @@ def collect(model, renderer, items, keep_other: float, seed: int):
 def rates(written: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """written [L, N] bool -> share written per class, mean over layers."""
     return {name: round(float(written[:, y == c].mean()), 4) for c, name in ((1, "value"), (2, "superseded"),
-                                                                          (0, "other")) if (y == c).any()}
+                                                                          (0, "other"), (3, "story")) if (y == c).any()}
 
 
-def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float):
+def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float, story_weight: float = 1.0):
     scaler = StandardScaler().fit(X.astype(np.float32))
     Z = scaler.transform(X.astype(np.float32))
     w = np.zeros(len(y))
-    for c, total in ((0, 1.0), (1, 1.0), (2, sup_weight)):
+    for c, total in ((0, 1.0), (1, 1.0), (2, sup_weight), (3, story_weight)):
         if (y == c).any():
             w[y == c] = total / (y == c).sum()
     clf = LogisticRegression(C=C, max_iter=3000).fit(Z, (y == 1).astype(int), sample_weight=w * len(y) / w.sum())
@@ -97,7 +100,7 @@ def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float):
 
 
 def cache_key(a) -> str:
-    return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}"
+    return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}|{a.babi_stories}"
 
 
 def main() -> None:
@@ -113,6 +116,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=None, help="keep the captured inputs here (.npz) and reuse them")
+    ap.add_argument("--babi-stories", type=int, default=0,
+                    help="also capture this many bAbI *train* stories per task (1, 2, 3, 5, 6, 7; whole story in the "
+                         "window) as negatives of their own, and cap each layer's write rate on them at the source's")
+    ap.add_argument("--story-weight", type=float, default=1.0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, tok = load_model(adapter=a.adapter)
@@ -138,6 +145,14 @@ def main() -> None:
         Xck, yck, gck = [z[f"xck{s}"] for s in range(L)], z["yck"], z["gck"]
     else:
         Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
+        if a.babi_stories:
+            from deltamem_agents.datasets.babi import babi_episodes
+
+            stories = [(ep, WindowPolicy(budget=8192, reserve=48))
+                       for ep in babi_episodes(None, split="train", max_items=a.babi_stories, seed=a.seed)]
+            Xs, ys, gs = collect(model, renderer, stories, a.keep_other, a.seed + 2, story=True)
+            Xtr, ytr, gtr = [np.concatenate([x, xs]) for x, xs in zip(Xtr, Xs)], np.concatenate([ytr, ys]), \
+                np.concatenate([gtr, gs], 1)
         Xck, yck, gck = collect(model, renderer, check, 1.0, a.seed + 1)
         if a.cache:
             np.savez(a.cache, meta=np.array(cache_key(a)), ytr=ytr, gtr=gtr, yck=yck, gck=gck,
@@ -149,11 +164,14 @@ def main() -> None:
     L = len(adapter.layers)
     ztr, zck, thresholds = np.zeros((L, len(ytr))), np.zeros((L, len(yck))), []
     for s in tqdm(range(L), desc="fit layers"):
-        scaler, clf = fit_layer(Xtr[s], ytr, a.superseded_weight, a.C)
+        scaler, clf = fit_layer(Xtr[s], ytr, a.superseded_weight, a.C, a.story_weight)
         ztr[s] = clf.decision_function(scaler.transform(Xtr[s].astype(np.float32)))
         zck[s] = clf.decision_function(scaler.transform(Xck[s].astype(np.float32)))
         fr = a.false_rate if a.false_rate is not None else float((gtr[s][ytr == 0] >= tau).mean())
         thr = float(np.quantile(ztr[s][ytr == 0], 1.0 - fr)) if fr > 0 else float(ztr[s][ytr == 0].max())
+        if (ytr == 3).any():  # never write more of a story than the source did
+            fs = float((gtr[s][ytr == 3] >= tau).mean())
+            thr = max(thr, float(np.quantile(ztr[s][ytr == 3], 1.0 - fs)) if fs > 0 else float(ztr[s][ytr == 3].max()))
         thresholds.append(thr)
         wz = clf.coef_[0] / scaler.scale_  # the decision on raw x: wz·x + bias ≥ 0
         fold_linear_gate(adapter.layers[s], torch.from_numpy(wz).float(),
@@ -163,7 +181,8 @@ def main() -> None:
     print("fitted gates written (on the source's inputs):", json.dumps(after))
     info = {"from": str(a.adapter), "refit": "write gates only: convex per-layer fit (benchmarks/fit_gates_convex.py)",
             "n_train": a.n_train, "superseded_weight": a.superseded_weight, "C": a.C, "false_rate": a.false_rate,
-            "keep_other": a.keep_other, "seed": a.seed, "written_before": before, "written_after": after,
+            "keep_other": a.keep_other, "seed": a.seed, "babi_stories": a.babi_stories,
+            "written_before": before, "written_after": after,
             "thresholds": [round(t, 4) for t in thresholds]}
     save_adapter(model, a.out, info=info)
     print(f"saved {a.out}")
