@@ -8,10 +8,9 @@ value tokens that reach the threshold (recall) and of other tokens that do (fals
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
-
-import math
 
 import torch
 from tqdm import tqdm

@@ -155,9 +155,7 @@ def test_frozen_gates_stay_put_while_the_read_path_trains(tmp_path, fresh_backbo
         detach(model)
     delta = {"write_granularity": "token", "write_threshold": 0.5, "beta_bias_init": 0.5}
     with pytest.raises(ValueError, match="freeze_gates"):
-        Trainer(model, tok, _config(tmp_path / "bad", steps=1, delta=delta, freeze_gates=True))
-    if hasattr(model, ATTR):
-        detach(model)
+        Trainer(model, tok, _config(tmp_path / "bad", steps=1, delta=delta, freeze_gates=True))  # before attaching
     tr = Trainer(model, tok, _config(tmp_path, steps=1, delta=delta, freeze_gates=True, gate_weight=0.0,
                                      sparsity_weight=0.0, diag_every=0))
     before = {n: p.detach().clone() for n, p in tr.adapter.named_parameters()}
