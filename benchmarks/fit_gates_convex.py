@@ -7,11 +7,13 @@ directly, per layer, with a logistic regression to convergence on standardised i
 
   positives   a fact value's tokens (the trainer's labels: `value_token_labels`, superseded mentions left out);
   superseded  an update's re-mention of the old value (`superseded_token_labels`), a negative class of its own;
-  others      every other written history/question token (subsampled).
+  others      every other written history/question token (subsampled);
+  stories     with `--babi-stories`: every token of bAbI train stories shown whole in the window (subsampled).
 
-Each class gets its own total weight (positives 1, superseded `--superseded-weight`, others 1). The decision
-threshold per layer is then set so that the share of *other* training tokens written equals the adapter's own
-false-write rate at that layer (the same budget of junk writes; `--false-rate` overrides it). The fitted logit z
+Each class gets its own total weight (positives 1, superseded `--superseded-weight`, others 1, stories
+`--story-weight`). The decision threshold per layer is then set so that the share of *other* training tokens
+written equals the adapter's own false-write rate at that layer (the same budget of junk writes; `--false-rate`
+overrides it), and raised if needed so that no more of the stories is written than the adapter writes. The fitted logit z
 (w·(x − μ)/σ + b − threshold) is folded into the layer's gate with every rank-wise row equal
 (`train/write_selector.fold_linear_gate`), so β̄ ≥ τ exactly when z ≥ 0 and the runtime's selective writes
 (β̄ ≥ τ) apply the fitted decision; a written token's strength is sigmoid(z + logit τ). Nothing else changes.
@@ -99,6 +101,11 @@ def fit_layer(X: np.ndarray, y: np.ndarray, sup_weight: float, C: float, story_w
     return scaler, clf
 
 
+def rate_threshold(z: np.ndarray, rate: float) -> float:
+    """The decision value above which a share `rate` of the scores `z` lies (none for rate 0)."""
+    return float(np.quantile(z, 1.0 - rate)) if rate > 0 else float(z.max())
+
+
 def cache_key(a) -> str:
     return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}|{a.babi_stories}"
 
@@ -129,21 +136,21 @@ def main() -> None:
     if not tau:
         raise SystemExit("the adapter has no write threshold: selective token writes are what this fits")
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
-    sampler = EpisodeSampler(tok, seed=a.seed, total_steps=a.n_train, value_kinds=KINDS, in_window_frac=0.0,
-                             mix={"fact": 0.5, "update": 0.5}, budget_range=(128, 128), distance_start=0,
-                             distance_end=180)
-    train = [sampler.sample(i, 0) for i in range(a.n_train)]
-    pol = WindowPolicy(budget=128, reserve=48)
-    check = [(ep, pol) for kind in ("update", "fact")
-             for ep in kind_episodes(tok, a.n_check, 150, 7, "heldout", KINDS, kind)]
+    L = len(adapter.layers)
     if a.cache and a.cache.exists():  # the captured inputs of an earlier run with the same adapter and episodes
         z = np.load(a.cache)
         if z["meta"].item() != cache_key(a):
             raise SystemExit(f"{a.cache} holds another capture ({z['meta'].item()}); remove it or pass another --cache")
-        L = len(adapter.layers)
         Xtr, ytr, gtr = [z[f"xtr{s}"] for s in range(L)], z["ytr"], z["gtr"]
         Xck, yck, gck = [z[f"xck{s}"] for s in range(L)], z["yck"], z["gck"]
     else:
+        sampler = EpisodeSampler(tok, seed=a.seed, total_steps=a.n_train, value_kinds=KINDS, in_window_frac=0.0,
+                                 mix={"fact": 0.5, "update": 0.5}, budget_range=(128, 128), distance_start=0,
+                                 distance_end=180)
+        train = [sampler.sample(i, 0) for i in range(a.n_train)]
+        pol = WindowPolicy(budget=128, reserve=48)
+        check = [(ep, pol) for kind in ("update", "fact")
+                 for ep in kind_episodes(tok, a.n_check, 150, 7, "heldout", KINDS, kind)]
         Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
         if a.babi_stories:
             from deltamem_agents.datasets.babi import babi_episodes
@@ -161,17 +168,15 @@ def main() -> None:
           f"check {len(yck)} (value {(yck == 1).sum()}, superseded {(yck == 2).sum()})")
     before = {"train": rates(gtr >= tau, ytr), "check": rates(gck >= tau, yck)}
     print("source gates written:", json.dumps(before))
-    L = len(adapter.layers)
     ztr, zck, thresholds = np.zeros((L, len(ytr))), np.zeros((L, len(yck))), []
     for s in tqdm(range(L), desc="fit layers"):
         scaler, clf = fit_layer(Xtr[s], ytr, a.superseded_weight, a.C, a.story_weight)
         ztr[s] = clf.decision_function(scaler.transform(Xtr[s].astype(np.float32)))
         zck[s] = clf.decision_function(scaler.transform(Xck[s].astype(np.float32)))
         fr = a.false_rate if a.false_rate is not None else float((gtr[s][ytr == 0] >= tau).mean())
-        thr = float(np.quantile(ztr[s][ytr == 0], 1.0 - fr)) if fr > 0 else float(ztr[s][ytr == 0].max())
+        thr = rate_threshold(ztr[s][ytr == 0], fr)
         if (ytr == 3).any():  # never write more of a story than the source did
-            fs = float((gtr[s][ytr == 3] >= tau).mean())
-            thr = max(thr, float(np.quantile(ztr[s][ytr == 3], 1.0 - fs)) if fs > 0 else float(ztr[s][ytr == 3].max()))
+            thr = max(thr, rate_threshold(ztr[s][ytr == 3], float((gtr[s][ytr == 3] >= tau).mean())))
         thresholds.append(thr)
         wz = clf.coef_[0] / scaler.scale_  # the decision on raw x: wz·x + bias ≥ 0
         fold_linear_gate(adapter.layers[s], torch.from_numpy(wz).float(),
