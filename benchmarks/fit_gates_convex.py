@@ -8,7 +8,8 @@ directly, per layer, with a logistic regression to convergence on standardised i
   positives   a fact value's tokens (the trainer's labels: `value_token_labels`, superseded mentions left out);
   superseded  an update's re-mention of the old value (`superseded_token_labels`), a negative class of its own;
   others      every other written history/question token (subsampled);
-  stories     with `--babi-stories`: every token of bAbI train stories shown whole in the window (subsampled).
+  stories     with `--babi-stories`: every token of bAbI train stories (tasks `--babi-tasks`) shown whole in the
+              window (subsampled).
 
 Each class gets its own total weight (positives 1, superseded `--superseded-weight`, others 1, stories
 `--story-weight`). The decision threshold per layer is then set so that the share of *other* training tokens
@@ -20,9 +21,12 @@ overrides it), and raised if needed so that no more of the stories is written th
 
 Inputs are captured once, with the source adapter's gates writing the state (the residual stream holds its
 reads), so the fit is on the source adapter's distribution; `update_gates.py` on the saved adapter measures the
-real effect.
+real effect. With `--cache`, the episodes' capture and the stories' capture are kept in two .npz files (the
+stories' next to it, named by count and number of tasks) and reused when their settings match.
 
     PYTHONPATH=. python benchmarks/fit_gates_convex.py --out runs/v8-cvx --n-train 300
+    DELTAMEM_BABI_DIR=../shared/data/babi/en PYTHONPATH=. python benchmarks/fit_gates_convex.py \
+        --out runs/v8-cvx4-sw10 --false-rate 0.01 --babi-stories 12 --babi-tasks all --story-weight 10
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from tqdm import tqdm
 
 from deltamem_agents.bench.run_probe import kind_episodes
 from deltamem_agents.chat.loading import load_model
+from deltamem_agents.datasets.babi import babi_episodes, parse_tasks
 from deltamem_agents.patching import forward_with_state, get_adapter
 from deltamem_agents.patching.adapter_io import save_adapter
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
@@ -107,7 +112,24 @@ def rate_threshold(z: np.ndarray, rate: float) -> float:
 
 
 def cache_key(a) -> str:
-    return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}|{a.babi_stories}"
+    return f"{a.adapter}|{a.n_train}|{a.n_check}|{a.keep_other}|{a.seed}"
+
+
+def story_cache_key(a) -> str:
+    return f"{a.adapter}|{a.keep_other}|{a.seed}|babi{a.babi_stories}|tasks{','.join(map(str, a.babi_tasks))}"
+
+
+def cached(path: Path | None, key: str, capture):
+    """`capture()`'s arrays (a dict), kept in `path` (.npz) under `key` and reused when the key matches."""
+    if path and path.exists():
+        z = np.load(path)
+        if z["meta"].item() != key:
+            raise SystemExit(f"{path} holds another capture ({z['meta'].item()}); remove it or pass another --cache")
+        return {k: z[k] for k in z.files if k != "meta"}
+    out = capture()
+    if path:
+        np.savez(path, meta=np.array(key), **out)
+    return out
 
 
 def main() -> None:
@@ -124,8 +146,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=None, help="keep the captured inputs here (.npz) and reuse them")
     ap.add_argument("--babi-stories", type=int, default=0,
-                    help="also capture this many bAbI *train* stories per task (1, 2, 3, 5, 6, 7; whole story in the "
-                         "window) as negatives of their own, and cap each layer's write rate on them at the source's")
+                    help="also capture this many bAbI *train* stories per task (whole story in the window) as "
+                         "negatives of their own, and cap each layer's write rate on them at the source's")
+    ap.add_argument("--babi-tasks", type=parse_tasks, default=(1, 2, 3, 5, 6, 7),
+                    help="the tasks of --babi-stories: a comma list or 'all' (default 1,2,3,5,6,7)")
     ap.add_argument("--story-weight", type=float, default=1.0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -137,13 +161,8 @@ def main() -> None:
         raise SystemExit("the adapter has no write threshold: selective token writes are what this fits")
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     L = len(adapter.layers)
-    if a.cache and a.cache.exists():  # the captured inputs of an earlier run with the same adapter and episodes
-        z = np.load(a.cache)
-        if z["meta"].item() != cache_key(a):
-            raise SystemExit(f"{a.cache} holds another capture ({z['meta'].item()}); remove it or pass another --cache")
-        Xtr, ytr, gtr = [z[f"xtr{s}"] for s in range(L)], z["ytr"], z["gtr"]
-        Xck, yck, gck = [z[f"xck{s}"] for s in range(L)], z["yck"], z["gck"]
-    else:
+
+    def capture_main():
         sampler = EpisodeSampler(tok, seed=a.seed, total_steps=a.n_train, value_kinds=KINDS, in_window_frac=0.0,
                                  mix={"fact": 0.5, "update": 0.5}, budget_range=(128, 128), distance_start=0,
                                  distance_end=180)
@@ -152,18 +171,26 @@ def main() -> None:
         check = [(ep, pol) for kind in ("update", "fact")
                  for ep in kind_episodes(tok, a.n_check, 150, 7, "heldout", KINDS, kind)]
         Xtr, ytr, gtr = collect(model, renderer, train, a.keep_other, a.seed)
-        if a.babi_stories:
-            from deltamem_agents.datasets.babi import babi_episodes
-
-            stories = [(ep, WindowPolicy(budget=8192, reserve=48))
-                       for ep in babi_episodes(None, split="train", max_items=a.babi_stories, seed=a.seed)]
-            Xs, ys, gs = collect(model, renderer, stories, a.keep_other, a.seed + 2, story=True)
-            Xtr, ytr, gtr = [np.concatenate([x, xs]) for x, xs in zip(Xtr, Xs)], np.concatenate([ytr, ys]), \
-                np.concatenate([gtr, gs], 1)
         Xck, yck, gck = collect(model, renderer, check, 1.0, a.seed + 1)
-        if a.cache:
-            np.savez(a.cache, meta=np.array(cache_key(a)), ytr=ytr, gtr=gtr, yck=yck, gck=gck,
-                     **{f"xtr{s}": x for s, x in enumerate(Xtr)}, **{f"xck{s}": x for s, x in enumerate(Xck)})
+        return {"ytr": ytr, "gtr": gtr, "yck": yck, "gck": gck,
+                **{f"xtr{s}": x for s, x in enumerate(Xtr)}, **{f"xck{s}": x for s, x in enumerate(Xck)}}
+
+    def capture_stories():
+        stories = [(ep, WindowPolicy(budget=8192, reserve=48))
+                   for ep in babi_episodes(None, tasks=a.babi_tasks, split="train", max_items=a.babi_stories,
+                                           seed=a.seed)]
+        Xs, ys, gs = collect(model, renderer, stories, a.keep_other, a.seed + 2, story=True)
+        return {"ys": ys, "gs": gs, **{f"xs{s}": x for s, x in enumerate(Xs)}}
+
+    z = cached(a.cache, cache_key(a), capture_main)  # the source adapter's captured inputs
+    Xtr, ytr, gtr = [z[f"xtr{s}"] for s in range(L)], z["ytr"], z["gtr"]
+    Xck, yck, gck = [z[f"xck{s}"] for s in range(L)], z["yck"], z["gck"]
+    if a.babi_stories:
+        story_cache = a.cache.with_name(f"{a.cache.stem}-stories{a.babi_stories}-{len(a.babi_tasks)}t.npz") \
+            if a.cache else None
+        zs = cached(story_cache, story_cache_key(a), capture_stories)
+        Xtr = [np.concatenate([x, zs[f"xs{s}"]]) for s, x in enumerate(Xtr)]
+        ytr, gtr = np.concatenate([ytr, zs["ys"]]), np.concatenate([gtr, zs["gs"]], 1)
     print(f"tokens: train {len(ytr)} (value {(ytr == 1).sum()}, superseded {(ytr == 2).sum()}), "
           f"check {len(yck)} (value {(yck == 1).sum()}, superseded {(yck == 2).sum()})")
     before = {"train": rates(gtr >= tau, ytr), "check": rates(gck >= tau, yck)}
@@ -187,6 +214,7 @@ def main() -> None:
     info = {"from": str(a.adapter), "refit": "write gates only: convex per-layer fit (benchmarks/fit_gates_convex.py)",
             "n_train": a.n_train, "superseded_weight": a.superseded_weight, "C": a.C, "false_rate": a.false_rate,
             "keep_other": a.keep_other, "seed": a.seed, "babi_stories": a.babi_stories,
+            "babi_tasks": list(a.babi_tasks) if a.babi_stories else [],
             "written_before": before, "written_after": after,
             "thresholds": [round(t, 4) for t in thresholds]}
     save_adapter(model, a.out, info=info)

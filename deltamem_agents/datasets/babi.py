@@ -22,10 +22,11 @@ from pathlib import Path
 from .episode import Episode, answer_text
 
 __all__ = ["BabiStory", "read_babi", "babi_episodes", "story_to_episode", "babi_file", "resolve_babi_dir",
-           "ENV_VAR", "DEFAULT_TASKS"]
+           "ENV_VAR", "DEFAULT_TASKS", "parse_tasks"]
 
 ENV_VAR = "DELTAMEM_BABI_DIR"
 DEFAULT_TASKS = (1, 2, 3, 5, 6, 7)
+ALL_TASKS = tuple(range(1, 21))
 _ACKS = ("Okay.", "Got it.", "Noted.", "Understood.", "Okay, noted.", "Thanks, got it.", "Alright.")
 
 
@@ -125,6 +126,17 @@ def story_to_episode(item: BabiStory, *, split: str, sentences_per_message: int 
             "supporting_ids": list(item.supporting_ids), "n_sentences": len(item.sentences),
             "sentences_per_message": sentences_per_message, "value": item.answer}
     return Episode(tuple(messages), item.question, answer_text(item.answer), (item.answer,), fact_index, "babi", meta)
+
+
+def parse_tasks(text: str) -> tuple[int, ...]:
+    """bAbI task numbers from a comma list ("4,11") or "all"; a ValueError names anything outside 1..20."""
+    try:
+        tasks = ALL_TASKS if text.strip() == "all" else tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"bAbI tasks are a comma list of 1..20 or 'all', not {text!r}") from None
+    if not tasks or any(not 1 <= t <= 20 for t in tasks):
+        raise ValueError(f"bAbI tasks are 1..20, not {text!r}")
+    return tasks
 
 
 def babi_episodes(data_dir=None, tasks=DEFAULT_TASKS, split: str = "train", max_items: int | None = None,

@@ -100,3 +100,13 @@ def test_real_files_test_split_and_max_items():
     assert all(e.meta["split"] == "test" for e in a)
     with pytest.raises(ValueError):
         babi_episodes(BABI_DIR, tasks=(1,), split="valid")
+
+
+def test_parse_tasks():
+    from deltamem_agents.datasets.babi import parse_tasks
+
+    assert parse_tasks("4,11") == (4, 11)
+    assert parse_tasks("all") == tuple(range(1, 21))
+    for bad in ("0", "21", "", "4,x", "1,,2"):
+        with pytest.raises(ValueError, match="1..20"):
+            parse_tasks(bad)
