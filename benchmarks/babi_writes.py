@@ -35,8 +35,8 @@ def main() -> None:
                               [(e, WindowPolicy(budget=8192, reserve=48)) for e in eps],
                               model.deltamem.config.write_threshold)
         fr = rep.false_rate
-        print(f"{ad}: tasks {','.join(map(str, a.tasks))}, {len(eps)} stories, {rep.n_neg} tokens; written: mean over layers {sum(fr) / len(fr):.4f}, "
-              f"max layer {max(fr):.4f}")
+        print(f"{ad}: tasks {','.join(map(str, a.tasks))}, {len(eps)} stories, {rep.n_neg} tokens; "
+              f"written: mean over layers {sum(fr) / len(fr):.4f}, max layer {max(fr):.4f}")
 
 
 if __name__ == "__main__":

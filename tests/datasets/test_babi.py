@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deltamem_agents.datasets.babi import ENV_VAR, babi_episodes, read_babi
+from deltamem_agents.datasets.babi import ENV_VAR, babi_episodes, parse_tasks, read_babi
 from deltamem_agents.datasets.episode import Episode
 
 BABI_DIR = Path("/work/shared/data/babi/en")
@@ -103,8 +103,6 @@ def test_real_files_test_split_and_max_items():
 
 
 def test_parse_tasks():
-    from deltamem_agents.datasets.babi import parse_tasks
-
     assert parse_tasks("4,11") == (4, 11)
     assert parse_tasks("all") == tuple(range(1, 21))
     for bad in ("0", "21", "", "4,x", "1,,2"):
