@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Hashable, Iterable, Sequence
 
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.episode import Episode
@@ -62,6 +63,20 @@ class MemoryProbe:
         self.engine = Engine(model, tokenizer)
         self.model, self.renderer = model, renderer
         self.gen = GenerationConfig(max_new_tokens=max_new_tokens)
+        self._states: OrderedDict[Hashable, Any] = OrderedDict()  # the last few written states, by caller's key
+
+    def cached_state(self, key: Hashable | None, passes: EpisodePasses, keep: int = 4) -> Any:
+        """`build_state(passes)`, reused when the same `key` (the caller's name for an episode, e.g. (distance, index))
+        was written recently: a probe run pairs episode i with i + 1's state, so each state is used twice. States are
+        never changed in place (each forward returns a new one), so sharing is safe."""
+        if key is None:
+            return self.build_state(passes)
+        if key not in self._states:
+            self._states[key] = self.build_state(passes)
+            while len(self._states) > keep:
+                self._states.popitem(last=False)
+        self._states.move_to_end(key)
+        return self._states[key]
 
     def build_state(self, passes: EpisodePasses) -> Any:
         """Write the history's epochs (all but the final window) into a fresh δ-state."""
@@ -90,12 +105,17 @@ class MemoryProbe:
         return res.text, len(passes.read_ids)
 
     def run(self, episodes: list[Episode], policy: WindowPolicy, conditions: Iterable[str] = CONDITIONS,
-            full_budget: int = 8192, score: set[int] | None = None) -> list[dict[str, Any]]:
-        """One row per (scored episode, condition); unscored episodes only donate shuffled-control states."""
+            full_budget: int = 8192, score: set[int] | None = None,
+            keys: Sequence[Hashable] | None = None) -> list[dict[str, Any]]:
+        """One row per (scored episode, condition); unscored episodes only donate shuffled-control states.
+        `keys` (one per episode, unique per episode content) lets consecutive calls reuse written states."""
         conditions = list(conditions)
+        if keys is not None and len(keys) != len(episodes):
+            raise ValueError(f"{len(keys)} keys for {len(episodes)} episodes")
         passes = [history_passes(ep, self.renderer, policy) for ep in episodes]
         need_states = any(c in conditions for c in ("deltamem", "shuffled"))
-        states = [self.build_state(p) for p in passes] if need_states else []
+        states = [self.cached_state(keys[j] if keys is not None else None, p)
+                  for j, p in enumerate(passes)] if need_states else []
         need_full = any(c in conditions for c in FROZEN)
         full_states = [self.build_full_state(p, states[j] if states else None)
                        for j, p in enumerate(passes)] if need_full else []

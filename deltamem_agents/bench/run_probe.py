@@ -70,7 +70,8 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
                 # states for the shuffled control come from the neighbouring episode: keep pairs together
                 for i in tqdm(todo, desc=f"probe d={d}", disable=not show_progress):
                     pair = [eps[i], eps[(i + 1) % n]]
-                    rows = probe.run(pair, policy, conditions, score={0})  # eps[i+1] only donates its state
+                    # eps[i+1] only donates its state; keyed, so it is not written again as the next episode's own
+                    rows = probe.run(pair, policy, conditions, score={0}, keys=[(kind, d, i), (kind, d, (i + 1) % n)])
                     for r in rows:
                         if r["episode"] == 0:
                             r.update(episode=i, distance=d, budget=budget, split=split, adapter=label or str(adapter),

@@ -213,3 +213,24 @@ def test_eval_compare_joins_files_per_distance_and_plots(tmp_path):
                                    f"B shuffled={tmp_path / 'b.jsonl'}:deltamem", "--plot", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_keyed_states_are_reused_and_change_nothing(probe_setup, monkeypatch):
+    """run_probe pairs episode i with i + 1's state; with keys, i + 1's state is written once and the rows match."""
+    from deltamem_agents.runtime.window import WindowPolicy
+
+    model, tok, renderer, probe = probe_setup
+    eps = _episodes(tok, n=3)
+    policy = WindowPolicy(budget=128, reserve=48)
+    conds = ["deltamem", "shuffled"]
+    plain = [probe.run([eps[i], eps[(i + 1) % 3]], policy, conds, score={0}) for i in range(3)]
+    calls = []
+    build = probe.build_state
+    monkeypatch.setattr(probe, "build_state", lambda p: calls.append(1) or build(p))
+    keyed = [probe.run([eps[i], eps[(i + 1) % 3]], policy, conds, score={0}, keys=[("t", i), ("t", (i + 1) % 3)])
+             for i in range(3)]
+    assert len(calls) == 3  # not 6: each episode's state is written once
+    assert [[(r["condition"], r["prediction"]) for r in rs] for rs in keyed] == \
+        [[(r["condition"], r["prediction"]) for r in rs] for rs in plain]
+    with pytest.raises(ValueError, match="keys"):
+        probe.run(eps[:2], policy, conds, keys=[("t", 0)])
