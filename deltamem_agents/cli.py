@@ -439,6 +439,28 @@ def bench_report(run: Path = typer.Argument(..., help="run directory (or its row
     typer.echo(write_report(rows, out_dir or rows.parent))
 
 
+@bench_app.command("compare")
+def bench_compare(arms: list[str] = typer.Argument(..., help="LABEL=RUN:BACKEND or LABEL=RUN:BACKEND-CONTROL (the "
+                                                             "per-item difference, e.g. deltamem-deltamem_shuffled "
+                                                             "= memory), two or more; the first is the reference"),
+                  by: Optional[str] = typer.Option(None, help="group by this row field (n_facts, distance, ...); "
+                                                              "default: the report's cells"),
+                  plot: Optional[Path] = typer.Option(None, help="also write score vs --by per arm (PNG)"),
+                  title: str = typer.Option("", help="the plot's title")):
+    """Paired differences between backends of different bench runs on the same seeded items (e.g. two adapters)."""
+    from .bench.compare_runs import Arm, compare_runs, plot_runs
+
+    try:
+        parsed = [Arm.parse(a) for a in arms]
+        typer.echo(compare_runs(parsed, by=by))
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if plot is not None:
+        if by is None:
+            raise typer.BadParameter("--plot needs --by (a numeric row field)")
+        typer.echo(f"plot: {plot_runs(parsed, plot, by=by, title=title or f'score vs {by}')}")
+
+
 @app.command("ship-adapter")
 def ship_adapter(checkpoint: Path, eval_md: Optional[Path] = typer.Option(None, "--eval"),
                  command: str = typer.Option("", help="the eval command, recorded in the model card"),

@@ -90,7 +90,8 @@ def _latency(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
-def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title: str, xlabel: str = "distance") -> Path:
+def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title: str, xlabel: str = "distance",
+                ylabel: str = "accuracy", ylim: tuple[float, float] = (-0.05, 1.05), logx: bool = False) -> Path:
     """Accuracy vs `xlabel` per labelled arm ({label: {x: per-episode scores}}), bootstrap 95% bars; controls (labels
     naming a shuffled state or a LoRA) drawn dashed, like the bench's plots."""
     plt = _plt()
@@ -100,7 +101,9 @@ def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title:
         stats = [bootstrap_ci(by_x[x]) for x in xs]
         ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
                     marker="o", capsize=3, linestyle=_style(name), label=name)
-    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(-0.05, 1.05), title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=ylim, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
