@@ -104,6 +104,8 @@ def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path, *, title:
     ax.set(xlabel=xlabel, ylabel=ylabel, ylim=ylim, title=title)
     if logx:
         ax.set_xscale("log", base=2)
+        ticks = sorted({x for by_x in curves.values() for x in by_x})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
