@@ -92,8 +92,8 @@ def compare_runs(arms: list[Arm], *, by: str | None = None, base: int = 0) -> st
     shared = sorted(set.intersection(*(set(s) for s, _ in data)))
     if not shared:
         raise ValueError("the runs share no items: not the same seeded items (same --seed and task options?)")
-    for (_, gold), arm in zip(data[1:], arms[1:]):
-        bad = [k for k in shared if gold[k] != data[0][1][k]]
+    for i, ((_, gold), arm) in enumerate(zip(data, arms)):
+        bad = [k for k in shared if gold[k] != data[base][1][k]] if i != base else []
         if bad:
             raise ValueError(f"{arm.label} ({arm.run}) is not the same items as {arms[base].label}: gold differs at "
                              f"{[k[2] for k in bad[:3]]}")
