@@ -1,6 +1,6 @@
 """One forward call of a δ-mem model with an explicit state in and out.
 
-    out = forward_with_state(model, input_ids, state, message_ids=ids, past_key_values=cache, write=True)
+    out = forward_with_state(model, input_ids, state, message_ids=ids, **cache_kwargs(model, cache), write=True)
     out.outputs (the HF output), out.state (new DeltaState), out.beta_means (per wrapped layer)
 
 `message_ids` [B,T] label each token with its chat message index (-1: not written, e.g. the system prompt);

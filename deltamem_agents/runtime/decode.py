@@ -20,6 +20,7 @@ from torch import Tensor
 from ..core.state import DeltaState
 from ..patching.attach import is_attached
 from ..patching.forward import forward_with_state
+from ..patching.hf_cache import cache_kwargs, output_cache
 
 
 class LogitsConstraint(Protocol):
@@ -83,7 +84,7 @@ class Engine:
             raise ValueError("nothing to feed")
         x = torch.tensor([ids], device=self.device)
         pos = torch.arange(len(cur.tokens), len(cur.tokens) + len(ids), device=self.device)[None]
-        kw = dict(past_key_values=cur.cache, use_cache=True, position_ids=pos, logits_to_keep=1)
+        kw = dict(**cache_kwargs(self.model, cur.cache), use_cache=True, position_ids=pos, logits_to_keep=1)
         if is_attached(self.model) and cur.state is not None:
             out = forward_with_state(self.model, x, cur.state, message_ids=torch.tensor([mids], device=self.device),
                                      write=write and cur.write, **kw)
@@ -91,7 +92,7 @@ class Engine:
             outputs = out.outputs
         else:
             outputs = self.model(input_ids=x, **kw)
-        cur.cache = outputs.past_key_values
+        cur.cache = output_cache(outputs)
         cur.tokens.extend(ids)
         return outputs.logits[0, -1].float()
 

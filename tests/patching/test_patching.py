@@ -8,6 +8,7 @@ import torch
 from deltamem_agents.core.config import msw, ssw, tsw
 from deltamem_agents.errors import AlreadyAttachedError, NotAttachedError, UnsupportedArchitectureError
 from deltamem_agents.patching import attach, detach, disabled, forward_with_state
+from deltamem_agents.patching.hf_cache import cache_kwargs, output_cache
 from tests.conftest import randomize_adapter, tiny_llama
 
 CONFIGS = {"tsw": tsw(), "ssw": ssw(), "msw": msw(), "tsw_r5_mid": tsw(rank=5, target_layers=(1,))}
@@ -80,8 +81,9 @@ def test_incremental_decode_equals_one_pass(tiny, name):
     cache, st, logits = DynamicCache(config=tiny.config), adapter.zero_state(), []
     cuts = [0, 7, 16, 17, 18] + list(range(19, T + 1))
     for a, b in zip(cuts[:-1], cuts[1:]):
-        o = forward_with_state(tiny, x[:, a:b], st, message_ids=mids[:, a:b], past_key_values=cache, use_cache=True)
-        st, cache = o.state, o.outputs.past_key_values
+        o = forward_with_state(tiny, x[:, a:b], st, message_ids=mids[:, a:b], **cache_kwargs(tiny, cache),
+                              use_cache=True)
+        st, cache = o.state, output_cache(o.outputs)
         logits.append(o.outputs.logits)
     torch.testing.assert_close(torch.cat(logits, 1), full.outputs.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(st.S, full.state.S, rtol=1e-4, atol=1e-6)
@@ -141,3 +143,16 @@ def test_sessions_do_not_share_state(tiny):
     forward_with_state(tiny, _ids(10, 2), adapter.zero_state())  # another session in between
     a2 = forward_with_state(tiny, _ids(10, 1), adapter.zero_state()).state
     assert a1.equal(a2)
+
+
+def test_cache_keyword_is_this_transformers_own(tiny):
+    """A decode step names the KV cache as the installed transformers does: no deprecation warning, cache returned."""
+    import warnings
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=tiny.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = tiny(input_ids=_ids(5), **cache_kwargs(tiny, cache), use_cache=True)
+    assert output_cache(out) is cache and cache.get_seq_length() == 5
