@@ -29,6 +29,12 @@ def _chat(adapter: str, db: Optional[Path]):
     return DeltaMemChat.from_default(adapter=adapter, store=store)
 
 
+def _log_progress() -> None:
+    """Our INFO lines (rows done, checkpoints) on stderr; other libraries' (faiss, sentence-transformers) from WARNING."""
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("deltamem_agents").setLevel(logging.INFO)
+
+
 @app.command()
 def demo(adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
          budget: int = typer.Option(192, help="visible-window token budget (small, so facts leave the window)")):
@@ -158,7 +164,7 @@ def train(out_dir: Path = typer.Option(Path("runs/adapter")), steps: int = 600, 
     from .backbone import load_backbone
     from .train.trainer import TrainConfig, Trainer
 
-    logging.basicConfig(level=logging.INFO)
+    _log_progress()
     torch.set_num_threads(threads)
     overrides = {k: v for k, v in (("write_threshold", write_threshold), ("state_update_mode", update_mode),
                                    ("task_rank", task_rank), ("task_alpha", task_alpha)) if v is not None}
@@ -351,7 +357,7 @@ def train_lora_control(out_dir: Path = typer.Option(Path("runs/lora-control")), 
     from .backbone import load_backbone
     from .train.lora_control import LoRAControlConfig, LoRAControlTrainer
 
-    logging.basicConfig(level=logging.INFO)
+    _log_progress()
     torch.set_num_threads(threads)
     budgets, dists = _ints(budget_range), _ints(distance_range)
     sampler = {"mix": _mix(mix), "value_kinds": list(_names(value_kinds)) or None, "in_window_frac": in_window_frac,
@@ -414,7 +420,7 @@ def bench(ctx: typer.Context,
     from .bench.runner import BenchConfig, run_bench
     from .bench.tasks import TaskConfig
 
-    logging.basicConfig(level=logging.INFO)
+    _log_progress()
     tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=_ints(distances),
                       n_facts=_ints(n_facts), vartrack_hops=_ints(hops), conditions=_names(conditions),
                       value_kinds=_names(value_kinds) or None, babi_dir=str(babi_dir) if babi_dir else None,
