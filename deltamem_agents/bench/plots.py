@@ -1,12 +1,13 @@
 """PNG plots of a benchmark run (matplotlib, Agg): accuracy vs fact distance, accuracy vs number of facts,
-memory bytes per backend, latency vs history length. Error bars are bootstrap 95% intervals."""
+LoCoMo score per category, memory bytes per backend, latency vs history length. Error bars are bootstrap 95%
+intervals."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .report import backends_in, label, scored
+from .report import backends_in, by_cell, label, scored
 from .stats import bootstrap_ci
 
 
@@ -53,6 +54,29 @@ def _by(rows: list[dict[str, Any]], task: str, key: str, path: Path, title: str,
             ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(plt, fig, path)
+
+
+def _cells(rows: list[dict[str, Any]], task: str, path: Path, title: str) -> Path | None:
+    """Grouped bars: one group per report cell of `task` (LoCoMo: cat 1-4 pooled, each category, cat 5), one bar
+    per backend; controls hatched."""
+    cells = {cell: by_b for (t, cell), by_b in by_cell(rows).items() if t == task}
+    if not cells:
+        return None
+    plt = _plt()
+    bs = backends_in(r for r in scored(rows) if r["task"] == task)
+    names = sorted(cells, key=lambda c: (not c.startswith("cat 1-4"), c))
+    width = 0.8 / len(bs)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(names) * len(bs) / 3), 4.5))
+    for j, b in enumerate(bs):
+        stats = [bootstrap_ci(list(cells[c].get(b, {}).values())) for c in names]
+        xs = [i + (j - (len(bs) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [s[0] for s in stats], width, yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
+               capsize=2, label=label(b), hatch="//" if _style(b) != "-" else None)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set(ylabel="score (F1; cat 5: accuracy)", title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(plt, fig, path)
 
 
@@ -125,6 +149,7 @@ def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 "accuracy vs fact distance", "condition"),
             _by(rows, "synthetic-capacity", "n_facts", out_dir / "accuracy_vs_n_facts.png",
                 "accuracy vs number of facts", None),
+            _cells(rows, "locomo", out_dir / "locomo_by_category.png", "LoCoMo by category"),
             _memory(rows, out_dir / "memory_bytes.png"),
             _latency(rows, out_dir / "latency_vs_history.png")]
     return [p for p in made if p is not None]

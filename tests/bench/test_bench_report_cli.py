@@ -85,6 +85,7 @@ def test_cli_report_and_help(tmp_path):
     assert res.exit_code == 0, res.output
     assert "## Paired differences" in (tmp_path / "rep" / "report.md").read_text()
     assert (tmp_path / "rep" / "plots" / "accuracy_vs_distance.png").stat().st_size > 1000
+    assert (tmp_path / "rep" / "plots" / "locomo_by_category.png").stat().st_size > 1000  # the one LoCoMo row
     res = runner.invoke(cli.app, ["bench", "--help"])
     assert res.exit_code == 0 and "--budget" in res.output and "report" in res.output
 
