@@ -30,7 +30,7 @@ def _chat(adapter: str, db: Optional[Path]):
 
 
 def _log_progress() -> None:
-    """Our INFO lines (rows done, checkpoints) on stderr; other libraries' (faiss, sentence-transformers) from WARNING."""
+    """Our INFO lines (rows done, checkpoints) on stderr; other libraries' (faiss, ...) only from WARNING."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("deltamem_agents").setLevel(logging.INFO)
 
