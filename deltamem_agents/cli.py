@@ -445,6 +445,24 @@ def bench_report(run: Path = typer.Argument(..., help="run directory (or its row
     typer.echo(write_report(rows, out_dir or rows.parent))
 
 
+@bench_app.command("merge")
+def bench_merge(out: Path = typer.Argument(..., help="new run directory for the merged rows"),
+                runs: list[Path] = typer.Argument(..., help="two or more run directories made with the same settings "
+                                                            "(e.g. the same bench split by --backends)"),
+                report: bool = typer.Option(True, help="write report.md and plots/ into OUT")):
+    """Join runs of one benchmark split over processes: one row per (task, item, backend), settings checked."""
+    from .bench.merge_runs import merge_runs
+    from .bench.report import write_report
+
+    try:
+        m = merge_runs(runs, out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"{m.rows} rows into {out} ({m.duplicates} duplicates dropped, {m.disagreeing} with another score)")
+    if report:
+        typer.echo(write_report(out / "rows.jsonl", out))
+
+
 @bench_app.command("compare")
 def bench_compare(arms: list[str] = typer.Argument(..., help="LABEL=RUN:BACKEND or LABEL=RUN:BACKEND-CONTROL (the "
                                                              "per-item difference, e.g. deltamem-deltamem_shuffled "
