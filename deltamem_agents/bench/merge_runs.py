@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .report import read_rows
-from .runner import ROWS
-
-CONFIG = "config.json"
+from .runner import CONFIG, ROWS, settings_diff
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ def merge_runs(runs: list[Path], out: Path) -> Merged:
         raise ValueError(f"{out / ROWS} exists; merge into a new directory")
     keys = [_resume_key(r) for r in runs]
     for run, key in zip(runs[1:], keys[1:]):
-        diff = {k: (keys[0].get(k), key.get(k)) for k in set(keys[0]) | set(key) if keys[0].get(k) != key.get(k)}
+        diff = settings_diff(keys[0], key)
         if diff:
             raise ValueError(f"{run} was run with other settings than {runs[0]}: {diff}")
     seen: dict[tuple[str, str, str], float | None] = {}

@@ -64,7 +64,7 @@ def _cells(rows: list[dict[str, Any]], task: str, path: Path, title: str) -> Pat
     if not cells:
         return None
     plt = _plt()
-    bs = backends_in(r for r in scored(rows) if r["task"] == task)
+    bs = backends_in({"backend": b} for by_b in cells.values() for b in by_b)
     names = sorted(cells, key=lambda c: (not c.startswith("cat 1-4"), c))
     width = 0.8 / len(bs)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(names) * len(bs) / 3), 4.5))

@@ -31,6 +31,7 @@ from .tasks import TASKS, TaskConfig, build_items
 
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
+CONFIG = "config.json"
 _RESUME_KEYS = ("budget", "reserve", "adapter", "lora", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
 _TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path", "value_kinds")
 
@@ -69,12 +70,16 @@ class BenchConfig:
         return {**{k: getattr(self, k) for k in _RESUME_KEYS}, **{k: getattr(self.task, k) for k in _TASK_RESUME_KEYS}}
 
 
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{setting: (old, new)} where two runs' resume keys differ (rows of such runs are not comparable)."""
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
 def _check_config(cfg: BenchConfig) -> None:
-    path = cfg.out / "config.json"
+    path = cfg.out / CONFIG
     key = json.loads(json.dumps(cfg.resume_key(), default=str))  # as stored (tuples become lists)
     if path.exists():
-        old = json.loads(path.read_text()).get("resume_key", {})
-        diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+        diff = settings_diff(json.loads(path.read_text()).get("resume_key", {}), key)
         if diff:
             raise ValueError(f"{cfg.out} holds rows made with other settings {diff}; choose another --out")
     conf = {"resume_key": key, **{k: v for k, v in asdict(cfg).items() if k not in ("out", "task")},

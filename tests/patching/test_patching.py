@@ -146,7 +146,8 @@ def test_sessions_do_not_share_state(tiny):
 
 
 def test_cache_keyword_is_this_transformers_own(tiny):
-    """A decode step names the KV cache as the installed transformers does: no deprecation warning, cache returned."""
+    """`cache_kwargs` names the KV cache as the installed transformers does (no deprecation warning; the old
+    keyword warns on 5.24) and `output_cache` gets the same cache back, filled."""
     import warnings
 
     from transformers import DynamicCache
