@@ -1,4 +1,4 @@
-"""Process-memory probes for the soak (issue 8): RSS split, glibc heap counters, malloc_trim, tracemalloc diffs.
+"""Process-memory probes for the soak: RSS split, glibc heap counters, malloc_trim, tracemalloc diffs.
 
 - `rss_split()`: VmRSS / RssAnon / RssFile from /proc/self/status, in MiB.
 - `heap_stats()`: glibc `mallinfo2()` summed over all arenas, in MiB: `heap_in_use` (uordblks, live malloc

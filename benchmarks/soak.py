@@ -1,4 +1,4 @@
-"""Long-session soak (issue 8, item 4): one session, many short user turns, on the real default backbone.
+"""Long-session soak: one session, many short user turns, on the real default backbone.
 
 Usage::
 

@@ -107,17 +107,24 @@ def load_tokenizer(model: str | os.PathLike | None = None) -> Any:
 
 
 def load_backbone(
-    model: str | os.PathLike | None = None, *, dtype: Any = None, device: str | None = None
+    model: str | os.PathLike | None = None, *, dtype: Any = None, device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) offline, frozen and in eval mode. CPU by default, CUDA when asked/present."""
-    import torch
+    """Load (model, tokenizer) offline, frozen and in eval mode.
+
+    `device`, `dtype` (a torch.dtype or its name) and `attn_implementation` left None follow the policy of
+    `patching.device.resolve_policy`: CUDA when present with bf16 weights and FlashAttention-2 (if
+    `flash_attn` imports, else SDPA); on CPU fp32 weights (bf16 only if the CPU has native bf16) and SDPA.
+    The chosen policy is kept on the model as `model.deltamem_policy`."""
     from transformers import AutoModelForCausalLM
 
+    from .patching.device import resolve_policy
+
     path = resolve_model_dir(model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or torch.float32
-    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    net.to(device).eval()
+    policy = resolve_policy(device=device, dtype=dtype, attn_implementation=attn_implementation)
+    net = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **policy.from_pretrained_kwargs())
+    net.to(policy.device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    net.deltamem_policy = policy
     return net, load_tokenizer(path)

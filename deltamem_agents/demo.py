@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .bench.probe import contains_answer
+from .datasets.answers import contains_answer
 from .runtime.render import DEFAULT_SYSTEM_PROMPT
 
 FACTS = [  # (statement with {}, question, kind the shipped adapter was trained on?)
@@ -68,7 +68,7 @@ class Column:
 
 def _retriever() -> Any:
     try:
-        from .bench.retrieval import MiniLMRetriever
+        from .retrieval import MiniLMRetriever
 
         r = MiniLMRetriever()
         r.embed(["warm-up"])

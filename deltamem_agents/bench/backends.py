@@ -21,7 +21,7 @@
                      whole history (window included, up to the generation prompt) beforehand, then the deltamem
                      prompt read with writes off. Same mechanics as deltamem_shuffled, so in the window, where
                      the runtime arm writes the visible fact while reading it, deltamem_frozen − deltamem_shuffled
-                     is the memory measurement (issue 9); out of the window it should reproduce deltamem.
+                     is the memory measurement; out of the window it should reproduce deltamem.
 memory_bytes / memory_kind: `delta_state` = δ-state tensor bytes (fp32; what a session persists),
 `retrieved_text` = UTF-8 bytes of the retrieved context (the index size is in `index_bytes`),
 `kv_cache` = the KV cache of the full-history prompt, `none` otherwise. Every row also has `kv_bytes`,
@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..runtime.window import WindowPolicy
-from ..train.episode import EpisodePasses
+from ..runtime.replay import EpisodePasses
 from .context import BenchContext, Prepared
 from .items import Item
 

@@ -13,7 +13,7 @@ top `4·rag_k` by similarity to the question are taken best first while they fit
 and shown in chronological order.
 The retrieved context is read but never written into a δ-state (those messages were written once already).
 `rag_scope="all"` searches every history message instead, window included — a vector-store memory kept beside a
-buffer, which is how RAG can still help when the whole conversation fits (issue 9's in-window RAG condition: the
+buffer, which is how RAG can still help when the whole conversation fits (the in-window RAG condition: the
 fact turn is retrieved and shown again in the system prompt).
 
 δ-states are built exactly as `MemoryProbe.build_state` (every window epoch before the final one, fresh KV
@@ -36,7 +36,7 @@ from ..patching.context import disabled
 from ..runtime.decode import Engine, GenerationConfig
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
-from ..train.episode import EpisodePasses, history_passes
+from ..runtime.replay import EpisodePasses, history_passes
 from .items import Item
 from .probe import MemoryProbe
 

@@ -1,7 +1,7 @@
 """Reply preservation: does a δ-state full of facts leave replies it is not about as the backbone writes them?
 
 The memory probe scores fact questions; it cannot see an adapter that also rewrites every other reply
-(docs/results.md §8: "How long should I boil an egg?" -> "1."). Here the same held-out histories end with a
+(docs/research-log.md §8: "How long should I boil an egg?" -> "1."). Here the same held-out histories end with a
 chit-chat question instead (a distractor exchange the history does not contain), and three replies are
 generated greedily with the same window: the frozen backbone's (the reference), δ-mem with the episode's own
 state, and δ-mem with another episode's state. Scores per reply, against the backbone's: token F1 (SQuAD-style,
@@ -21,8 +21,8 @@ from typing import Any
 
 from ..datasets.distractors import distractor, faker_for
 from ..datasets.episode import Episode
-from ..train.episode import history_passes
-from ..train.gates import fact_values
+from ..runtime.replay import history_passes
+from ..datasets.episode import fact_values
 from .f1 import f1_score
 from .probe import MemoryProbe
 

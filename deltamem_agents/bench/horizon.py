@@ -17,8 +17,8 @@ from ..datasets.episode import Episode
 from ..patching.forward import forward_with_state
 from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
-from ..train.episode import history_passes
-from ..train.gates import closed_message_ids
+from ..runtime.replay import history_passes
+from ..runtime.replay import closed_message_ids
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 """Memory-probe evaluation: a fact sits at a chosen distance before the question; greedy answers are scored.
 
-Conditions on the *same* episodes and backbone (issue 3 §3, issue 9 §2):
+Conditions on the *same* episodes and backbone:
   window         backbone alone, prompt = system + the runtime's visible window + question (the floor)
   deltamem       window + the δ-state written over the whole history, exactly as the session runtime does
   shuffled       window + a δ-state written from a *different* episode (the memory control)
@@ -19,37 +19,24 @@ memory. Scores: normalised-contains of any gold alias.
 
 from __future__ import annotations
 
-import re
-import string
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
+from ..datasets.answers import contains_answer
 from ..datasets.counterfactual import counterfactual, supports_counterfactual
 from ..datasets.episode import Episode
 from ..patching.context import disabled
 from ..runtime.decode import Engine, GenerationConfig
 from ..runtime.render import ChatRenderer
 from ..runtime.window import WindowPolicy
-from ..train.episode import EpisodePasses, history_passes
+from ..runtime.replay import EpisodePasses, history_passes
 
 CONDITIONS = ("window", "deltamem", "shuffled", "counterfactual", "empty", "full")  # the default run
-FROZEN = ("deltamem_frozen", "shuffled_frozen")  # on request (eval-memory --conditions): the in-window controls
+FROZEN = ("deltamem_frozen", "shuffled_frozen")  # on request (eval memory --conditions): the in-window controls
 # also on request: a zero state read with writes off, so no state reaches the answer at all — the adapter's
 # state-independent task path alone (config.task_rank; without one this is exactly the backbone)
 EMPTY_FROZEN = "empty_frozen"
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def contains_answer(prediction: str, aliases: Iterable[str]) -> bool:
-    pred = f" {normalize(prediction)} "
-    return any(f" {normalize(a)} " in pred for a in aliases if normalize(a))
-
-
 @dataclass
 class ProbeResult:
     condition: str

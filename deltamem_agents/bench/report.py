@@ -24,7 +24,7 @@ ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem
 
 # δ-mem frozen − shuffled has identical mechanics on both sides (whole state written beforehand, read with writes
 # off): the memory measurement in the window, where δ-mem − shuffled also counts the window's own writes
-# ... and δ-mem − LoRA (window): the LoRA control of issue 9, rows of a `--lora` run merged into the same file
+# ... and δ-mem − LoRA (window): the LoRA control, rows of a `--lora` run merged into the same file
 PAIRS = (("deltamem", "window"), ("deltamem", "deltamem_shuffled"), ("deltamem_frozen", "deltamem_shuffled"),
          ("deltamem", "lora_window"), ("deltamem_rag", "rag"), ("deltamem_rag", "deltamem_rag_shuffled"),
          ("deltamem_rag", "lora_rag"))

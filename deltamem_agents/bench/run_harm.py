@@ -1,6 +1,6 @@
 """Run the reply-preservation check (bench/harm.py) and write JSONL rows plus a markdown summary.
 
-    deltamem-agents eval-harm --adapter runs/pres2/checkpoint-last/adapter --n 40 --distance 150 --budget 128
+    deltamem-agents eval harm --adapter runs/pres2/checkpoint-last/adapter --n 40 --distance 150 --budget 128
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, seed: int = 0, threads: int = 2,
              value_kinds: list[str] | None = None, max_new_tokens: int = 24, show_progress: bool = True,
-             lora: str | None = None) -> str:
+             lora: str | None = None, model_dir: str | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
@@ -27,16 +27,16 @@ def run_harm(*, adapter: str, n: int, distance: int, budget: int, out: Path, see
     from .run_probe import kind_episodes
 
     torch.set_num_threads(threads)
-    model, tok = load_model(None, adapter)
+    model, tok = load_model(model_dir, adapter)
     if getattr(model, "deltamem", None) is None:
-        raise ValueError("eval-harm needs an adapter (it compares δ-mem's replies with the backbone's)")
+        raise ValueError("eval harm needs an adapter (it compares δ-mem's replies with the backbone's)")
     probe = MemoryProbe(model, tok, ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT), max_new_tokens=max_new_tokens)
     lora_probe = None
     if lora:  # the LoRA control merged into its own copy of the backbone, replying through the same windows
         from ..backbone import load_backbone
-        from ..train.lora_control import load_lora_control
+        from ..patching.lora import load_lora_control
 
-        lmodel, _ = load_backbone()
+        lmodel, _ = load_backbone(model_dir)
         lora_probe = MemoryProbe(load_lora_control(lmodel, lora), tok, probe.renderer, max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)
     eps = kind_episodes(tok, n, distance, seed, "heldout", value_kinds)

@@ -1,6 +1,6 @@
 """Run the memory probe over distances and write JSONL rows plus a markdown summary (resumable).
 
-    deltamem-agents eval-memory --adapter runs/ssw-r8/checkpoint-last/adapter --n 100 --distances 500,1000
+    deltamem-agents eval memory --adapter runs/ssw-r8/checkpoint-last/adapter --n 100 --distances 500,1000
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .stats import bootstrap_ci, paired_diff_ci
 def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: Path, seed: int,
               conditions: list[str], split: str = "heldout", kind: str = "fact", threads: int = 2,
               show_progress: bool = True, value_kinds: list[str] | None = None, max_new_tokens: int = 16,
-              lora: str | None = None, label: str | None = None) -> str:
+              lora: str | None = None, label: str | None = None, model_dir: str | None = None) -> str:
     """The memory probe over seeded episodes, appended to `out` (resumable); rows name the arm `label` (default: the
     adapter, or `lora:<dir>`)."""
     import torch
@@ -31,18 +31,18 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
     from .probe import MemoryProbe
 
     torch.set_num_threads(threads)
-    if lora:  # the LoRA control of issue 9: backbone + merged LoRA, no δ-mem (merged in place: not the cached model)
+    if lora:  # the LoRA control: backbone + merged LoRA, no δ-mem (merged in place: not the cached model)
         from ..backbone import load_backbone
-        from ..train.lora_control import load_lora_control
+        from ..patching.lora import load_lora_control
 
         if adapter not in (None, "none") or set(conditions) - {"window", "full"}:
             raise ValueError("--lora evaluates a LoRA control without δ-mem: use --adapter none and only the "
                              "window/full conditions")
-        model, tok = load_backbone()
+        model, tok = load_backbone(model_dir)
         model = load_lora_control(model, lora)
         adapter = f"lora:{lora}"
     else:
-        model, tok = load_model(None, adapter)
+        model, tok = load_model(model_dir, adapter)
     renderer = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     probe = MemoryProbe(model, tok, renderer, max_new_tokens=max_new_tokens)
     policy = WindowPolicy(budget=budget, reserve=48)
@@ -86,7 +86,7 @@ def run_probe(*, adapter: str, n: int, distances: list[int], budget: int, out: P
 
 def add_probe_args(ap: Any, *, kind: str = "fact") -> None:
     """The memory probe's options on an argparse parser, for benchmark scripts that alter the adapter and then
-    call `probe_from_args` (same defaults and episodes as `eval-memory`)."""
+    call `probe_from_args` (same defaults and episodes as `deltamem-agents eval memory`)."""
     ap.add_argument("--adapter", default="default")
     ap.add_argument("--kind", default=kind)
     ap.add_argument("--n", type=int, default=60)
@@ -100,7 +100,7 @@ def add_probe_args(ap: Any, *, kind: str = "fact") -> None:
 
 
 def probe_from_args(a: Any, *, label: str) -> None:
-    """`run_probe` with the options `add_probe_args` defined (seed 0, as `eval-memory`)."""
+    """`run_probe` with the options `add_probe_args` defined (seed 0, as `deltamem-agents eval memory`)."""
     run_probe(adapter=a.adapter, n=a.n, distances=[int(d) for d in a.distances.split(",")], budget=a.budget,
               out=a.out, seed=0, conditions=a.conditions.split(","), kind=a.kind, threads=a.threads,
               value_kinds=a.value_kinds.split(","), max_new_tokens=a.max_new_tokens, label=label)
@@ -109,8 +109,8 @@ def probe_from_args(a: Any, *, label: str) -> None:
 def kind_episodes(tok: Any, n: int, distance: int, seed: int, split: str, value_kinds: list[str] | None,
                   kind: str = "fact") -> list[Any]:
     """The probe's seeded episodes whose answers are of `value_kinds`, fact `distance` tokens back (the same
-    episodes for eval-memory and eval-harm at the same seed and distance)."""
-    from ..train.sampler import EpisodeSampler
+    episodes for eval memory and eval harm at the same seed and distance)."""
+    from ..datasets.sampler import EpisodeSampler
 
     sampler = EpisodeSampler(tok, value_kinds=value_kinds)
     return [sampler.generate_one(seed * 100_003 + distance * 1_009 + i, split, mix={kind: 1.0},
@@ -178,7 +178,7 @@ def arm_rows(paths: Paths, cond: str, label: str) -> dict[tuple[int, int], dict[
 
 
 def compare(arms: list[tuple[str, Paths, str]], *, base: int = 0, score: str = "correct") -> str:
-    """Paired differences between arms of *different* eval-memory runs over the same seeded episodes.
+    """Paired differences between arms of *different* eval memory runs over the same seeded episodes.
 
     `arms` = [(label, rows path or paths, condition)]; runs made with the same --seed/--n/--value-kinds hold the
     same episodes under the same (distance, episode) keys, so those pair them. Refuses runs whose shared episodes

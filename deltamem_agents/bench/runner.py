@@ -32,7 +32,7 @@ from .tasks import TASKS, TaskConfig, build_items
 logger = logging.getLogger(__name__)
 ROWS = "rows.jsonl"
 CONFIG = "config.json"
-_RESUME_KEYS = ("budget", "reserve", "adapter", "lora", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
+_RESUME_KEYS = ("budget", "reserve", "adapter", "model", "lora", "rag_k", "rag_share", "rag_scope", "max_new_tokens")
 _TASK_RESUME_KEYS = ("seed", "full_budget", "capacity_distance", "babi_filler", "locomo_path", "value_kinds")
 
 
@@ -44,7 +44,8 @@ class BenchConfig:
     budget: int = 512  # visible-token budget shared by every backend (out-of-window conditions)
     reserve: int = 48  # tokens of the budget kept free for the reply
     adapter: str = "default"  # adapter dir | "default" (shipped) | "none"
-    lora: str | None = None  # a LoRA control dir (train-lora-control): backbone + merged LoRA (+ the adapter,
+    model: str | None = None  # backbone: a local HF model dir (None: the offline SmolLM2-135M-Instruct)
+    lora: str | None = None  # a LoRA control dir (python -m lab train-lora-control): backbone + merged LoRA (+ the adapter,
     #                          if one is given: δ-mem stacked on the LoRA-merged backbone, an exploratory arm)
     rag_k: int = 3
     rag_share: float = 1 / 3  # fraction of the budget given to retrieved messages (rag backends)
@@ -130,17 +131,17 @@ def run_bench(cfg: BenchConfig, *, model: Any = None, tokenizer: Any = None) -> 
         from ..backbone import load_backbone
         from ..chat.loading import resolve_adapter
         from ..patching.adapter_io import load_adapter
-        from ..train.lora_control import load_lora_control
+        from ..patching.lora import load_lora_control
 
-        model, tokenizer = load_backbone()
+        model, tokenizer = load_backbone(cfg.model)
         model = load_lora_control(model, cfg.lora)
-        adir = resolve_adapter(cfg.adapter, None)
+        adir = resolve_adapter(cfg.adapter, cfg.model)
         if adir is not None:
             load_adapter(model, adir)
     elif model is None:
         from ..chat.loading import load_model
 
-        model, tokenizer = load_model(None, cfg.adapter)
+        model, tokenizer = load_model(cfg.model, cfg.adapter)
     backends = list(cfg.backends)
     if not is_attached(model) and NEEDS_ADAPTER & set(backends):
         logger.warning("no δ-mem adapter loaded (adapter=%r): skipping the backends %s", cfg.adapter,

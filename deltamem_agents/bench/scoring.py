@@ -1,6 +1,6 @@
 """Score one generated answer: LoCoMo's official metric, or normalised containment of a gold alias.
 
-Containment (`bench.probe.contains_answer`, the memory probe's score) is used for the synthetic suites, bAbI
+Containment (`datasets.answers.contains_answer`, the memory probe's score) is used for the synthetic suites, bAbI
 and the capability items: the answer counts when any gold alias appears in it as whole words. For fact
 updates, `says_old` records whether the stale value was given; for variable tracking, `says_decoy` whether the
 decoy locker's code was.
@@ -12,7 +12,7 @@ from typing import Any
 
 from .f1 import locomo_score, postprocess
 from .items import Item
-from .probe import contains_answer
+from ..datasets.answers import contains_answer
 
 
 def score(item: Item, raw: str) -> dict[str, Any]:

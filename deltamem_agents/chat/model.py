@@ -7,14 +7,14 @@
 
 Each turn writes every new token into the session's δ-state exactly once, shows the model only the
 visible window (runtime/session.py), and commits state + message log + metadata to the session store in
-one transaction. Sessions are isolated: each has its own state, log, KV cursor and lock.
+one transaction. Sessions are isolated: each has its own state, log, KV cursor and lock. The live sessions
+(runtime/sessions.py) and the session store are the runtime's; this module adds the public API around them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -26,12 +26,22 @@ from ..runtime.history import new_messages
 from ..runtime.messages import validate_message
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT
 from ..runtime.session import Conversation, SessionRunner
-from ..runtime.store import SessionRecord, SessionStore
+from ..runtime.sessions import LiveSessions
+from ..runtime.store import LRUCache, MemoryBackend, SessionStore, SQLiteBackend
 from ..runtime.window import WindowPolicy
+from .loading import model_lock
+from .streaming import aiter_in_thread
+
+__all__ = ["DeltaMemChat", "ChatResponse", "ChatChunk"]
+
+DEFAULT_BUDGET = 2048
+DEFAULT_RESERVE = 256
 
 
 @dataclass
 class ChatResponse:
+    """A whole reply: text, why it ended, tool calls ``{"id", "name", "args"}``, token usage, session."""
+
     text: str
     finish_reason: str
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -41,6 +51,8 @@ class ChatResponse:
 
 @dataclass
 class ChatChunk:
+    """One piece of a streamed reply; the last chunk carries the finish reason, tool calls and usage."""
+
     text: str = ""
     finish_reason: str | None = None  # set on the last chunk only
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -49,83 +61,81 @@ class ChatChunk:
 
 
 class DeltaMemChat:
+    """A local chat model (backbone + δ-mem adapter) serving many sessions, each with its own δ-memory.
+
+    ``chat``/``stream`` (and ``achat``/``astream``) answer one turn of a session and write it into that
+    session's memory; ``side_stream`` answers on a copy of a session's memory and writes nothing. Sessions
+    persist in ``store`` (default: SQLite under the cache dir; ``db=<path>`` for another file,
+    ``in_memory=True`` for this process only). The prompt shows the system prompt plus the newest messages
+    that fit the window ``policy`` (``budget``/``reserve`` tokens); older messages live on in the δ-state.
+    ``use_memory=False`` runs the same weights without δ-mem (the window/buffer baseline). Chat models on the
+    same loaded weights share one model lock, so one forward pass runs on them at a time.
+    """
+
     def __init__(self, model: Any, tokenizer: Any, *, store: SessionStore | None = None,
-                 policy: WindowPolicy | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 model_name: str = "smollm2-135m-instruct", live_sessions: int = 8, use_memory: bool = True) -> None:
+                 policy: WindowPolicy | None = None, system_prompt: str | None = None,
+                 model_name: str = "smollm2-135m-instruct", live_sessions: int = 8, use_memory: bool = True,
+                 db: str | Path | None = None, in_memory: bool = False, budget: int | None = None,
+                 reserve: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name
         self.engine = Engine(model, tokenizer)
-        self.policy = policy or WindowPolicy(budget=2048, reserve=256)
+        self.policy = _policy(policy, budget, reserve)
         self.runner = SessionRunner(self.engine, self.policy)
-        self.system_prompt = system_prompt
-        self.store = store if store is not None else _default_store()
-        self._live: OrderedDict[str, Conversation] = OrderedDict()
-        self._live_max = live_sessions
-        self._live_lock = threading.Lock()
-        self._model_lock = threading.Lock()  # one forward at a time on this model (2 CPU cores)
-        # use_memory=False runs the same runtime without δ-mem (the window/buffer baseline on the same weights)
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        self.store = _store(store, db, in_memory)
         self.adapter = getattr(model, "deltamem", None) if use_memory else None
+        self.live = LiveSessions(self.store, self.adapter, capacity=live_sessions)
+        self._model_lock = model_lock(model)
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
     def from_default(cls, *, adapter: str | Path | None = "default", **kw: Any) -> DeltaMemChat:
+        """The offline default backbone with the shipped adapter (if any); keywords as `from_pretrained`."""
         return cls.from_pretrained(None, adapter=adapter, **kw)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None, *, adapter: str | Path | None = "default",
                         dtype: Any = None, device: str | None = None, **kw: Any) -> DeltaMemChat:
+        """A chat model on a local backbone dir (None: the default one) + adapter; weights load once per
+        process. Other keywords go to the constructor: ``db``, ``in_memory``, ``store``, ``budget``,
+        ``reserve``, ``policy``, ``system_prompt``, ``use_memory``, ``model_name``, ``live_sessions``."""
         from .loading import load_model
 
         model, tok = load_model(model_dir, adapter, dtype=dtype, device=device)
-        name = "smollm2-135m-instruct" if model_dir in (None, "default") else Path(str(model_dir)).name
+        name = "smollm2-135m-instruct" if model_dir in (None, "default", "") else Path(str(model_dir)).name
         return cls(model, tok, model_name=kw.pop("model_name", name), **kw)
 
-    # --- state (de)serialisation ---------------------------------------------------------------------
-    def _state_expect(self) -> dict[str, Any]:
-        return {"fingerprint": self.adapter.fingerprint if self.adapter is not None else None}
+    def on_same_weights(self, *, use_memory: bool | None = None, in_memory: bool = True, **kw: Any) -> DeltaMemChat:
+        """Another chat model on these loaded weights (sharing their model lock) with its own sessions:
+        in memory by default, or ``db=``/``store=``. Unset settings (window, system prompt, name, memory on
+        or off) are copied from this one."""
+        if "db" in kw or "store" in kw:
+            in_memory = False
+        if "budget" not in kw and "reserve" not in kw:
+            kw.setdefault("policy", self.policy)
+        kw.setdefault("system_prompt", self.system_prompt)
+        kw.setdefault("model_name", self.model_name)
+        use = self.adapter is not None if use_memory is None else use_memory
+        return DeltaMemChat(self.model, self.tokenizer, use_memory=use, in_memory=in_memory, **kw)
 
-    def _fresh_state(self) -> DeltaState | None:
-        return self.adapter.zero_state(1) if self.adapter is not None else None
-
-    def _to_record_state(self, state: DeltaState | None) -> bytes | None:
-        return state.to_bytes(self._state_expect()) if state is not None else None
-
-    def _from_record(self, rec: SessionRecord) -> Conversation:
-        state = self._fresh_state()
-        if rec.state is not None and self.adapter is not None:
-            state, _ = DeltaState.from_bytes(rec.state, expect=self._state_expect())
-            self.adapter.check_state(state)
-        meta = rec.metadata or {}
-        return Conversation(rec.session_id, [dict(m) for m in rec.messages], state,
-                            int(meta.get("window_start", 0)), meta.get("system_prompt", self.system_prompt),
-                            rec.version)
+    # --- live sessions -------------------------------------------------------------------------------
+    @property
+    def _live(self) -> LRUCache[str, Conversation]:
+        return self.live.conversations
 
     def _conversation(self, session_id: str) -> Conversation:
-        with self._live_lock:
-            conv = self._live.get(session_id)
-            if conv is not None:
-                self._live.move_to_end(session_id)
-                return conv
-        rec = self.store.get_or_create(session_id, {"system_prompt": self.system_prompt})
-        conv = self._from_record(rec)
-        with self._live_lock:
-            self._live[session_id] = conv
-            while len(self._live) > self._live_max:
-                self._live.popitem(last=False)
-        return conv
+        return self.live.get(session_id, self.system_prompt)
 
-    def _commit(self, conv: Conversation) -> None:
-        rec = self.store.commit(conv.session_id, state=self._to_record_state(conv.state), messages=conv.messages,
-                                metadata=conv.metadata(), expected_version=conv.version)
-        conv.version = rec.version
-
-    def _forget_live(self, session_id: str) -> None:
-        with self._live_lock:
-            self._live.pop(session_id, None)
+    def lock(self, session_id: str, *, timeout: float | None = None) -> AbstractContextManager[None]:
+        """The session's turn lock (re-entrant): hold it to read a session and act on it atomically."""
+        return self.store.lock(session_id, timeout=timeout)
 
     # --- turns ---------------------------------------------------------------------------------------
     def _prepare(self, conv: Conversation, messages: Any, tools: list[Any] | None,
-                 system: str | None, keep_system: bool = False) -> list[dict[str, Any]]:
+                 system: str | None, keep_system: bool = False, all_new: bool = False) -> list[dict[str, Any]]:
+        """Set the turn's system prompt on `conv`; return the messages of `messages` that are new for it
+        (all of them with `all_new`)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if not isinstance(messages, list):
@@ -140,7 +150,32 @@ class DeltaMemChat:
 
             base = base + "\n\n" + tools_system_text(normalize_tools(tools))
         conv.system_prompt = base
-        return new_messages(conv.messages, [m for m in msgs if m["role"] != "system"])
+        given = [m for m in msgs if m["role"] != "system"]
+        return given if all_new else new_messages(conv.messages, given)
+
+    def _respond(self, conv: Conversation, new: list[dict[str, Any]], tools: list[Any] | None, tool_choice: Any,
+                 cfg: GenerationConfig, parallel_tool_calls: bool, res: Generation) -> Iterator[ChatChunk]:
+        """Write the `new` messages into `conv` and generate the reply (text chunks only)."""
+        if not new or new[-1]["role"] == "assistant":
+            raise InvalidMessageError("nothing to answer: the last new message must be a user or tool message")
+        constraint = self._constraint(tools, tool_choice, parallel_tool_calls)
+        k = len(new)
+        while k > 0 and new[k - 1]["role"] != "assistant":
+            k -= 1
+        with self._model_lock:
+            if k:  # earlier turns the caller sent (teacher-forced history) go in first
+                self.runner.add(conv, new[:k])
+            for delta in self.runner.respond(conv, new[k:], cfg, constraint, res):
+                yield ChatChunk(text=delta)
+
+    @staticmethod
+    def _last_chunk(conv: Conversation, res: Generation) -> ChatChunk:
+        reply = conv.messages[-1]
+        calls = [{"id": c["id"], "name": c["function"]["name"], "args": _json(c["function"]["arguments"])}
+                 for c in reply.get("tool_calls", [])]
+        usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
+                 "total_tokens": res.prompt_tokens + len(res.token_ids)}
+        return ChatChunk(finish_reason=res.finish_reason, tool_calls=calls, usage=usage, message=dict(reply))
 
     def stream(self, messages: Any, *, session_id: str = "default", tools: list[Any] | None = None,
                tool_choice: Any = "auto", system: str | None = None, max_new_tokens: int = 128,
@@ -155,31 +190,34 @@ class DeltaMemChat:
             res = Generation()
             try:
                 new = self._prepare(conv, messages, tools, system)
-                if not new or new[-1]["role"] == "assistant":
-                    raise InvalidMessageError("nothing to answer: the last new message must be a user or tool message")
-                constraint = self._constraint(tools, tool_choice, parallel_tool_calls)
-                k = len(new)
-                while k > 0 and new[k - 1]["role"] != "assistant":
-                    k -= 1
-                with self._model_lock:
-                    if k:  # earlier turns the caller sent (teacher-forced history) go in first
-                        self.runner.add(conv, new[:k])
-                    for delta in self.runner.respond(conv, new[k:], cfg, constraint, res):
-                        yield ChatChunk(text=delta)
-                self._commit(conv)
+                yield from self._respond(conv, new, tools, tool_choice, cfg, parallel_tool_calls, res)
+                self.live.commit(conv)
             except BaseException:
                 conv.messages, conv.state, conv.window_start, conv.system_prompt = snapshot
                 conv.cursor = None  # the KV cache may hold uncommitted tokens: rebuild on next use
-                self._forget_live(session_id)
+                self.live.forget(session_id)
                 raise
-        reply = conv.messages[-1]
-        calls = [{"id": c["id"], "name": c["function"]["name"], "args": _json(c["function"]["arguments"])}
-                 for c in reply.get("tool_calls", [])]
-        usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
-                 "total_tokens": res.prompt_tokens + len(res.token_ids)}
-        yield ChatChunk(finish_reason=res.finish_reason, tool_calls=calls, usage=usage, message=dict(reply))
+        yield self._last_chunk(conv, res)
+
+    def side_stream(self, messages: Any, *, session_id: str | None = None, tools: list[Any] | None = None,
+                    tool_choice: Any = "auto", system: str | None = None, max_new_tokens: int = 128,
+                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                    stop: list[str] | tuple[str, ...] = (), parallel_tool_calls: bool = True) -> Iterator[ChatChunk]:
+        """Like `stream`, but read-only: the reply is generated on a throw-away copy of the session's δ-state
+        as last committed (an empty state without `session_id`, or for a session that does not exist), with
+        only the system prompt and `messages` (all of them) in the prompt. Nothing is written, logged or
+        created."""
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                               seed=seed, stop=tuple(stop or ()))
+        rec = self.store.get(session_id) if session_id is not None else None
+        conv = self.live.detached(rec, self.system_prompt)
+        new = self._prepare(conv, messages, tools, system, all_new=True)
+        res = Generation()
+        yield from self._respond(conv, new, tools, tool_choice, cfg, parallel_tool_calls, res)
+        yield self._last_chunk(conv, res)
 
     def chat(self, messages: Any, **kw: Any) -> ChatResponse:
+        """The whole reply of one turn (keywords as `stream`)."""
         text, last = [], ChatChunk()
         for chunk in self.stream(messages, **kw):
             text.append(chunk.text)
@@ -196,43 +234,28 @@ class DeltaMemChat:
                 new = self._prepare(conv, messages, None, None, keep_system=True)
                 with self._model_lock:
                     self.runner.add(conv, new)
-                self._commit(conv)
+                self.live.commit(conv)
             except BaseException:
                 conv.messages, conv.state, conv.window_start = snapshot
                 conv.cursor = None
-                self._forget_live(session_id)
+                self.live.forget(session_id)
                 raise
             return len(new)
 
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """Tokens these (non-system) messages take in the prompt: the sum of their chat-template blocks."""
+        r = self.runner.renderer(self.system_prompt)
+        return sum(len(r.message_ids(m)) for m in messages)
+
     async def achat(self, messages: Any, **kw: Any) -> ChatResponse:
+        """`chat` in a worker thread."""
         return await asyncio.to_thread(self.chat, messages, **kw)
 
     async def astream(self, messages: Any, **kw: Any) -> AsyncIterator[ChatChunk]:
-        """Async stream: the whole generation runs in ONE worker thread (the session lock is re-entrant and
-        must be released by the thread that took it); chunks reach the event loop through a queue."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
-
-        def work() -> None:
-            try:
-                for chunk in self.stream(messages, **kw):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except BaseException as exc:  # re-raised in the caller's task
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        fut = loop.run_in_executor(None, work)
-        while True:
-            item = await queue.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                await fut
-                raise item
-            yield item
-        await fut
+        """`stream` in one worker thread, its chunks handed to the event loop; leaving early rolls the turn
+        back."""
+        async for chunk in aiter_in_thread(lambda: self.stream(messages, **kw)):
+            yield chunk
 
     def _constraint(self, tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: bool = True) -> Any:
         if not tools or tool_choice in (None, "none"):
@@ -245,44 +268,55 @@ class DeltaMemChat:
 
     # --- sessions ------------------------------------------------------------------------------------
     def sessions(self, prefix: str | None = None) -> list[str]:
+        """Sorted session ids, optionally only those starting with `prefix`."""
         return self.store.list(prefix)
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's whole message log as committed ([] for a session that does not exist)."""
         rec = self.store.get(session_id)
         return [dict(m) for m in rec.messages] if rec else []
+
+    def session_view(self, session_id: str) -> tuple[list[dict[str, Any]], int]:
+        """(the session's whole message log, index of the first message in its visible window), as last
+        committed; ([], 0) for a session that does not exist."""
+        rec = self.store.get(session_id)
+        if rec is None:
+            return [], 0
+        return [dict(m) for m in rec.messages], int((rec.metadata or {}).get("window_start", 0))
 
     def state(self, session_id: str) -> DeltaState | None:
         """The session's δ-state as last committed; waits for a turn running on it (under the turn lock, so
         a session that left the live cache mid-turn is never reloaded stale and left live). None for a session
         that does not exist (reading never creates one)."""
         with self.store.lock(session_id):
-            with self._live_lock:
-                live = session_id in self._live
-            if not live and self.store.get(session_id) is None:
+            if not self.live.is_live(session_id) and self.store.get(session_id) is None:
                 return None
             return self._conversation(session_id).state
 
     def fork(self, src: str, dst: str) -> None:
+        """Copy a session (state, log, metadata) to a new id; the two then evolve independently."""
         with self.store.lock(src):
             self.store.fork(src, dst)
 
     def delete(self, session_id: str) -> bool:
+        """Forget a session everywhere (live copy and store). True if it existed."""
         with self.store.lock(session_id):
-            self._forget_live(session_id)
+            self.live.forget(session_id)
             return self.store.delete(session_id)
 
     def export_session(self, session_id: str, path: str | Path) -> Path:
+        """Write the session to a JSON export file (checksummed, no pickle); returns the path."""
         return self.store.export_session(session_id, path)
 
     def import_session(self, path: str | Path, session_id: str | None = None, *, overwrite: bool = False) -> str:
+        """Load an export file (its state checked against this model's adapter first); returns the session id."""
         from ..runtime.store import parse_export
 
         _sid, state, _msgs, _meta = parse_export(Path(path).read_bytes(), str(path))
         if state is not None and self.adapter is not None:  # validate before anything is written
-            st, _ = DeltaState.from_bytes(state, expect=self._state_expect())
-            self.adapter.check_state(st)
+            self.live.decode_state(state)
         rec = self.store.import_session(path, session_id, overwrite=overwrite)
-        self._forget_live(rec.session_id)
+        self.live.forget(rec.session_id)
         return rec.session_id
 
 
@@ -292,8 +326,26 @@ def _json(s: str) -> Any:
     return json.loads(s)
 
 
-def _default_store() -> SessionStore:
-    from ..backbone import cache_dir
-    from ..runtime.store import SQLiteBackend
+def _policy(policy: WindowPolicy | None, budget: int | None, reserve: int | None) -> WindowPolicy:
+    if policy is not None:
+        if budget is not None or reserve is not None:
+            raise ValueError("pass either policy= or budget=/reserve=, not both")
+        return policy
+    return WindowPolicy(budget=DEFAULT_BUDGET if budget is None else budget,
+                        reserve=DEFAULT_RESERVE if reserve is None else reserve)
 
-    return SessionStore(SQLiteBackend(cache_dir() / "sessions.db"))
+
+def _store(store: SessionStore | None, db: str | Path | None, in_memory: bool) -> SessionStore:
+    if store is not None:
+        if db is not None or in_memory:
+            raise ValueError("pass either store= or db=/in_memory=, not both")
+        return store
+    if in_memory or str(db) == ":memory:":
+        return SessionStore(MemoryBackend())
+    if db is None:
+        from ..backbone import cache_dir
+
+        db = cache_dir() / "sessions.db"
+    path = Path(db).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SessionStore(SQLiteBackend(path))

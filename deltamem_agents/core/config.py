@@ -33,17 +33,17 @@ class DeltaMemConfig:
     base_slice_ref_width: int = 8
     online_gain: float = 0.05
     target_layers: tuple[int, ...] = ()  # () = every decoder layer
-    write_system: bool = False  # write system-prompt tokens into the state (design.md §3: off)
+    write_system: bool = False  # write system-prompt tokens into the state (docs/design.md §3: off)
     # subtract a fixed per-layer mean of the layer input (a buffer calibrated once on training text) before the
-    # memory projections (q̂, k̂, v, β); off = the spec. docs/design-notes.md #13 has the measurement
+    # memory projections (q̂, k̂, v, β); off = the spec. docs/design.md, deviation 13, has the measurement
     center_inputs: bool = False
     # selective token writes: a token whose mean write gate β̄ (over heads and ranks) is below this threshold is
     # not written at all (keep 1, erase 0, write 0), so unselected tokens cannot erode the state; 0 = the spec.
-    # docs/design-notes.md #15 has the measurement (oracle writes carry a fact, learned dense writes do not)
+    # docs/design.md, deviation 15, has the measurement (oracle writes carry a fact, learned dense writes do not)
     write_threshold: float = 0.0
     # a state-independent low-rank task path beside the state path (0 = off, the spec): per wrapped layer
     # q += (α_t/r_t)·U_q D_q x and o += (α_t/r_t)·U_o D_o a, i.e. a LoRA on q_proj/o_proj trained jointly with the
-    # memory, so answer format/priors can live in it instead of in the state read-out (docs/design-notes.md #17).
+    # memory, so answer format/priors can live in it instead of in the state read-out (docs/design.md, deviation 17).
     # It is identical for every state, so the shuffled-state control still isolates what the state's content adds
     task_rank: int = 0
     task_alpha: float = 24.0

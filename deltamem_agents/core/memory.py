@@ -7,7 +7,7 @@ read[B,T,R] (R = H·r) and the new state. Reads are causal at the write granular
                           one delta step on the mean of its tokens' x once the next message starts.
 The SSW read rule is the causal generalisation of the reference code (which reads the state from before the
 whole forward call): it makes one pass over a conversation equal to turn-by-turn processing, which the
-session runtime and the trainer both rely on (design.md §3). With one message per call the two coincide.
+session runtime and the trainer both rely on (docs/design.md §3). With one message per call the two coincide.
 Corrections: δq = (α/r)·B_q·read (added to the q_proj output), δo = (α/r)·B_o·read (added after o_proj).
 """
 

@@ -102,3 +102,11 @@ class Episode:
             kind=d.get("kind", "fact"),
             meta=copy.deepcopy(d.get("meta") or {}),
         )
+
+
+def fact_values(ep: Episode) -> set[str]:
+    """Lower-cased fact values of the episode a question can ask about (asked, other or older)."""
+    values = {str(ep.meta.get("value", ""))} | {str(v) for v in ep.meta.get("values") or []}
+    if ep.meta.get("old_value"):
+        values.add(str(ep.meta["old_value"]))
+    return {v.lower() for v in values if v}

@@ -1,7 +1,7 @@
 """Generated *training* paraphrases: a small grammar per family expanded into many sentence templates.
 
 Why: an adapter trained on three update sentences answers the newer value for those three and the older
-one for any other wording (docs/results.md §12d). Hand-writing tens of wordings per family does not scale,
+one for any other wording (docs/research-log.md §12d). Hand-writing tens of wordings per family does not scale,
 so each grammar here combines an opener, a core clause and (for updates) a closer into every wording, then
 keeps a seeded sample. Slots are those of :mod:`.templates` (``{v}``, ``{old}``, ``{thing}``, ...).
 
@@ -48,8 +48,8 @@ _CORE_S = ("my favourite {thing} is {v}.", "{v} is my favourite {thing}.", "I lo
            "my all-time favourite {thing} is {v}.", "no {thing} makes me happier than {v}.",
            "if I had to choose one {thing}, it would be {v}.", "{v} is the {thing} I enjoy most.",
            "my favourite {thing}? {v}, easily.",
-           # session 15: other words for "favourite" and other sentence shapes (the held-out wording stays banned),
-           # because v8's write gates generalise poorly to unseen update wordings (docs/results.md §12j, §12k)
+           # other words for "favourite" and other sentence shapes (the held-out wording stays banned): write gates
+           # trained on fewer shapes generalise poorly to unseen update wordings (docs/research-log.md §12j, §12k)
            "my go-to {thing} is {v}.", "{v} is my go-to {thing}.", "the {thing} I like most is {v}.",
            "I can't get enough of {v}; no other {thing} comes close.", "I'm crazy about {v}, the best {thing} there is.",
            "of every {thing}, {v} is the one I enjoy most.", "my best-loved {thing} is {v}.",
@@ -64,7 +64,7 @@ _CORE_U_NEW = ("my favourite {thing} is {v} now", "my new favourite {thing} is {
                "I've fallen for {v}, so that's my favourite {thing} now", "I now love {v} more than any other {thing}",
                "from now on my favourite {thing} is {v}", "my favourite {thing} is now {v}",
                "I've changed my favourite {thing}: it's {v} now",
-               # session 15 (see _CORE_S)
+               # other words for "favourite" (see _CORE_S)
                "my go-to {thing} is {v} now", "{v} has become my go-to {thing}", "{v} is the {thing} I like most now",
                "the {thing} I enjoy most is {v} now", "{v} now beats every other {thing} for me",
                "{v} has overtaken the rest as the {thing} I like most", "my best-loved {thing} is now {v}",
@@ -80,7 +80,7 @@ _CORE_U_OLD = ("my favourite {thing} is no longer {old}; it's {v}.", "I went off
                "{old} is out, {v} is in: that's my favourite {thing} now.",
                "I've stopped loving {old}. My favourite {thing} is {v} now.",
                "my favourite {thing} went from {old} to {v}.",
-               # session 15 (see _CORE_S)
+               # other words for "favourite" (see _CORE_S)
                "{v} has taken {old}'s place as my go-to {thing}.", "{old} was my go-to {thing}, but {v} has overtaken it.",
                "I've gone off {old}; {v} is the {thing} I like most now.",
                "{v} has pushed {old} aside as the {thing} I enjoy most.",
@@ -93,7 +93,7 @@ _CORE_Q = ("what's my favourite {thing}?", "which {thing} do I love most?", "wha
            "what {thing} do I enjoy the most?", "do you know my favourite {thing}?",
            "what did I say my favourite {thing} is?", "which {thing} do I love most at the moment?",
            "what's the {thing} I love most?",
-           # session 15 (see _CORE_S)
+           # other words for "favourite" (see _CORE_S)
            "what's my go-to {thing}?", "which {thing} do I like most?", "what {thing} do I enjoy most these days?",
            "which {thing} wins for me?", "what's my best-loved {thing}?")
 
@@ -212,7 +212,7 @@ GRAMMARS: dict[str, dict[str, list[tuple[tuple[str, ...], tuple[str, ...], tuple
 }
 
 # how many of a part's expansions to keep (seeded sample; the rest are never used)
-_KEEP = {"s": 60, "u": 240, "q": 60}  # session 15: 40 / 120 / 40 (v8 and earlier)
+_KEEP = {"s": 60, "u": 240, "q": 60}
 
 
 def _join(opener: str, core: str, closer: str) -> str:

@@ -1,4 +1,4 @@
-"""Variable tracking in a conversation (issue 7's synthetic suite; labelled synthetic).
+"""Variable tracking in a conversation (a synthetic benchmark suite).
 
 A user gives a locker a code, later says that other lockers use "the same code as" an earlier one (a chain of
 `hops` references), gives a distractor locker a different code, chats, and finally asks for the last locker's

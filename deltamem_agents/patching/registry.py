@@ -2,7 +2,24 @@
 
 Each entry says where the decoder layers live and the names of the attention's query and output
 projections. Every architecture listed keeps `q_proj`/`o_proj` as plain `nn.Linear`s inside `self_attn`, and
-applies its per-head q norm (Qwen3/SmolLM3) and RoPE after `q_proj`, so δq lands before them as the spec asks.
+applies its per-head q norm and RoPE after `q_proj`, so δq lands before them as the spec asks (§5.3). Each one
+is tested on a tiny random config (tests/patching/test_architectures.py); one that is not tested is not listed.
+
+- llama (SmolLM2), mistral: the plain layout.
+- qwen2: q_proj has a bias; δq is added to the biased output.
+- qwen3, smollm3: per-head q_norm/k_norm after q_proj; SmolLM3's NoPE layers simply skip RoPE.
+- gemma3_text (Gemma3ForCausalLM, e.g. gemma-3-1b / 270m): q/k norms, alternating sliding-window and full
+  layers, and a post-attention RMSNorm on o_proj's output. δo is added to o_proj's output, so that norm
+  rescales it as it does the attention output; the sliding windows only change the backbone's own mask and
+  KV cache, which δ-mem does not touch (the state sees every token).
+
+Not registered:
+- phi3: one fused `qkv_proj` instead of q/k/v projections. δq would have to go into the first
+  n_heads·head_dim outputs of that Linear, and attach() sizes B_q and its `base_slice` init from a whole
+  q_proj; supporting it needs a slice-aware wrapper and attach changes, not just a table entry.
+- gemma3 (Gemma3ForConditionalGeneration, the multimodal checkpoints): its decoder sits under
+  `model.language_model` and its config keeps the sizes in `text_config`; untested, so not listed. Load the
+  text-only Gemma3ForCausalLM ("gemma3_text") instead.
 """
 
 from __future__ import annotations
@@ -23,14 +40,14 @@ class ArchSpec:
     o_name: str = "o_proj"
 
 
-# model_type -> where to hook. Llama (SmolLM2) is tested; the others share the layout and are registered
-# so adapters can be trained for them, with the same tests run on tiny random configs.
+# model_type -> where to hook (all share the same layout)
 REGISTRY: dict[str, ArchSpec] = {
     "llama": ArchSpec(),
     "mistral": ArchSpec(),
     "qwen2": ArchSpec(),
     "qwen3": ArchSpec(),
     "smollm3": ArchSpec(),
+    "gemma3_text": ArchSpec(),
 }
 
 

@@ -1,4 +1,4 @@
-"""One conversation on a loaded model: message log, δ-state, visible window and its KV cache (design.md §3).
+"""One conversation on a loaded model: message log, δ-state, visible window and its KV cache (docs/design.md §3).
 
 Invariants:
 - every token of every non-system message (user, assistant, tool calls, tool results) is written into the
@@ -7,7 +7,7 @@ Invariants:
   overflow, the oldest messages are evicted in a chunk and the window's KV cache is rebuilt once by
   re-reading the remaining window without writing (message id -1), from position 0;
 - otherwise the KV cache is reused across turns, so a turn costs only its new tokens.
-The trainer replays the same policy and the same passes (train/episode.py), so the adapter is trained on
+The trainer replays the same policy and the same passes (runtime/replay.py), so the adapter is trained on
 exactly what it sees here. After a process restart the KV cache is rebuilt the same way as after an
 eviction (the δ-state itself is restored bit for bit from the store).
 """

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generic, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from ..errors import (ConcurrentWriteError, CorruptSessionError, DeltaMemError, InvalidSessionDataError,
                       SessionBusyError, SessionExistsError, SessionNotFoundError)
@@ -45,12 +45,80 @@ from .store_sqlite import SQLiteBackend
 
 __all__ = [
     "SessionStore", "SessionRecord", "SessionBackend", "SQLiteBackend", "MemoryBackend", "RawSession",
-    "validate_session_id", "parse_export", "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION",
+    "LRUCache", "validate_session_id", "parse_export", "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION",
 ]
 
 EXPORT_FORMAT = "deltamem-session"
 EXPORT_FORMAT_VERSION = 1
 _STRIPES = 64
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class LRUCache(Generic[_K, _V]):
+    """A thread-safe least-recently-used map of at most ``capacity`` entries (0 keeps nothing).
+
+    The runtime's one LRU: `SessionStore` keeps its records in one, and
+    :class:`~deltamem_agents.runtime.sessions.LiveSessions` its live conversations.
+    ``get`` counts a hit or a miss and marks the entry as most recently used; ``peek`` does neither.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+        self.capacity = capacity
+        self.hits = self.misses = 0
+        self._data: OrderedDict[_K, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _K) -> _V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return value
+
+    def peek(self, key: _K) -> _V | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: _K, value: _V) -> None:
+        """Insert or replace ``key`` as the most recently used entry, evicting the oldest ones."""
+        if not self.capacity:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def pop(self, key: _K) -> _V | None:
+        with self._lock:
+            return self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def info(self) -> dict[str, int]:
+        """``{"size", "capacity", "hits", "misses"}``."""
+        with self._lock:
+            return {"size": len(self._data), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __getitem__(self, key: _K) -> _V:
+        with self._lock:
+            return self._data[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
 
 
 def _clone(rec: SessionRecord) -> SessionRecord:
@@ -150,9 +218,7 @@ class SessionStore:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
         self.backend, self.cache_size = backend, cache_size
-        self._cache: OrderedDict[str, SessionRecord] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._hits = self._misses = 0
+        self._cache: LRUCache[str, SessionRecord] = LRUCache(cache_size)
         self._stripes = tuple(threading.RLock() for _ in range(_STRIPES))
         self._turn_locks: dict[str, list] = {}  # id -> [RLock, users]; dropped when unused
         self._turn_guard = threading.Lock()
@@ -166,25 +232,14 @@ class SessionStore:
             yield
 
     def _cached(self, sid: str) -> SessionRecord | None:
-        with self._cache_lock:
-            rec = self._cache.get(sid)
-            self._hits, self._misses = self._hits + (rec is not None), self._misses + (rec is None)
-            if rec is not None:
-                self._cache.move_to_end(sid)
-            return rec
+        return self._cache.get(sid)
 
     def _peek(self, sid: str) -> SessionRecord | None:
         """The cached record (shared, never handed out) without counting a hit or a miss."""
-        with self._cache_lock:
-            return self._cache.get(sid)
+        return self._cache.peek(sid)
 
     def _cache_put(self, rec: SessionRecord) -> None:
-        if self.cache_size:
-            with self._cache_lock:
-                self._cache[rec.session_id] = rec
-                self._cache.move_to_end(rec.session_id)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+        self._cache.put(rec.session_id, rec)
 
     def _remember(self, rec: SessionRecord) -> SessionRecord:
         self._cache_put(rec)
@@ -192,18 +247,14 @@ class SessionStore:
 
     def invalidate(self, session_id: str | None = None) -> None:
         """Drop one session (or everything) from the cache; the next read goes to the backend."""
-        sid = None if session_id is None else validate_session_id(session_id)
-        with self._cache_lock:
-            if sid is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(sid, None)
+        if session_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(validate_session_id(session_id))
 
     def cache_info(self) -> dict[str, int]:
         """``{"size", "capacity", "hits", "misses"}`` of the LRU cache."""
-        with self._cache_lock:
-            return {"size": len(self._cache), "capacity": self.cache_size,
-                    "hits": self._hits, "misses": self._misses}
+        return self._cache.info()
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, session_id: str) -> SessionRecord | None:

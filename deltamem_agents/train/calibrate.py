@@ -3,7 +3,7 @@
 Hidden states share a large common component, so without centring every message's pooled key and value
 point the same way: measured on a twin pair (same episode, another value) the two final states differed by
 only 1–6 % (relative Frobenius norm), and one pair could not be told apart after 25 steps of overfitting.
-With the centre removed they differ by ~32 % and the pair separates (docs/design-notes.md #13).
+With the centre removed they differ by ~32 % and the pair separates (docs/design.md, deviation 13).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import torch
 
 from ..patching import forward_with_state
-from .episode import EpisodePasses
+from ..runtime.replay import EpisodePasses
 
 logger = logging.getLogger(__name__)
 

@@ -15,26 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.state import DeltaState
-from ..datasets.episode import Episode, message_text
-
-
-def closed_message_ids(closed: torch.Tensor, mids: list[int], state_in: DeltaState) -> list[int]:
-    """Message index of each closed unit of one SSW call (batch row 0), in the order the layer wrote them.
-
-    `closed` is `Segments.closed_mask[0]`: slot 0 is the message carried open from the previous call (never
-    closed when nothing was carried), slot k >= 1 the k-th message *started* in this call."""
-    pend = int(state_in.pend_id[0])
-    started = sorted({m for m in mids if m >= 0 and m > pend})
-    order = [pend] + started
-    return [m for m, c in zip(order, closed.tolist()) if c]
-
-
-def fact_values(ep: Episode) -> set[str]:
-    """Lower-cased fact values of the episode a question can ask about (asked, other or older)."""
-    values = {str(ep.meta.get("value", ""))} | {str(v) for v in ep.meta.get("values") or []}
-    if ep.meta.get("old_value"):
-        values.add(str(ep.meta["old_value"]))
-    return {v.lower() for v in values if v}
+from ..datasets.episode import Episode, fact_values, message_text
+from ..runtime.replay import closed_message_ids
 
 
 def fact_messages(ep: Episode, values: set[str] | None = None) -> set[int]:
@@ -71,7 +53,7 @@ def mention_mask(renderer: Any, message: dict[str, Any], values: set[str]) -> li
 def superseded(ep: Episode, i: int) -> set[str]:
     """Values that message `i` mentions but that are no longer true there (lower-cased): in an update episode, the
     old value from the update message on ("…has replaced {old}…", "…now, not {old}."). Writing such a mention
-    stores the old value again, after the new one (docs/results.md §12c), so it is not a write target."""
+    stores the old value again, after the new one (docs/research-log.md §12c), so it is not a write target."""
     old = ep.meta.get("old_value")
     return {str(old).lower()} if old and i >= ep.fact_index else set()
 
@@ -79,7 +61,7 @@ def superseded(ep: Episode, i: int) -> set[str]:
 def superseded_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
     """For each history message that mentions a `superseded` value (an update's re-mention of the old value):
     which tokens of its rendered block overlap that mention. The hard negatives of the write gates: a value token
-    like the positives, in a context that says it is no longer true (docs/results.md §12k)."""
+    like the positives, in a context that says it is no longer true (docs/research-log.md §12k)."""
     out = {}
     for i, m in enumerate(ep.messages):
         gone = superseded(ep, i)

@@ -1,6 +1,6 @@
 """Supervised training of the δ-mem adapter on a frozen backbone (CPU-friendly, resumable).
 
-One episode = the runtime's forward passes (train/episode.py): state-building epochs over the history that
+One episode = the runtime's forward passes (runtime/replay.py): state-building epochs over the history that
 the window has evicted, then the final window + question + answer with the loss on the answer only.
 Only δ-mem parameters train (checked). By default the write epochs use a truncated gradient (the state's
 graph to the δ-mem parameters is kept, the backbone activations are not), which makes an episode cost about
@@ -34,80 +34,75 @@ from ..patching.attach import DeltaMemAdapter
 from ..runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from ..runtime.window import WindowPolicy
 from .checkpoint import load_checkpoint, save_checkpoint
-from .episode import IGNORE, EpisodePasses, build_passes
+from ..runtime.replay import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, superseded_token_labels, token_gate_loss, value_token_labels
-from .sampler import EpisodeSampler
+from ..datasets.sampler import EpisodeSampler
 from .preserve import chat_draw, chat_ending, preserve_kl
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
 
 
+def _f(default: Any, help: str) -> Any:
+    """A config field with a default and the help text of its command-line option."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    out_dir: str = "runs/adapter"
-    steps: int = 1500
-    grad_accum: int = 8
+    """Everything a training run depends on; the `train` command's options and defaults are generated from it."""
+
+    out_dir: str = _f("runs/adapter", "run directory: checkpoint-last/, log.jsonl, train_config.json")
+    steps: int = _f(1500, "optimizer steps (the schedule's length)")
+    grad_accum: int = _f(8, "episodes per optimizer step")
     lr: float = 1e-3
     warmup_frac: float = 0.05
-    lr_schedule: str = "cosine"  # "cosine" (decay to 0 after the warm-up) | "constant" (flat after the warm-up)
+    lr_schedule: str = _f("cosine", "cosine (decay to 0 after the warm-up) | constant (flat after the warm-up)")
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still logged)
+    max_grad_norm: float = _f(1.0, "gradient clipping (<= 0: none; the norm is still logged)")
     seed: int = 0
-    bf16: bool = True
-    write_grad: str = "truncated"  # "truncated" | "full"
+    bf16: bool = _f(True, "bf16 weights (fast on GPUs and CPUs with bf16 units; slower on CPUs without them)")
+    write_grad: str = _f("truncated", "truncated (write pass without backbone activations) | full")
     delta: dict[str, Any] = field(default_factory=lambda: {"write_granularity": "message_mean",
                                                            "beta_bias_init": -3.0})
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.05
-    # memory-contrast term: λ·relu(margin − (CE with another episode's state − CE with the own state)); it
-    # rewards answers that depend on the state's content (0 = off, the reference objective)
-    contrast_weight: float = 0.0
+    contrast_weight: float = _f(0.0, "memory contrast: relu(margin - (CE with another episode's state - CE with "
+                                     "the own state)); rewards answers that depend on the state's content")
     contrast_margin: float = 1.0
-    # counterfactual twins (datasets/counterfactual.py): each fact episode trains beside a twin whose asked
-    # value differs, and the contrast term reads each twin's question with the other twin's state — the
-    # negative differs only in the value, so only a state that carries the value can open the gap
-    counterfactual: bool = False
-    # recency contrast for update episodes (a fact stated, later changed): λ·relu(margin − (CE of the *old* value's
-    # answer − CE of the new value's answer)), both read with the episode's own state — the state must make the
-    # newer value more likely than the one it replaced (docs/results.md §12c: the first value won). 0 = off
-    recency_weight: float = 0.0
+    counterfactual: bool = _f(False, "train fact episodes beside twins whose asked value differs; the contrast "
+                                     "reads each twin's question with the other's state")
+    recency_weight: float = _f(0.0, "update episodes: relu(margin - (CE of the old value's answer - CE of the new "
+                                    "one)), same state: the newer value must win")
     recency_margin: float = 1.0
-    # write-gate supervision (train/gates.py): messages that mention a fact value -> β̄ ≈ gate_hi, others -> gate_lo
-    gate_weight: float = 0.0
+    gate_weight: float = _f(0.0, "write-gate supervision: messages (or tokens) that carry a fact value -> gate_hi, "
+                                 "others -> gate_lo")
     gate_hi: float = 0.5
     gate_lo: float = 0.02
-    # "message": SSW messages' β̄ (gate_loss); "token": token writes, the fact values' tokens vs every other token
-    # (token_gate_loss) — with `write_threshold` this teaches the adapter which tokens to store at all
-    gate_level: str = "message"
-    # token level only: weight of the superseded mentions (an update's re-mention of the old value, target lo)
-    # as a class of their own in token_gate_loss (docs/results.md §12k); 0 = among the other negatives (v8 and before)
-    gate_superseded_weight: float = 0.0
-    # keep the write gates (beta_proj / beta_bias) as initialised: e.g. gates fitted outside SGD
-    # (benchmarks/fit_gates_convex.py), while the read path adapts to what they write. Needs gate_weight 0
-    freeze_gates: bool = False
-    # which tokens the episodes write (train/writes.py): "runtime" = the session runtime's writes; "value_only" =
-    # only the asked fact's value tokens in the history passes and nothing in the final pass (oracle selection,
-    # stage 1 of docs/training.md; token writes only). The held-out diagnostics use the same writes
-    writes: str = "runtime"
-    # preservation (train/preserve.py): weight of KL(backbone ‖ δ-mem) on the final pass's non-answer tokens, so a
-    # state changes the answers it is about and leaves other text as the frozen backbone predicts it (0 = off)
-    preserve_weight: float = 0.0
-    # share of episodes whose history ends with a chit-chat question instead of the fact question; their loss is
-    # the preservation KL over the whole final pass, reply included (needs preserve_weight > 0)
-    chat_frac: float = 0.0
+    gate_level: str = _f("message", "message (SSW messages' mean gate) | token (token writes: the value's tokens "
+                                    "vs every other token)")
+    gate_superseded_weight: float = _f(0.0, "token gates: weight of an update's re-mentions of the old value as "
+                                            "negatives of their own (0: among the other negatives)")
+    freeze_gates: bool = _f(False, "keep the write gates as initialised (needs gate_weight 0)")
+    writes: str = _f("runtime", "runtime (the session runtime's writes) | value_only (only the asked value's "
+                                "tokens, nothing in the final pass; token writes)")
+    preserve_weight: float = _f(0.0, "KL(backbone || δ-mem) on the final pass's non-answer tokens: a state leaves "
+                                     "text it is not about unchanged")
+    chat_frac: float = _f(0.0, "share of episodes ending in a chit-chat question, trained on the preservation KL "
+                               "of the whole reply (needs preserve_weight)")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler options
-    ckpt_every_min: float = 10.0
-    diag_every: int = 25
+    sampler: dict[str, Any] = field(default_factory=dict)  # EpisodeSampler keyword arguments
+    ckpt_every_min: float = _f(10.0, "minutes between checkpoints")
+    diag_every: int = _f(25, "steps between held-out diagnostics")
     diag_episodes: int = 8
     diag_budget: int = 256
     diag_distance: int = 400
-    calibration_episodes: int = 16  # training episodes whose written tokens set the input centres (center_inputs)
-    init_adapter: str | None = None  # start from these adapter weights (fresh optimizer) unless resuming
-    max_minutes: float | None = None
-    stop_at: int | None = None  # pause after this step (checkpoint saved; the schedule is still that of `steps`)
-    snapshot_every: int = 0  # also keep the adapter of every N-th step in OUT_DIR/adapter-step{N} (0 = none)
+    calibration_episodes: int = _f(16, "training episodes whose written tokens set the input centres")
+    init_adapter: str | None = _f(None, "start from this adapter (or checkpoint dir) in its own config, with a "
+                                        "fresh optimizer, unless resuming")
+    max_minutes: float | None = _f(None, "stop (with a checkpoint) after this many minutes")
+    stop_at: int | None = _f(None, "pause after this step (checkpoint saved; the schedule is still that of steps)")
+    snapshot_every: int = _f(0, "also keep the adapter of every N-th step in OUT_DIR/adapter-step{N} (0 = none)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -1,7 +1,7 @@
 """Which tokens a training episode writes into the state: the runtime's choice, or only the asked value.
 
-`runtime` (the default) keeps the passes of `train/episode.py` as they are: every new message is written, as
-the session runtime does. `value_only` is the oracle selection of docs/design-notes.md #15 (stage 1 of the
+`runtime` (the default) keeps the passes of `runtime/replay.py` as they are: every new message is written, as
+the session runtime does. `value_only` is the oracle selection of docs/design.md, deviation 15 (stage 1 of the
 selective-write recipe, docs/training.md): in the state-building passes only the tokens of the asked fact's
 value are written (`gates.value_token_labels` restricted to `gates.asked_values`; every other token gets
 message id -1, read but not written) and the final pass writes nothing. With token writes a pass that writes
@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..datasets.episode import Episode
-from .episode import EpisodePasses
+from ..runtime.replay import EpisodePasses
 from .gates import asked_values, token_classes, value_token_labels
 
 WRITES = ("runtime", "value_only")

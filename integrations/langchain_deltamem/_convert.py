@@ -1,4 +1,4 @@
-"""LangChain messages <-> deltamem message dicts (see `deltamem_agents.runtime.messages`).
+"""LangChain messages <-> deltamem message dicts (see `deltamem_agents.chat.validate_message`).
 
 Rules (the LangChain contract, docs/ecosystem.md §1.1):
 - `SystemMessage`s are not logged: all of them (joined by a blank line) become the session's system prompt;

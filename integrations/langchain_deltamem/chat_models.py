@@ -13,10 +13,10 @@ Which session ("thread") a call belongs to, first match wins:
      config reaches the model through the runnable-config context, a direct ``invoke(..., config=...)``
      through the overridden ``invoke``/``stream`` and their async twins);
   4. the session ``"default"``.
-Thread ids that are not valid session ids (see `deltamem_agents.runtime.store`) are mapped to
+Thread ids that are not valid session ids (`deltamem_agents.chat.validate_session_id`) are mapped to
 ``"h-<sha256 prefix>"``; :meth:`ChatDeltaMem.session_for` shows the mapping.
 
-What a call writes into the thread's memory is decided by `deltamem_agents.runtime.history.new_messages`:
+What a call writes into the thread's memory is decided by the chat model's history policy (`DeltaMemChat`):
 the caller may resend the whole history every call (LangGraph), send only the new messages, trim old
 messages in front, or edit earlier ones (edits are ignored: a written memory cannot be un-written). Only the
 messages after the part the session has already seen are written, each exactly once.
@@ -31,20 +31,17 @@ Tools: `bind_tools` renders the tools into the system prompt (Hermes ``<tool_cal
 `with_structured_output` works. ``parallel_tool_calls`` is off by default (one call per turn: small models
 repeat calls until the token limit otherwise).
 
-The model instance is cheap: weights load lazily, once per process (`deltamem_agents.chat.loading`), and all
-instances with the same backbone/adapter/database/window share one `DeltaMemChat` (so they share the live
-sessions, their locks and KV caches). ``use_memory=False`` runs the same weights without δ-mem and *without
+The model instance is cheap: weights load lazily, once per process, and all instances with the same
+backbone/adapter/database/window share one `DeltaMemChat` (`deltamem_agents.chat.shared_chat`; so they share
+the live sessions, their locks and KV caches). ``use_memory=False`` runs the same weights without δ-mem and *without
 state*: each call runs in a throw-away session that sees exactly the messages given (the baseline model).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import json
-import re
-import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -62,18 +59,16 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from deltamem_agents.chat import (TOOL_CALL_OPEN, StreamHoldback, aiter_in_thread, clear_shared_chats,
+                                  validate_session_id)
+from deltamem_agents.errors import InvalidSessionIdError
+
 from ._convert import from_deltamem, to_deltamem
 
 __all__ = ["ChatDeltaMem", "clear_client_cache"]
 
 DEFAULT_MAX_TOKENS = 128
-_SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
-_TOOL_OPEN = "<tool_call>"
 _IGNORED_CALL_KWARGS = ("ls_structured_output_format", "stream", "strict", "response_format")
-_PARALLEL: contextvars.ContextVar[bool] = contextvars.ContextVar("deltamem_parallel_tool_calls", default=True)
-
-_CLIENTS: dict[tuple, Any] = {}
-_CLIENTS_LOCK = threading.Lock()
 
 
 def clear_client_cache() -> None:
@@ -81,64 +76,15 @@ def clear_client_cache() -> None:
 
     The next `ChatDeltaMem` builds a fresh client that reads its sessions back from the store -- what a
     process restart does (used by the persistence tests)."""
-    with _CLIENTS_LOCK:
-        _CLIENTS.clear()
+    clear_shared_chats()
 
 
 def _session_id(raw: Any) -> str:
     s = str(raw)
-    if _SESSION_RE.fullmatch(s):
-        return s
-    return "h-" + hashlib.sha256(s.encode("utf-8")).hexdigest()[:40]
-
-
-class _Holdback:
-    """Streams text deltas while holding back a tail that may still change meaning: a prefix of a stop
-    sequence (the decoder cuts it later) and, with tools bound, a possible ``<tool_call>`` opening and
-    the whitespace before it (the logged content drops both). What was emitted is always a prefix of the
-    reply the session logs, so the streamed message equals the logged one."""
-
-    def __init__(self, stops: Sequence[str], tools: bool) -> None:
-        self.text = ""
-        self.emitted = ""
-        self.stops = [s for s in stops if s]
-        self.tools = tools
-        self.closed = False  # a <tool_call> started: nothing more is content
-
-    def _safe_len(self) -> int:
-        t = self.text
-        n = len(t)
-        if self.tools:
-            i = t.find(_TOOL_OPEN)
-            if i >= 0:
-                self.closed = True
-                n = i
-            else:
-                for k in range(min(len(_TOOL_OPEN) - 1, len(t)), 0, -1):
-                    if _TOOL_OPEN.startswith(t[len(t) - k:]):
-                        n = len(t) - k
-                        break
-            n = len(t[:n].rstrip())
-        for s in self.stops:
-            for k in range(min(len(s) - 1, n), 0, -1):
-                if s.startswith(t[n - k:n]):
-                    n -= k
-                    break
-        return n
-
-    def push(self, delta: str) -> str:
-        if self.closed:
-            return ""
-        self.text += delta
-        n = self._safe_len()
-        if n <= len(self.emitted):
-            return ""
-        out = self.text[len(self.emitted):n]
-        self.emitted = self.text[:n]
-        return out
-
-    def rest(self, final: str) -> str:
-        return final[len(self.emitted):] if final.startswith(self.emitted) else ""
+    try:
+        return validate_session_id(s)
+    except InvalidSessionIdError:
+        return "h-" + hashlib.sha256(s.encode("utf-8")).hexdigest()[:40]
 
 
 class ChatDeltaMem(BaseChatModel):
@@ -233,15 +179,25 @@ class ChatDeltaMem(BaseChatModel):
             mid_conversation_system_messages=False, temperature=True,
         )
 
-    # ------------------------------------------------------------------ the shared runtime
+    # ------------------------------------------------------------------ the shared chat model
     @property
     def chat(self) -> Any:
         """The `DeltaMemChat` doing the work (built or fetched from the process cache on first use)."""
         if self.client is not None:
             return self.client
         if self._client is None:
-            self._client = _shared_client(self)
+            self._client = self._shared_client()
         return self._client
+
+    def _shared_client(self) -> Any:
+        from deltamem_agents.chat import shared_chat
+
+        return shared_chat(None if self.model in ("default", "") else self.model,
+                           adapter=self.adapter if self.use_memory else "none", dtype=self.dtype, device=self.device,
+                           db=self.db_path if self.use_memory else None,
+                           in_memory=not self.use_memory or self.db_path == ":memory:",
+                           budget=self.window_budget, reserve=self.window_reserve, system_prompt=self.system_prompt,
+                           use_memory=self.use_memory, model_name=self.resolved_model_name)
 
     @property
     def tokenizer(self) -> Any:
@@ -254,12 +210,10 @@ class ChatDeltaMem(BaseChatModel):
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens these messages take in the prompt: system text plus each message's chat-template block."""
         msgs, system = to_deltamem(messages)
-        chat = self.chat
-        r = chat.runner.renderer(chat.system_prompt)
-        n = sum(len(r.message_ids(m)) for m in msgs)
+        n = self.chat.count_tokens(msgs)
         extra = system or ""
         if tools:
-            from deltamem_agents.chat.tools import tools_system_text
+            from deltamem_agents.chat import tools_system_text
 
             extra += "\n\n" + tools_system_text([convert_to_openai_tool(t) for t in tools])
         if extra:
@@ -286,7 +240,9 @@ class ChatDeltaMem(BaseChatModel):
         return (_session_id(from_config) if from_config is not None else "default"), False
 
     def _inject_thread(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> None:
-        if "_deltamem_thread" in kwargs:
+        """Record the thread named by `config` (or, without it, by the runnable-config context) in `kwargs`,
+        unless the call already names its session."""
+        if "_deltamem_thread" in kwargs or "session_id" in kwargs:
             return
         conf = ensure_config(config).get("configurable") or {}
         if conf.get(self.session_key) is not None:
@@ -390,16 +346,12 @@ class ChatDeltaMem(BaseChatModel):
         if system is None and self.system_prompt is not None:
             system = self.system_prompt
         chat = self.chat
-        hold = _Holdback(params["stop"], bool(params.get("tools")))
+        hold = StreamHoldback(params["stop"], bool(params.get("tools")))
         last = None
-        parallel = params.pop("parallel_tool_calls")
-        if _accepts_parallel(chat):
-            params["parallel_tool_calls"] = parallel
-        token = _PARALLEL.set(parallel)
         try:
             # the session's (re-entrant) turn lock is held until the logged reply is read back, so a concurrent
             # turn on the same thread cannot slip in between
-            with chat.store.lock(sid):
+            with chat.lock(sid):
                 for ch in chat.stream(msgs, session_id=sid, system=system, **params):
                     if ch.finish_reason is None and ch.usage is None:
                         out = hold.push(ch.text)
@@ -411,10 +363,6 @@ class ChatDeltaMem(BaseChatModel):
             reply = log[-1] if log and log[-1].get("role") == "assistant" else {"role": "assistant",
                                                                                   "content": hold.text}
         finally:
-            try:
-                _PARALLEL.reset(token)
-            except ValueError:  # the generator was closed from another context
-                pass
             if ephemeral:
                 try:
                     chat.delete(sid)
@@ -424,8 +372,8 @@ class ChatDeltaMem(BaseChatModel):
         calls = [{"id": c["id"], "name": c["function"]["name"], "args": json.loads(c["function"]["arguments"])}
                  for c in reply.get("tool_calls", ())]
         invalid: list[dict[str, Any]] = []
-        if not calls and _TOOL_OPEN in content and params.get("tools"):
-            from deltamem_agents.chat.tools import parse_tool_calls
+        if not calls and TOOL_CALL_OPEN in content and params.get("tools"):
+            from deltamem_agents.chat import parse_tool_calls
 
             _c, _ok, bad = parse_tool_calls(content)
             invalid = [{"type": "invalid_tool_call", "id": b["id"], "name": b.get("name"), "args": b["arguments"],
@@ -470,7 +418,7 @@ class ChatDeltaMem(BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        self._bind_thread_from_context(kwargs)
+        self._inject_thread(None, kwargs)
         return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -479,111 +427,6 @@ class ChatDeltaMem(BaseChatModel):
         """Runs the whole sync stream in one worker thread (the session lock is taken and released there)
         and hands chunks to the event loop; the loop is never blocked. Leaving early cancels the turn (the
         session rolls back)."""
-        self._bind_thread_from_context(kwargs)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: tuple[str, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone
-                cancel.set()
-
-        def work() -> None:
-            try:
-                for chunk in self._stream(messages, stop, None, **kwargs):
-                    if cancel.is_set():
-                        break  # closes the generator: DeltaMemChat.stream rolls the session back
-                    put(("chunk", chunk))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the loop
-                put(("error", exc))
-            else:
-                put(("done", None))
-
-        ctx = contextvars.copy_context()
-        worker = loop.run_in_executor(None, ctx.run, work)
-        try:
-            while True:
-                kind, val = await queue.get()
-                if kind == "chunk":
-                    yield val
-                elif kind == "error":
-                    raise val
-                else:
-                    break
-        finally:
-            cancel.set()
-            if worker.done():
-                worker.result()
-
-    def _bind_thread_from_context(self, kwargs: dict[str, Any]) -> None:
-        if "_deltamem_thread" not in kwargs and "session_id" not in kwargs:
-            conf = ensure_config().get("configurable") or {}
-            if conf.get(self.session_key) is not None:
-                kwargs["_deltamem_thread"] = conf[self.session_key]
-
-
-def _accepts_parallel(chat: Any) -> bool:
-    import inspect
-
-    return "parallel_tool_calls" in inspect.signature(chat.stream).parameters
-
-
-def _client_class() -> Any:
-    """`DeltaMemChat`, or -- while its `stream` has no `parallel_tool_calls` argument -- a subclass whose tool
-    constraint reads it from the call context (xgrammar's ToolCallConstraint already supports it)."""
-    from deltamem_agents.chat.model import DeltaMemChat
-
-    if _accepts_parallel(DeltaMemChat):
-        return DeltaMemChat
-
-    class _LangChainDeltaMemChat(DeltaMemChat):
-        def _constraint(self, tools: Any, tool_choice: Any) -> Any:
-            if _PARALLEL.get() or not tools or tool_choice in (None, "none"):
-                return super()._constraint(tools, tool_choice)
-            from deltamem_agents.chat.tools import ToolCallConstraint, normalize_tools
-
-            return ToolCallConstraint(self.tokenizer, normalize_tools(tools), tool_choice,
-                                      vocab_size=self.model.config.vocab_size,
-                                      eos_token_id=self.tokenizer.eos_token_id, parallel_tool_calls=False)
-
-    return _LangChainDeltaMemChat
-
-
-def _shared_client(m: ChatDeltaMem) -> Any:
-    DeltaMemChat = _client_class()
-    from deltamem_agents.runtime.store import MemoryBackend, SessionStore, SQLiteBackend
-    from deltamem_agents.runtime.window import WindowPolicy
-
-    db = None if not m.use_memory else (":memory:" if m.db_path == ":memory:" else
-                                        str(Path(m.db_path).expanduser().resolve()) if m.db_path else "")
-    adapter = m.adapter if m.use_memory else "none"
-    key = (m.model, str(adapter), m.dtype, m.device, db, m.use_memory, m.window_budget, m.window_reserve,
-           m.system_prompt)
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is not None:
-            return client
-        if db is None or db == ":memory:":
-            store = SessionStore(MemoryBackend())
-        elif db:
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-            store = SessionStore(SQLiteBackend(db))
-        else:
-            store = None  # DeltaMemChat's default database
-        kw: dict[str, Any] = {"policy": WindowPolicy(budget=m.window_budget, reserve=m.window_reserve),
-                              "use_memory": m.use_memory, "model_name": m.resolved_model_name}
-        if store is not None:
-            kw["store"] = store
-        if m.system_prompt is not None:
-            kw["system_prompt"] = m.system_prompt
-        dtype = None
-        if m.dtype:
-            import torch
-
-            dtype = getattr(torch, m.dtype)
-        client = DeltaMemChat.from_pretrained(None if m.model in ("default", "") else m.model, adapter=adapter,
-                                              dtype=dtype, device=m.device, **kw)
-        _CLIENTS[key] = client
-        return client
+        self._inject_thread(None, kwargs)
+        async for chunk in aiter_in_thread(lambda: self._stream(messages, stop, None, **kwargs)):
+            yield chunk

@@ -40,7 +40,7 @@ __all__ = ["BufferMemory", "RAGMemory"]
 def _system_tokens(model: ChatDeltaMem, system: str | None, tools: Sequence[Any] | None) -> int:
     text = system if system is not None else model.chat.system_prompt
     if tools:
-        from deltamem_agents.chat.tools import tools_system_text
+        from deltamem_agents.chat import tools_system_text
 
         text += "\n\n" + tools_system_text([t if isinstance(t, dict) else convert_to_openai_tool(t) for t in tools])
     return len(model.get_token_ids(text)) + 4  # + the template's system header/footer

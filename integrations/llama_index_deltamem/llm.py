@@ -25,20 +25,17 @@ Tool calling goes through the shared machinery (`chat_with_tools`, `get_tool_cal
 to a schema-valid call (xgrammar). Usage is in ``raw["usage"]`` and ``additional_kwargs``.
 
 Async methods run the model in a worker thread (a whole stream in one thread, fed to the event loop
-through a queue), so they never block the loop. Turns on one session are serialised by the store's
-session lock; forward passes on one model are serialised too (2-core CPU target).
+through a queue: `deltamem_agents.chat.aiter_in_thread`), so they never block the loop. Turns on one session
+are serialised by the session's turn lock; forward passes on one loaded model by its model lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import uuid
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                                CompletionResponse, CompletionResponseAsyncGen,
@@ -49,7 +46,9 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from ._convert import continues_session, split_messages
+from deltamem_agents.chat import StreamHoldback, aiter_in_thread, parse_tool_calls, validate_session_id
+
+from ._convert import continues_session, split_messages, tool_arguments
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -60,44 +59,6 @@ __all__ = ["DeltaMemLLM"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
-
-_TOOL_OPEN = "<tool_call>"
-_SIDE: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_SIDE_LOCK = threading.Lock()
-
-
-def share_model_lock(dst: Any, src: Any) -> None:
-    """Make two DeltaMemChat views of one loaded model serialise their forward passes on one lock."""
-    lock = getattr(src, "_model_lock", None)
-    if lock is not None and hasattr(dst, "_model_lock"):
-        dst._model_lock = lock
-
-
-def _side_chat(chat: "DeltaMemChat") -> "DeltaMemChat":
-    """An in-memory DeltaMemChat on the same weights for throw-away (side / stateless) calls."""
-    with _SIDE_LOCK:
-        side = _SIDE.get(chat)
-        if side is None:
-            from deltamem_agents.chat.model import DeltaMemChat
-            from deltamem_agents.runtime.store import MemoryBackend, SessionStore
-
-            side = DeltaMemChat(chat.model, chat.tokenizer, store=SessionStore(MemoryBackend(), cache_size=0),
-                                policy=chat.policy, system_prompt=chat.system_prompt, model_name=chat.model_name,
-                                live_sessions=2, use_memory=chat.adapter is not None)
-            share_model_lock(side, chat)
-            _SIDE[chat] = side
-        return side
-
-
-def _visible_end(text: str) -> int:
-    """How much of the streamed text may be shown: everything before a (possibly partial) ``<tool_call>``."""
-    i = text.find(_TOOL_OPEN)
-    if i >= 0:
-        return i
-    for n in range(min(len(_TOOL_OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(_TOOL_OPEN[:n]):
-            return len(text) - n
-    return len(text)
 
 
 @dataclass
@@ -128,12 +89,10 @@ class DeltaMemLLM(FunctionCallingLLM):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if client is None:
-            from deltamem_agents.chat.model import DeltaMemChat
+            from deltamem_agents.chat import DeltaMemChat
 
             client = DeltaMemChat.from_default()
         self._client = client
-        from deltamem_agents.runtime.store import validate_session_id
-
         validate_session_id(self.session_id)
         if guard_settings:
             from .settings import install_guards
@@ -142,12 +101,17 @@ class DeltaMemLLM(FunctionCallingLLM):
 
     @classmethod
     def from_default(cls, *, adapter: Union[str, Path, None] = "default", store: Any = None, policy: Any = None,
-                     use_memory: bool = True, **kwargs: Any) -> "DeltaMemLLM":
-        """The default offline backbone (weights loaded once per process) with the shipped adapter, if any."""
-        from deltamem_agents.chat.model import DeltaMemChat
+                     use_memory: bool = True, db: Union[str, Path, None] = None, in_memory: bool = False,
+                     budget: Optional[int] = None, reserve: Optional[int] = None, **kwargs: Any) -> "DeltaMemLLM":
+        """The default offline backbone (weights loaded once per process) with the shipped adapter, if any.
 
-        chat_kw = {k: v for k, v in (("store", store), ("policy", policy)) if v is not None}
-        client = DeltaMemChat.from_default(adapter=adapter, use_memory=use_memory, **chat_kw)
+        Sessions live in `store`, or the SQLite file `db`, or this process only (``in_memory=True``), else in
+        the default database; the window is `policy` or ``budget``/``reserve`` tokens."""
+        from deltamem_agents.chat import DeltaMemChat
+
+        chat_kw = {k: v for k, v in (("store", store), ("policy", policy), ("db", db), ("budget", budget),
+                                     ("reserve", reserve)) if v is not None}
+        client = DeltaMemChat.from_default(adapter=adapter, use_memory=use_memory, in_memory=in_memory, **chat_kw)
         return cls(client, **kwargs)
 
     @classmethod
@@ -176,14 +140,12 @@ class DeltaMemLLM(FunctionCallingLLM):
         """A copy bound to another session (same weights, store and settings)."""
         if session_id == self.session_id:
             return self
-        from deltamem_agents.runtime.store import validate_session_id
-
         validate_session_id(session_id)
         copy = self.model_copy(update={"session_id": session_id})
         copy._client = self._client
         return copy
 
-    # --- the core: one call as a stream of runtime chunks ---------------------------------------------
+    # --- the core: one call as a stream of chat-model chunks ------------------------------------------
     def _options(self, kw: Dict[str, Any]) -> tuple[Dict[str, Any], Optional[str]]:
         max_new = kw.pop("max_new_tokens", None) or kw.pop("max_tokens", None) or self.max_new_tokens
         opts: Dict[str, Any] = {
@@ -215,61 +177,46 @@ class DeltaMemLLM(FunctionCallingLLM):
         chat = self._client
         if self.stateless:
             call.side = True
-            yield from self._ephemeral(msgs, None, system, opts)
+            yield from chat.side_stream(msgs, system=system, **opts)
             return
         call.session_id = sid
-        with chat.store.lock(sid):
-            rec = chat.store.get(sid)
-            log = list(rec.messages) if rec is not None else []
+        with chat.lock(sid):
+            log = chat.history(sid)
             if not (side or self.read_only) and continues_session(log, msgs, strict=tag is not None):
                 yield from chat.stream(msgs, session_id=sid, system=system, **opts)
                 return
-            state = rec.state if rec is not None else None
-        call.side = True
-        yield from self._ephemeral(msgs, state, system, opts)
-
-    def _ephemeral(self, msgs: List[Dict[str, Any]], state: Optional[bytes], system: Optional[str],
-                   opts: Dict[str, Any]) -> Iterator["ChatChunk"]:
-        side = _side_chat(self._client)
-        tmp = f"tmp-{uuid.uuid4().hex}"
-        try:
-            if state is not None:  # seed the copy with the session's δ-state (read, never written back)
-                side.store.get_or_create(tmp)
-                side.store.commit(tmp, state=state, messages=[], expected_version=0,
-                                  metadata={"window_start": 0, "system_prompt": side.system_prompt})
-            yield from side.stream(msgs, session_id=tmp, system=system, **opts)
-        finally:
-            side.delete(tmp)
+        call.side = True  # reads the session's δ-state as committed, writes nothing
+        yield from chat.side_stream(msgs, session_id=sid, system=system, **opts)
 
     def _responses(self, messages: Sequence[ChatMessage], kw: Dict[str, Any],
                    side: bool = False) -> Iterator[ChatResponse]:
         """Incremental ChatResponses (cumulative content + delta), then the final one with usage."""
         call = _Call()
-        text, shown, last = "", 0, None
+        hold = StreamHoldback(list(kw.get("stop") or self.stop), tools=True)
+        last = None
         for chunk in self._chunks(messages, kw, call, side):
             if chunk.finish_reason is not None:
                 last = chunk
             if chunk.text:
-                text += chunk.text
-                end = _visible_end(text)
-                if end > shown:
-                    delta, shown = text[shown:end], end
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text[:end]),
+                delta = hold.push(chunk.text)
+                if delta:
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=hold.emitted),
                                        delta=delta, raw={})
-        yield self._final(text, shown, last, call)
+        yield self._final(hold, last, call)
 
-    def _final(self, text: str, shown: int, last: Optional["ChatChunk"], call: _Call) -> ChatResponse:
-        from deltamem_agents.runtime.tools import parse_tool_calls
-
+    def _final(self, hold: StreamHoldback, last: Optional["ChatChunk"], call: _Call) -> ChatResponse:
         calls = list(last.tool_calls) if last is not None else []
-        content = parse_tool_calls(text)[0] if calls else text  # the reply's content as the session logged it
+        if last is not None and last.message is not None:
+            content = last.message.get("content") or ""  # the reply's content as the session logged it
+        else:
+            content = parse_tool_calls(hold.text)[0] if calls else hold.text
         blocks: List[Any] = [TextBlock(text=content)] if content else []
         blocks += [ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"]) for c in calls]
         usage = dict(last.usage or {}) if last is not None else {}
         raw = {"usage": usage, "finish_reason": last.finish_reason if last is not None else None,
                "model": self._client.model_name, "session_id": None if call.side else call.session_id,
                "side_call": call.side, "tool_calls": calls}
-        delta = "" if calls else text[shown:]
+        delta = "" if calls else hold.rest(content)
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks), delta=delta,
                             raw=raw, additional_kwargs=dict(usage))
 
@@ -330,7 +277,7 @@ class DeltaMemLLM(FunctionCallingLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         msgs = list(messages)
-        return _in_thread(lambda: self._responses(msgs, kwargs))
+        return aiter_in_thread(lambda: self._responses(msgs, kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -339,7 +286,7 @@ class DeltaMemLLM(FunctionCallingLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return _in_thread(lambda: self._completions(prompt, kwargs))
+        return aiter_in_thread(lambda: self._completions(prompt, kwargs))
 
     # --- tool calling ------------------------------------------------------------------------------------
     def _prepare_chat_with_tools(
@@ -382,57 +329,9 @@ class DeltaMemLLM(FunctionCallingLLM):
 
     def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
                                      **kwargs: Any) -> List[ToolSelection]:
-        from ._convert import _args
-
         calls = [ToolSelection(tool_id=b.tool_call_id or b.tool_name, tool_name=b.tool_name,
-                               tool_kwargs=_args(b.tool_kwargs))
+                               tool_kwargs=tool_arguments(b.tool_kwargs))
                  for b in response.message.blocks if isinstance(b, ToolCallBlock)]
         if not calls and error_on_no_tool_call:
             raise ValueError(f"expected at least one tool call, got none (reply: {response.message.content!r:.200})")
         return calls
-
-
-async def _in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Run a whole (blocking) iterator in one worker thread and yield its items on the event loop.
-
-    One thread for the whole stream: the session lock is re-entrant per thread and must be released by the
-    thread that took it. If the consumer stops early, the iterator is closed (the turn is rolled back) at
-    the next item."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone
-            cancelled.set()
-
-    def produce() -> None:
-        it = None
-        try:
-            it = make()
-            for x in it:
-                if cancelled.is_set():
-                    break
-                put((0, x))
-            put((1, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put((2, exc))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-
-    loop.run_in_executor(None, produce)
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == 0:
-                yield value
-            elif kind == 1:
-                return
-            else:
-                raise value
-    finally:
-        cancelled.set()

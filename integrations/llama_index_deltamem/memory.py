@@ -94,10 +94,7 @@ class DeltaMemMemory(BaseMemory):
         return self._llm
 
     def _record(self) -> tuple[list[dict[str, Any]], int]:
-        rec = self._llm.client.store.get(self.session_id)
-        if rec is None:
-            return [], 0
-        return [dict(m) for m in rec.messages], int((rec.metadata or {}).get("window_start", 0))
+        return self._llm.client.session_view(self.session_id)
 
     def _sync(self, log: list[dict[str, Any]], adopt: bool) -> None:
         if self._acked is None or self._acked > len(log):  # first use, or the session was reset elsewhere
@@ -141,7 +138,7 @@ class DeltaMemMemory(BaseMemory):
     def _flush(self) -> None:
         """Commit the pending turn: skip what the LLM already wrote, write the rest."""
         chat, sid = self._llm.client, self.session_id
-        with chat.store.lock(sid):
+        with chat.lock(sid):
             log, _ = self._record()
             self._sync(log, adopt=False)
             grown = log[self._acked:]

@@ -15,7 +15,7 @@ def setup():
     from deltamem_agents.core.config import DeltaMemConfig
     from deltamem_agents.patching import attach, detach
     from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
-    from deltamem_agents.train.sampler import EpisodeSampler
+    from deltamem_agents.datasets.sampler import EpisodeSampler
 
     model, tok = load_backbone()
     ad = attach(model, DeltaMemConfig(write_granularity="token", beta_bias_init=1.0))
@@ -27,7 +27,7 @@ def setup():
 
 def test_chat_ending_replaces_the_question_and_mentions_no_fact_value(setup):
     from deltamem_agents.bench.harm import chat_ending
-    from deltamem_agents.train.gates import fact_values
+    from deltamem_agents.datasets.episode import fact_values
 
     *_, eps = setup
     for i, ep in enumerate(eps):

@@ -48,7 +48,7 @@ def test_conditions_rows_and_prompt_sizes(probe_setup):
 def test_control_states_differ_from_the_own_state(probe_setup):
     from deltamem_agents.datasets.counterfactual import counterfactual
     from deltamem_agents.runtime.window import WindowPolicy
-    from deltamem_agents.train.episode import history_passes
+    from deltamem_agents.runtime.replay import history_passes
 
     model, tok, renderer, probe = probe_setup
     policy = WindowPolicy(budget=128, reserve=48)
@@ -98,7 +98,7 @@ def test_read_only_cursor_reads_the_state_but_never_writes_it(probe_setup):
 
 def test_frozen_controls_in_the_window(probe_setup):
     from deltamem_agents.runtime.window import WindowPolicy
-    from deltamem_agents.train.episode import history_passes
+    from deltamem_agents.runtime.replay import history_passes
 
     model, tok, renderer, probe = probe_setup
     eps = _episodes(tok)
@@ -168,10 +168,10 @@ def test_eval_compare_pairs_runs_by_episode_and_refuses_other_episodes(tmp_path)
         compare([("A", tmp_path / "a.jsonl", "window"), ("C", tmp_path / "c.jsonl", "deltamem")])
     with pytest.raises(ValueError, match="no rows of condition"):
         compare([("A", tmp_path / "a.jsonl", "full"), ("B", tmp_path / "b.jsonl", "deltamem")])
-    res = CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window",
+    res = CliRunner().invoke(app, ["eval", "compare", f"A={tmp_path / 'a.jsonl'}:window",
                                    f"B={tmp_path / 'b.jsonl'}:deltamem"])
     assert res.exit_code == 0 and "B − A" in res.output
-    assert CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a.jsonl'}:window"]).exit_code != 0
+    assert CliRunner().invoke(app, ["eval", "compare", f"A={tmp_path / 'a.jsonl'}:window"]).exit_code != 0
     # update probes: compare how often each arm names the old value
     for name, cond, old in (("u1.jsonl", "deltamem", [1, 1, 0]), ("u2.jsonl", "deltamem", [0, 0, 0])):
         (tmp_path / name).write_text("".join(json.dumps({"episode": i, "distance": 150, "condition": cond,
@@ -209,7 +209,7 @@ def test_eval_compare_joins_files_per_distance_and_plots(tmp_path):
         compare([("A", [tmp_path / "a0.jsonl", tmp_path / "a0bad.jsonl"], "window"), ("B", tmp_path / "b.jsonl",
                                                                                        "deltamem")])
     png = tmp_path / "plot.png"
-    res = CliRunner().invoke(app, ["eval-compare", f"A={tmp_path / 'a0.jsonl'},{tmp_path / 'a5.jsonl'}:window",
+    res = CliRunner().invoke(app, ["eval", "compare", f"A={tmp_path / 'a0.jsonl'},{tmp_path / 'a5.jsonl'}:window",
                                    f"B shuffled={tmp_path / 'b.jsonl'}:deltamem", "--plot", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

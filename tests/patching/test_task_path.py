@@ -99,7 +99,8 @@ def test_task_path_save_load_round_trip(tmp_path):
 
 
 def test_strip_task_path_equals_the_adapter_with_its_task_path_zeroed(tmp_path):
-    from deltamem_agents.patching.adapter_io import read_adapter_config, strip_task_path
+    from deltamem_agents.patching.adapter_io import read_adapter_config
+    from lab.surgery import strip_task_path
 
     m1 = tiny_llama()
     a1 = attach(m1, tsw(task_rank=3, task_alpha=5.0))

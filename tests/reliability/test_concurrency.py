@@ -1,4 +1,4 @@
-"""Isolation under concurrency (issue 8, item 1): 50 sessions on ONE loaded real model, driven at the same time
+"""Isolation under concurrency: 50 sessions on ONE loaded real model, driven at the same time
 by a thread pool (half of them) and by asyncio tasks (the other half), their turns interleaved, end exactly
 where each session run alone ends (replies, message log, δ-state, export); the public API never lets one
 session id read or write another's state.

@@ -1,4 +1,4 @@
-"""Crash safety (issue 8, item 2): a child process running turns on a SQLite-backed DeltaMemChat is killed
+"""Crash safety: a child process running turns on a SQLite-backed DeltaMemChat is killed
 with SIGKILL in the middle of a turn (inside the model forward that writes the δ-state; inside the SQLite
 write transaction, after the new rows are written but before COMMIT). The parent reopens the store: the
 last committed state and message log are intact, bit for bit, and the next turn continues from them.

@@ -14,7 +14,7 @@ from deltamem_agents.runtime.decode import Engine
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.store import MemoryBackend, SessionStore, SQLiteBackend
 from deltamem_agents.runtime.window import WindowPolicy
-from deltamem_agents.train.episode import build_passes
+from deltamem_agents.runtime.replay import build_passes
 from tests.conftest import randomize_adapter
 
 pytestmark = pytest.mark.slow

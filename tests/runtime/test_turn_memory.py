@@ -1,4 +1,4 @@
-"""Long sessions keep a bounded amount of live memory (issue 8, docs/soak.md "RSS growth: diagnosis").
+"""Long sessions keep a bounded amount of live memory (docs/soak.md "RSS growth: diagnosis").
 
 A tiny random Llama with δ-mem on the real tokenizer and a real SQLite store runs many turns through a small
 window (an eviction every few turns). Between an early and a late turn, the live torch tensors must be the

@@ -12,9 +12,9 @@ from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
-from deltamem_agents.train.episode import IGNORE, EpisodePasses, build_passes
+from deltamem_agents.runtime.replay import IGNORE, EpisodePasses, build_passes
 from deltamem_agents.train.preserve import preserve_kl, preserve_positions
-from deltamem_agents.train.sampler import EpisodeSampler
+from deltamem_agents.datasets.sampler import EpisodeSampler
 from deltamem_agents.train.trainer import Trainer, run_passes
 from tests.conftest import randomize_adapter
 from tests.train.conftest import tiny_real_vocab

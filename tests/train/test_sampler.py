@@ -6,7 +6,7 @@ import pytest
 
 from deltamem_agents.datasets.pools import POOLS
 from deltamem_agents.datasets.synthetic import asked_value_kind
-from deltamem_agents.train.sampler import EpisodeSampler
+from deltamem_agents.datasets.sampler import EpisodeSampler
 
 
 @pytest.fixture(scope="module")

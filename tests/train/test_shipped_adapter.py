@@ -1,6 +1,6 @@
 """The shipped default adapter: it is there, it says how it was made, it loads by default, and it remembers.
 
-The memory check is the measured protocol (docs/results.md §9) on its first 16 held-out episodes: closed-set
+The memory check is the measured protocol (docs/research-log.md §9) on its first 16 held-out episodes: closed-set
 fact 150 tokens back, out of a 128-token window, greedy. Measured there: own state 10/16, another
 conversation's state 0/16, the twin's state 0/16. The thresholds leave room for float noise across thread
 counts, but an adapter that answers from priors (own ≈ shuffled) or that lost its memory fails.

@@ -13,9 +13,9 @@ from deltamem_agents.datasets.episode import Episode
 from deltamem_agents.patching import attach
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
-from deltamem_agents.train.episode import build_passes
+from deltamem_agents.runtime.replay import build_passes
 from deltamem_agents.train.gates import token_gate_loss, value_token_labels
-from deltamem_agents.train.write_selector import fit_write_gates, gate_passes, selector_report
+from lab.write_selector import fit_write_gates, gate_passes, selector_report
 
 
 def episode() -> Episode:
@@ -78,7 +78,7 @@ def test_fit_raises_value_recall_and_lowers_false_writes(real_backbone, renderer
 
 
 def test_an_update_marks_the_old_value_where_stated_not_where_superseded(renderer, real_backbone):
-    from deltamem_agents.train.sampler import EpisodeSampler
+    from deltamem_agents.datasets.sampler import EpisodeSampler
 
     sampler = EpisodeSampler(real_backbone[1], value_kinds=["colour", "food", "sport", "drink"])
     checked = 0

@@ -57,7 +57,8 @@ def test_twin_step_trains_only_the_adapter_and_resumes(tmp_path, fresh_backbone)
 def test_fact_messages_and_unit_order():
     from deltamem_agents.core.state import DeltaState
     from deltamem_agents.datasets.synthetic import generate
-    from deltamem_agents.train.gates import closed_message_ids, fact_messages
+    from deltamem_agents.runtime.replay import closed_message_ids
+    from deltamem_agents.train.gates import fact_messages
 
     upd = generate(1, seed=2, split="train", mix={"update": 1}, distance_range=(80, 80))[0]
     pos = fact_messages(upd)
@@ -112,7 +113,7 @@ def test_recency_contrast_reads_old_and_new_answers_with_one_state(tmp_path, fre
     import dataclasses
 
     from deltamem_agents.patching import detach
-    from deltamem_agents.train.episode import build_passes
+    from deltamem_agents.runtime.replay import build_passes
     from deltamem_agents.train.trainer import run_passes
 
     from deltamem_agents.patching.attach import ATTR

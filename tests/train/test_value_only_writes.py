@@ -12,9 +12,9 @@ from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach, detach, forward_with_state
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.window import WindowPolicy
-from deltamem_agents.train.episode import build_passes
+from deltamem_agents.runtime.replay import build_passes
 from deltamem_agents.train.gates import asked_values, token_classes, value_token_labels
-from deltamem_agents.train.sampler import EpisodeSampler
+from deltamem_agents.datasets.sampler import EpisodeSampler
 from deltamem_agents.train.trainer import TrainConfig, Trainer, run_passes
 from deltamem_agents.train.writes import select_writes, value_only_passes
 from tests.conftest import randomize_adapter

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field  # noqa: E402
 
 from langchain_deltamem import ChatDeltaMem, clear_client_cache  # noqa: E402
 from langchain_deltamem._convert import content_text, to_deltamem  # noqa: E402
-from langchain_deltamem.chat_models import _Holdback  # noqa: E402
+from deltamem_agents.chat import StreamHoldback  # noqa: E402
 
 
 def cfg(thread: str, **extra) -> dict:
@@ -49,16 +49,16 @@ def test_message_conversion():
 
 
 def test_holdback_never_emits_what_the_log_drops():
-    h = _Holdback(["you"], tools=True)
+    h = StreamHoldback(["you"], tools=True)
     got = "".join(h.push(d) for d in ["Hello", " yo"])  # the decoder then cuts at 'you': the log has 'Hello '
     assert got == "Hello " and h.rest("Hello ") == ""  # 'yo' was held back (a prefix of the stop sequence)
-    h = _Holdback([], tools=True)
+    h = StreamHoldback([], tools=True)
     got = "".join(h.push(d) for d in ["Hi", " <tool", "_call>\n{", "...}"])
     assert got == "Hi" and h.rest("Hi") == ""  # '<tool_call>' and the space before it are never streamed
-    h = _Holdback([], tools=True)
+    h = StreamHoldback([], tools=True)
     got = "".join(h.push(d) for d in ["Sure.", "  ", "<", "tool"])
     assert got == "Sure." and h.rest("Sure.") == ""
-    h = _Holdback([], tools=False)
+    h = StreamHoldback([], tools=False)
     assert "".join(h.push(d) for d in ["a ", "b "]) == "a b " and h.rest("a b c") == "c"
 
 

@@ -1,0 +1,5 @@
+"""`python -m deltamem_agents.cli ...` runs the console script."""
+
+from . import app
+
+app()
