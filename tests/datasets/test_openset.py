@@ -1,0 +1,34 @@
+"""Open-set facts: evaluation values, wordings and relation types never occur in training."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from deltamem_agents.datasets.openset import KINDS, RELATIONS, draw_value, sample_fact, split_of, template_split
+
+
+def test_values_of_the_two_splits_are_disjoint_and_of_every_kind():
+    rng = random.Random(0)
+    for kind in KINDS:
+        train = {draw_value(kind, rng, "train") for _ in range(60)}
+        held = {draw_value(kind, rng, "heldout") for _ in range(30)}
+        assert train and held and not train & held, kind
+        assert all(split_of(kind, v) == "heldout" for v in held)
+    with pytest.raises(ValueError):
+        draw_value("number", rng, "test")
+
+
+def test_facts_state_their_value_verbatim_and_keep_wordings_and_relations_apart():
+    rng = random.Random(1)
+    train = [sample_fact(rng, "train") for _ in range(200)]
+    held = [sample_fact(rng, "heldout") for _ in range(200)]
+    new = [sample_fact(rng, "heldout", heldout_types=True) for _ in range(50)]
+    for f in train + held + new:
+        assert f.value in f.statement and f.kind in KINDS
+    assert {f.relation for f in new}.isdisjoint({f.relation for f in train})
+    train_wordings = {s for r in RELATIONS if not r.heldout for s in template_split(r, "train")[0]}
+    held_wordings = {s for r in RELATIONS if not r.heldout for s in template_split(r, "heldout")[0]}
+    assert not train_wordings & held_wordings
+    assert {f.statement.replace(f.value, "{v}") for f in held if not f.statement.count(f.value) > 1} <= held_wordings
