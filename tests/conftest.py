@@ -42,3 +42,30 @@ def real_backbone():
 
     model, tok = load_backbone()
     return model, tok
+
+
+def tiny_ssw_on_real_tokenizer():
+    """(A random 2-layer Llama over the real default tokenizer's vocabulary with a randomised SSW adapter, that
+    tokenizer): real chat templates and sessions at the speed of a tiny model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
+    from deltamem_agents.core.config import ssw
+    from deltamem_agents.patching import attach
+
+    tok = load_tokenizer(resolve_model_dir(None))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024)
+    model = LlamaForCausalLM(cfg).eval()
+    randomize_adapter(attach(model, ssw()), seed=3, scale=0.3)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (and do not fight a busy machine's other jobs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

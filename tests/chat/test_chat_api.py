@@ -4,32 +4,19 @@ read-only side calls, the runtime's live-session LRU. A tiny random Llama with Î
 from __future__ import annotations
 
 import pytest
-import torch
 
 from deltamem_agents.chat import DeltaMemChat, clear_shared_chats, model_lock, shared_chat
-from deltamem_agents.core.config import ssw
-from deltamem_agents.patching import attach
 from deltamem_agents.runtime.sessions import LiveSessions
 from deltamem_agents.runtime.store import LRUCache, MemoryBackend, SessionStore, SQLiteBackend
 from deltamem_agents.runtime.window import WindowPolicy
-from tests.conftest import randomize_adapter
+from tests.conftest import tiny_ssw_on_real_tokenizer
 
 GEN = {"max_new_tokens": 3}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
-
-    tok = load_tokenizer(resolve_model_dir(None))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024)
-    model = LlamaForCausalLM(cfg).eval()
-    randomize_adapter(attach(model, ssw()), seed=3, scale=0.3)
-    return model, tok
+    return tiny_ssw_on_real_tokenizer()
 
 
 def test_keyword_construction_builds_the_store_and_window(tiny, tmp_path):

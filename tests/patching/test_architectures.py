@@ -23,13 +23,7 @@ SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atte
              vocab_size=V, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight a busy machine's other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(arch: str, seed: int = 0) -> torch.nn.Module:

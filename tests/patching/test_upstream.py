@@ -40,13 +40,7 @@ UPSTREAM_DEFAULTS = {
 RELEASED = {"output_init": "base_slice_fixed", "delta_heads": ["q", "o"]}  # the released TSW runs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight a busy machine's other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

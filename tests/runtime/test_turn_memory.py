@@ -16,27 +16,15 @@ import pytest
 import torch
 
 from deltamem_agents.chat.model import DeltaMemChat
-from deltamem_agents.core.config import ssw
-from deltamem_agents.patching import attach
 from deltamem_agents.runtime import memtrim, session
 from deltamem_agents.runtime.store import SessionStore, SQLiteBackend
 from deltamem_agents.runtime.window import WindowPolicy
-from tests.conftest import randomize_adapter
+from tests.conftest import tiny_ssw_on_real_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_on_real_tokenizer():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
-
-    tok = load_tokenizer(resolve_model_dir(None))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024)
-    model = LlamaForCausalLM(cfg).eval()
-    randomize_adapter(attach(model, ssw()), seed=3, scale=0.3)
-    return model, tok
+    return tiny_ssw_on_real_tokenizer()
 
 
 def _live() -> tuple[int, int]:
