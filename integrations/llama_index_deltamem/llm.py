@@ -100,10 +100,12 @@ class DeltaMemLLM(FunctionCallingLLM):
             install_guards()
 
     @classmethod
-    def from_default(cls, *, adapter: Union[str, Path, None] = "default", store: Any = None, policy: Any = None,
+    def from_default(cls, *, model: Union[str, Path, None] = None, adapter: Union[str, Path, None] = "default",
+                     store: Any = None, policy: Any = None,
                      use_memory: bool = True, db: Union[str, Path, None] = None, in_memory: bool = False,
                      budget: Optional[int] = None, reserve: Optional[int] = None, **kwargs: Any) -> "DeltaMemLLM":
-        """The default offline backbone (weights loaded once per process) with the shipped adapter, if any.
+        """A backbone (`model`: a local Hugging Face model dir; default the offline SmolLM2-135M-Instruct) with an
+        adapter (default: the shipped one, if any); weights are loaded once per process.
 
         Sessions live in `store`, or the SQLite file `db`, or this process only (``in_memory=True``), else in
         the default database; the window is `policy` or ``budget``/``reserve`` tokens."""
@@ -111,7 +113,8 @@ class DeltaMemLLM(FunctionCallingLLM):
 
         chat_kw = {k: v for k, v in (("store", store), ("policy", policy), ("db", db), ("budget", budget),
                                      ("reserve", reserve)) if v is not None}
-        client = DeltaMemChat.from_default(adapter=adapter, use_memory=use_memory, in_memory=in_memory, **chat_kw)
+        client = DeltaMemChat.from_pretrained(model, adapter=adapter, use_memory=use_memory, in_memory=in_memory,
+                                              **chat_kw)
         return cls(client, **kwargs)
 
     @classmethod
