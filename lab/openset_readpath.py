@@ -317,21 +317,29 @@ def report(root: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label, style in (("held", "held-out values, own state", "o-"), ("newrel", "held-out relations, own state",
                                                                              "s--")):
         pts = sorted((c["bytes"], c[key][0]) for c in rows if key in c)
         ax.errorbar([b for b, _ in pts], [m[0] for _, m in pts], yerr=[[m[0] - m[1] for _, m in pts],
                     [m[2] - m[0] for _, m in pts]], fmt=style, label=label, capsize=3)
+        gaps = sorted((c["bytes"], c[key][4]) for c in rows if key in c and c[key][4])
+        ax2.errorbar([b for b, _ in gaps], [g[0] for _, g in gaps], yerr=[[g[0] - g[1] for _, g in gaps],
+                     [g[2] - g[0] for _, g in gaps]], fmt=style, label=label.replace(", own state", ""), capsize=3)
     pts = sorted((c["bytes"], c["held"][1]) for c in rows if "held" in c)
     ax.plot([b for b, _ in pts], [m[0] for _, m in pts], "x:", label="held-out values, another's state")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([c["bytes"] for c in rows], [f"{c['bytes'] // 1024} KB\n(r{c['rank']}×{c['heads']})" for c in rows])
+    ticks = ([c["bytes"] for c in rows], [f"{c['bytes'] // 1024} KB\n(r{c['rank']}×{c['heads']})" for c in rows])
+    for a in (ax, ax2):
+        a.set_xscale("log", base=2)
+        a.set_xticks(*ticks)
+        a.set_xlabel("δ-state bytes per session (fp32, 30 layers)")
+        a.legend(fontsize=8)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("δ-state bytes per session (fp32, 30 layers)")
     ax.set_ylabel("exact recall of an open-set value")
-    ax.set_title("Oracle writes: what the read path can carry")
-    ax.legend(fontsize=8)
+    ax.set_title("Oracle writes: exact recall")
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.set_ylabel("answer CE, another's state − own (nats/token)")
+    ax2.set_title("Information about the value in the state")
     fig.tight_layout()
     fig.savefig(root / "readpath_capacity.png", dpi=120)
     text = "\n".join(lines) + "\n"
