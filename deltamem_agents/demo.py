@@ -110,7 +110,7 @@ def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 
         cols.append(Column(f"{label} + RAG", new(mem.model, mem.tokenizer, rag_policy, True), retriever, rag_tokens))
     print(f"loaded the default backbone + adapter in {time.perf_counter() - t0:.1f} s; visible budget {budget} "
           f"tokens for every column (RAG: {budget - rag_tokens} window + {rag_tokens} retrieved)")
-    print("\n-- session 1: each user shares facts (same words, own values), then chats about other things --")
+    print("\n-- first visit: each user shares facts (same words, own values), then chats about other things --")
     for sid, values in USERS.items():
         for text in [f.format(v) for (f, _, _), v in zip(FACTS, values)] + CHITCHAT:
             for c in cols:
@@ -118,7 +118,7 @@ def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 
     conv = mem._conversation(next(iter(USERS)))
     print(f"{len(conv.messages)} messages per user; δ-mem's visible window now starts at message {conv.window_start} "
           f"(the facts were messages 0, 2 and 4)")
-    print("\n-- session 2: each user asks about their facts --")
+    print("\n-- second visit: each user asks about their facts --")
     print("| user | question | gold | " + " | ".join(f"{c.name} answer | ok | s" for c in cols) + " |")
     print("|---|---|---|" + "---|---|---|" * len(cols))
     score = {(c.name, trained): 0 for c in cols for trained in (True, False)}

@@ -1,7 +1,7 @@
 """Reply preservation: does a δ-state full of facts leave replies it is not about as the backbone writes them?
 
 The memory probe scores fact questions; it cannot see an adapter that also rewrites every other reply
-(docs/research-log.md §8: "How long should I boil an egg?" -> "1."). Here the same held-out histories end with a
+("How long should I boil an egg?" -> "1."). Here the same held-out histories end with a
 chit-chat question instead (a distractor exchange the history does not contain), and three replies are
 generated greedily with the same window: the frozen backbone's (the reference), δ-mem with the episode's own
 state, and δ-mem with another episode's state. Scores per reply, against the backbone's: token F1 (SQuAD-style,

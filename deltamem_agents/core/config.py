@@ -1,6 +1,6 @@
 """δ-mem configuration: a frozen, validated dataclass with a versioned JSON form.
 
-Defaults follow the spec (`deltamem-algorithm.md` §14): rank 8, α 16, rank-wise gates with bias −1.5,
+Defaults follow the spec (`deltamem-algorithm.md`, section 14): rank 8, α 16, rank-wise gates with bias −1.5,
 tanh+L2-normalised q/k, standard coupled update, corrections on q and o, `base_slice_fixed` init, all layers.
 Presets: `tsw()` (token writes), `ssw()` (one write per chat message, the message mean), `msw()` (4 state heads).
 """
@@ -33,7 +33,7 @@ class DeltaMemConfig:
     base_slice_ref_width: int = 8
     online_gain: float = 0.05
     target_layers: tuple[int, ...] = ()  # () = every decoder layer
-    write_system: bool = False  # write system-prompt tokens into the state (docs/design.md §3: off)
+    write_system: bool = False  # write system-prompt tokens into the state (docs/design.md, section 3: off)
     # subtract a fixed per-layer mean of the layer input (a buffer calibrated once on training text) before the
     # memory projections (q̂, k̂, v, β); off = the spec. docs/design.md, deviation 13, has the measurement
     center_inputs: bool = False

@@ -2,12 +2,12 @@
 
 For an attention input x[B,T,d] and the layer's carried state, `DeltaMemLayer.step` returns the read vectors
 read[B,T,R] (R = H·r) and the new state. Reads are causal at the write granularity:
-  token writes (TSW/MSW): read_t = S_{t-1} q̂_t, then S_t = update(S_{t-1}; k̂_t, v_t, β_t)  (spec §4.4)
+  token writes (TSW/MSW): read_t = S_{t-1} q̂_t, then S_t = update(S_{t-1}; k̂_t, v_t, β_t)  (spec section 4.4)
   message writes (SSW):   every token of message m reads the state after messages < m; message m is written as
                           one delta step on the mean of its tokens' x once the next message starts.
 The SSW read rule is the causal generalisation of the reference code (which reads the state from before the
 whole forward call): it makes one pass over a conversation equal to turn-by-turn processing, which the
-session runtime and the trainer both rely on (docs/design.md §3). With one message per call the two coincide.
+session runtime and the trainer both rely on (docs/design.md, section 3). With one message per call the two coincide.
 Corrections: δq = (α/r)·B_q·read (added to the q_proj output), δo = (α/r)·B_o·read (added after o_proj).
 """
 
@@ -74,7 +74,7 @@ class DeltaMemLayer(nn.Module):
 
     @torch.no_grad()
     def init_outputs(self, base_q: Tensor | None, base_o: Tensor | None) -> None:
-        """Initialise B_q/B_o per `output_init` (spec §2); base_* are the frozen q_proj/o_proj weights."""
+        """Initialise B_q/B_o per `output_init` (spec section 2); base_* are the frozen q_proj/o_proj weights."""
         for B, base in ((self.delta_q_proj, base_q), (self.delta_o_proj, base_o)):
             if B is None:
                 continue
@@ -107,7 +107,7 @@ class DeltaMemLayer(nn.Module):
         return q, k, v, beta
 
     def coefficients(self, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(keep κ, erase ε, write ω) from β for the configured update mode (spec §4.2)."""
+        """(keep κ, erase ε, write ω) from β for the configured update mode (spec section 4.2)."""
         lam = 1.0 - beta
         mode = self.cfg.state_update_mode
         if mode == "standard":

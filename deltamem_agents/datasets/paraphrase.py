@@ -1,7 +1,7 @@
 """Generated *training* paraphrases: a small grammar per family expanded into many sentence templates.
 
 Why: an adapter trained on three update sentences answers the newer value for those three and the older
-one for any other wording (docs/research-log.md §12d). Hand-writing tens of wordings per family does not scale,
+one for any other wording. Hand-writing tens of wordings per family does not scale,
 so each grammar here combines an opener, a core clause and (for updates) a closer into every wording, then
 keeps a seeded sample. Slots are those of :mod:`.templates` (``{v}``, ``{old}``, ``{thing}``, ...).
 
@@ -49,7 +49,7 @@ _CORE_S = ("my favourite {thing} is {v}.", "{v} is my favourite {thing}.", "I lo
            "if I had to choose one {thing}, it would be {v}.", "{v} is the {thing} I enjoy most.",
            "my favourite {thing}? {v}, easily.",
            # other words for "favourite" and other sentence shapes (the held-out wording stays banned): write gates
-           # trained on fewer shapes generalise poorly to unseen update wordings (docs/research-log.md §12j, §12k)
+           # trained on fewer shapes generalise poorly to unseen update wordings
            "my go-to {thing} is {v}.", "{v} is my go-to {thing}.", "the {thing} I like most is {v}.",
            "I can't get enough of {v}; no other {thing} comes close.", "I'm crazy about {v}, the best {thing} there is.",
            "of every {thing}, {v} is the one I enjoy most.", "my best-loved {thing} is {v}.",

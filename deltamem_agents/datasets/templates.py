@@ -48,7 +48,7 @@ _RAW: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "u": (["Actually, my favourite {thing} is {v} now.", "I've changed my mind — my new favourite {thing} is {v}.",
                "These days I prefer {v}; it's my favourite {thing} now, not {old}.",
                # update phrasings with the value first and the old value before / after the new one, so an update
-               # is learned as a change of the relation, not as three sentences (docs/research-log.md §12d)
+               # is learned as a change of the relation, not as three sentences
                "{v} is my favourite {thing} these days.", "Update: my favourite {thing} is now {v}.",
                "I used to love {old}, but now my favourite {thing} is {v}.",
                "My favourite {thing} changed from {old} to {v}.", "Forget {old}; {v} is my favourite {thing} now.",

@@ -9,7 +9,7 @@ Defaults:
 - CPU: fp32 weights, unless the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16 on x86, BF16 on
   Arm): without it bf16 matmuls are emulated and much slower (measured on a 2-core AVX2 EPYC: a training step
   of 8 short episodes took 1.5-2.3 s in fp32 and 10-51 s in bf16). `"sdpa"` attention.
-- The δ-state and the δ-mem parameters stay fp32 whatever the weights (docs/design.md §2; `attach` casts
+- The δ-state and the δ-mem parameters stay fp32 whatever the weights (docs/design.md, section 2; `attach` casts
   the adapter to fp32 and the wrappers add the corrections in the backbone's dtype).
 
 δ-mem itself does not depend on the attention implementation: it hooks q_proj/o_proj and takes padding from

@@ -2,7 +2,7 @@
 
 Each entry says where the decoder layers live and the names of the attention's query and output
 projections. Every architecture listed keeps `q_proj`/`o_proj` as plain `nn.Linear`s inside `self_attn`, and
-applies its per-head q norm and RoPE after `q_proj`, so δq lands before them as the spec asks (§5.3). Each one
+applies its per-head q norm and RoPE after `q_proj`, so δq lands before them as the spec asks (section 5.3). Each one
 is tested on a tiny random config (tests/patching/test_architectures.py); one that is not tested is not listed.
 
 - llama (SmolLM2), mistral: the plain layout.

@@ -8,7 +8,7 @@ The upstream directory holds `delta_mem_config.json` (its config dataclass, ever
 `model` is the backbone the adapter was trained for (any registered architecture; upstream itself ran
 Qwen3 and SmolLM3): it gives the shapes and the fingerprint and is not modified.
 
-Config mapping (spec §10 → core/config.py): rank, alpha, beta_bias_init, normalize_qk, state_update_mode,
+Config mapping (spec section 10 → core/config.py): rank, alpha, beta_bias_init, normalize_qk, state_update_mode,
 rankwise_gates, output_init, base_slice_ref_width, online_gain, num_state_heads, target_layers and
 delta_heads map by name; memory_write_granularity → write_granularity ("token" or "message_mean");
 write_system records what upstream writes (token mode writes every token, system prompt included; message

@@ -1,4 +1,4 @@
-"""Turn an `Episode` into the exact forward passes the session runtime would run (docs/design.md §3).
+"""Turn an `Episode` into the exact forward passes the session runtime would run (docs/design.md, section 3).
 
 The conversation (history + question + gold answer) is replayed through the shared `WindowPolicy`: each
 window "epoch" between KV rebuilds is one forward over [system + window messages] from position 0, where

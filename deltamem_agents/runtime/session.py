@@ -1,4 +1,4 @@
-"""One conversation on a loaded model: message log, δ-state, visible window and its KV cache (docs/design.md §3).
+"""One conversation on a loaded model: message log, δ-state, visible window and its KV cache (docs/design.md, section 3).
 
 Invariants:
 - every token of every non-system message (user, assistant, tool calls, tool results) is written into the

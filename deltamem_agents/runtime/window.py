@@ -1,4 +1,4 @@
-"""The visible-window policy shared by the session runtime and the trainer (docs/design.md §3).
+"""The visible-window policy shared by the session runtime and the trainer (docs/design.md, section 3).
 
 The prompt shows the system prompt plus the most recent messages that fit `budget` tokens, keeping `reserve`
 tokens free for the reply. When a new turn would overflow, the oldest messages are evicted *in a chunk*

@@ -53,7 +53,7 @@ def mention_mask(renderer: Any, message: dict[str, Any], values: set[str]) -> li
 def superseded(ep: Episode, i: int) -> set[str]:
     """Values that message `i` mentions but that are no longer true there (lower-cased): in an update episode, the
     old value from the update message on ("…has replaced {old}…", "…now, not {old}."). Writing such a mention
-    stores the old value again, after the new one (docs/research-log.md §12c), so it is not a write target."""
+    stores the old value again, after the new one, so it is not a write target."""
     old = ep.meta.get("old_value")
     return {str(old).lower()} if old and i >= ep.fact_index else set()
 
@@ -61,7 +61,7 @@ def superseded(ep: Episode, i: int) -> set[str]:
 def superseded_token_labels(ep: Episode, renderer: Any) -> dict[int, list[bool]]:
     """For each history message that mentions a `superseded` value (an update's re-mention of the old value):
     which tokens of its rendered block overlap that mention. The hard negatives of the write gates: a value token
-    like the positives, in a context that says it is no longer true (docs/research-log.md §12k)."""
+    like the positives, in a context that says it is no longer true."""
     out = {}
     for i, m in enumerate(ep.messages):
         gone = superseded(ep, i)
@@ -102,7 +102,7 @@ def token_gate_loss(calls: list[tuple[dict[int, tuple[torch.Tensor, torch.Tensor
     With `hard` labels and `hard_weight` > 0 the hard negatives (superseded mentions, target lo) are a third
     class averaged on their own and added with that weight. Among the other negatives they were ~1 token in
     several hundred, so the gates never learned them: v8 writes a re-mentioned old value in 55 % of layer-tokens
-    on *training* wordings, although a linear probe on the gate's own input separates it (§12k)."""
+    on *training* wordings, although a linear probe on the gate's own input separates it."""
     per_layer: dict[int, list[torch.Tensor]] = {}
     targets: list[torch.Tensor] = []
     for gates, mids, _ in calls:

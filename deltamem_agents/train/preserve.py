@@ -3,7 +3,7 @@ backbone predicts it.
 
 An adapter trained only on the answer loss of fact questions learns a *style* as well as a memory: with any
 non-empty state its corrections turn every reply terse ("How long should I boil an egg?" -> "1."), which the
-answer loss and the shuffled-state control cannot see (docs/research-log.md §8). The preservation term is the
+answer loss and the shuffled-state control cannot see. The preservation term is the
 KL divergence KL(backbone ‖ δ-mem) of the next-token distributions on the final pass's tokens that are not
 the answer (system prompt, the window's messages, the question and the reply header): the frozen backbone
 (δ-mem disabled, no gradient) is the teacher. The answer positions are left to the answer loss, so the state

@@ -1,6 +1,6 @@
 """LangChain messages <-> deltamem message dicts (see `deltamem_agents.chat.validate_message`).
 
-Rules (the LangChain contract, docs/ecosystem.md §1.1):
+Rules (the LangChain contract, docs/ecosystem.md, section 1.1):
 - `SystemMessage`s are not logged: all of them (joined by a blank line) become the session's system prompt;
 - `HumanMessage` -> ``{"role": "user", "content", "name"?}``;
 - `AIMessage` -> ``{"role": "assistant", "content", "tool_calls": [{"id", "type": "function",
