@@ -46,8 +46,6 @@ class Example:
     read_ids: list[int]
     labels: list[int]  # the answer's value tokens and its end-of-turn token; IGNORE elsewhere
     n_value: int
-    ctx_ids: list[int]  # the ceiling's prompt: the fact turn right before the question, no δ-mem
-    ctx_labels: list[int]
 
 
 def _overlap(spans: list[tuple[int, int]], a: int, b: int) -> list[int]:
@@ -70,10 +68,7 @@ def build(fact: Fact, rend: ChatRenderer) -> Example:
     labels = [IGNORE] * len(read_ids)
     for i in at:
         labels[off + i] = aids[i]
-    fact_turn = ids + rend.message_ids({"role": "assistant", "content": "Noted."})
-    ctx_ids = rend.system_ids + fact_turn + q + aids
-    ctx_labels = [IGNORE] * len(fact_turn) + labels
-    return Example(fact, write_ids, mids, read_ids, labels, len(at) - 1, ctx_ids, ctx_labels)
+    return Example(fact, write_ids, mids, read_ids, labels, len(at) - 1)
 
 
 def examples(rend: ChatRenderer, n: int, split: str, seed: int, heldout_types: bool = False) -> list[Example]:
@@ -94,13 +89,12 @@ def write_states(model, batch: list[Example]) -> DeltaState:
                               detach_inputs=True, use_cache=False).state
 
 
-def read_logits(model, batch: list[Example], state: DeltaState | None, in_prompt: bool = False):
-    """Logits at the positions predicting labelled tokens, and those labels (flat), with row ids. `in_prompt`:
-    the ceiling's prompt (fact turn before the question), read by the plain backbone."""
-    rows_ids = [e.ctx_ids if in_prompt else e.read_ids for e in batch]
-    ids = _pad(rows_ids, 0)
-    mask = _pad([[1] * len(r) for r in rows_ids], 0)
-    labels = _pad([e.ctx_labels if in_prompt else e.labels for e in batch], IGNORE)
+def read_logits(model, batch: list[Example], state: DeltaState | None):
+    """Logits at the positions predicting labelled tokens, and those labels (flat), with row ids; no state: the
+    plain backbone."""
+    ids = _pad([e.read_ids for e in batch], 0)
+    mask = _pad([[1] * len(e.read_ids) for e in batch], 0)
+    labels = _pad([e.labels for e in batch], IGNORE)
     if state is None:
         with disabled():
             out = forward_with_state(model, ids, None, attention_mask=mask, write=False, skip_lm_head=True,
@@ -124,14 +118,14 @@ def roll(state: DeltaState) -> DeltaState:
 @torch.no_grad()
 def recall(model, exs: list[Example], bs: int = 16, control: str = "own", ce_out: list | None = None) -> list[bool]:
     """Per example: is every value token (and the end token) the argmax? control: own | shuffled | none (the
-    backbone, no fact anywhere) | inprompt (the backbone with the fact turn right before the question)."""
+    backbone, no fact anywhere)."""
     hits: list[bool] = []
     for i in range(0, len(exs), bs):
         batch = exs[i:i + bs]
-        st = None if control in ("none", "inprompt") else write_states(model, batch)
+        st = None if control == "none" else write_states(model, batch)
         if control == "shuffled":
             st = roll(st)
-        logits, tgt, rows = read_logits(model, batch, st, in_prompt=control == "inprompt")
+        logits, tgt, rows = read_logits(model, batch, st)
         ok = logits.argmax(-1) == tgt
         ce = F.cross_entropy(logits, tgt, reduction="none")
         for b in range(len(batch)):
