@@ -6,7 +6,11 @@ Invariants:
 - the prompt is the system prompt plus the newest messages that fit the `WindowPolicy`; when a turn would
   overflow, the oldest messages are evicted in a chunk and the window's KV cache is rebuilt once by
   re-reading the remaining window without writing (message id -1), from position 0;
-- otherwise the KV cache is reused across turns, so a turn costs only its new tokens.
+- otherwise the KV cache is reused across turns, so a turn costs only its new tokens;
+- messages that do not fit the window even alone (a long paste, a big tool result) are accepted: they are
+  written into the δ-state in full, in one pass over the system prompt plus those messages on a temporary
+  KV cache (exactly what a window big enough for them would have written), and the log keeps them whole;
+  the window then starts at them and shows only their newest tokens (see `visible_ids`).
 The trainer replays the same policy and the same passes (runtime/replay.py), so the adapter is trained on
 exactly what it sees here. After a process restart the KV cache is rebuilt the same way as after an
 eviction (the δ-state itself is restored bit for bit from the store).
@@ -72,13 +76,54 @@ class SessionRunner:
         if drop or conv.cursor is None or conv.cursor_system != conv.system_prompt:
             conv.window_start += drop
             cur = self.engine.new_cursor(conv.state)
-            ids, _ = r.render(conv.messages[conv.window_start:], written=False)
-            ids = list(r.system_ids) + ids
+            ids = list(r.system_ids) + self.visible_ids(conv, r)
             self.engine.forward(cur, ids, [-1] * len(ids))  # re-read only: nothing is written twice
             conv.state = cur.state
             conv.cursor, conv.cursor_system = cur, conv.system_prompt  # the old KV cache is freed here
             if drop:
                 release_free_memory()  # give the freed KV buffers back to the OS (runtime/memtrim.py)
+
+    def room(self, r: ChatRenderer) -> int:
+        """Tokens the window's messages may take when it is rebuilt: the budget minus system prompt and reserve."""
+        return max(self.policy.budget - self.policy.reserve - len(r.system_ids), 1)
+
+    def visible_ids(self, conv: Conversation, r: ChatRenderer) -> list[int]:
+        """The window's tokens as shown when its KV cache is rebuilt (re-read, never written).
+
+        A window that holds more than `room` tokens -- only after messages too long for the window were
+        written -- is cut in front: it shows the header of its first message's block (role tokens) followed
+        by the newest tokens, `room` in all. The log and the δ-state keep every token."""
+        msgs = conv.messages[conv.window_start:]
+        ids, _ = r.render(msgs, written=False)
+        room = self.room(r)
+        if len(ids) <= room:
+            return ids
+        head = min(r.content_prefix_len(msgs[0]["role"]), room // 2)
+        return ids[:head] + ids[len(ids) - (room - head):]
+
+    def _fits(self, r: ChatRenderer, incoming: int, reply_room: int) -> bool:
+        return len(r.system_ids) + incoming + reply_room <= self.policy.budget
+
+    def _write_long(self, conv: Conversation, r: ChatRenderer, msgs: list[dict[str, Any]],
+                    blocks: list[list[int]]) -> None:
+        """Write messages that do not fit the window: the system prompt (re-read) and their blocks (written)
+        in one pass on a temporary KV cache, fed in window-sized slices; then the window restarts at them
+        and its cache is rebuilt from what `visible_ids` shows."""
+        first = len(conv.messages)
+        conv.cursor = None  # free the old window's KV cache before the long pass
+        cur = self.engine.new_cursor(conv.state)
+        self.engine.forward(cur, list(r.system_ids), [-1] * len(r.system_ids))
+        ids = [t for b in blocks for t in b]
+        mids = [first + k for k, b in enumerate(blocks) for _ in b]
+        step = self.policy.budget
+        for a in range(0, len(ids), step):
+            self.engine.forward(cur, ids[a:a + step], mids[a:a + step])
+        conv.state = cur.state
+        conv.messages.extend(msgs)
+        conv.window_start = first
+        del cur
+        release_free_memory()
+        self._ensure_window(conv, r, 0, evict=False)
 
     # --- turns --------------------------------------------------------------------------------------
     def add(self, conv: Conversation, new: list[dict[str, Any]]) -> None:
@@ -99,6 +144,10 @@ class SessionRunner:
             blocks = [r.message_ids(m) for m in msgs[i:j]]
             if assistant:
                 self._ensure_window(conv, r, 0, evict=False)
+            elif not self._fits(r, sum(map(len, blocks)), self.policy.reserve):
+                self._write_long(conv, r, msgs[i:j], blocks)
+                i = j
+                continue
             else:
                 self._ensure_window(conv, r, sum(map(len, blocks)))
             assert conv.cursor is not None
@@ -119,21 +168,22 @@ class SessionRunner:
         r = self.renderer(conv.system_prompt)
         blocks = [r.message_ids(m) for m in msgs]
         gp = list(r.generation_prompt_ids)
-        reserve = max(cfg.max_new_tokens, 0)
-        if sum(map(len, blocks)) + len(r.system_ids) + len(gp) + min(reserve, self.policy.reserve) > self.policy.budget:
-            raise InvalidMessageError(
-                f"the new messages ({sum(map(len, blocks))} tokens) plus the system prompt ({len(r.system_ids)} "
-                f"tokens, tool descriptions included) and the reply reserve do not fit the window budget of "
-                f"{self.policy.budget} tokens; raise the budget, shorten the system prompt, or split the messages")
-        self._ensure_window(conv, r, sum(map(len, blocks)))  # the generation prompt is inside the reserve
-        cur = conv.cursor
-        assert cur is not None
+        reserve = min(max(cfg.max_new_tokens, 0), self.policy.reserve)
         first = len(conv.messages)
         reply_id = first + len(msgs)
-        ids = [t for b in blocks for t in b] + gp
-        mids = [first + i for i, b in enumerate(blocks) for _ in b] + [reply_id] * len(gp)
+        fits = self._fits(r, sum(map(len, blocks)) + len(gp), reserve)
+        if fits:
+            self._ensure_window(conv, r, sum(map(len, blocks)))  # the generation prompt is inside the reserve
+            ids = [t for b in blocks for t in b] + gp
+            mids = [first + i for i, b in enumerate(blocks) for _ in b] + [reply_id] * len(gp)
+        else:  # too long for the window: written in full, the window shows their newest part
+            self._write_long(conv, r, msgs, blocks)
+            ids, mids = gp, [reply_id] * len(gp)
+        cur = conv.cursor
+        assert cur is not None
         res = result if result is not None else Generation()
-        conv.messages.extend(msgs)
+        if fits:
+            conv.messages.extend(msgs)
         logits = self.engine.forward(cur, ids, mids)
         res.prompt_tokens = len(cur.tokens)  # the whole visible prompt (system + window + new messages)
         before = cur.state.clone() if cur.state is not None else None  # state before any generated token
