@@ -106,6 +106,8 @@ def model_lock(model: Any) -> threading.RLock:
 def _db_key(db: str | Path | None, in_memory: bool) -> str:
     if in_memory or str(db) == ":memory:":
         return ":memory:"
+    if isinstance(db, str) and "://" in db:  # a store URL names its database itself
+        return db
     return str(Path(db).expanduser().resolve()) if db else ""
 
 

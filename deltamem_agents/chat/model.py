@@ -28,6 +28,7 @@ from ..runtime.render import DEFAULT_SYSTEM_PROMPT
 from ..runtime.session import Conversation, SessionRunner
 from ..runtime.sessions import LiveSessions
 from ..runtime.store import LRUCache, MemoryBackend, SessionStore, SQLiteBackend
+from ..runtime.store_url import is_store_url, open_store
 from ..runtime.window import WindowPolicy
 from .loading import model_lock
 from .streaming import aiter_in_thread
@@ -65,7 +66,8 @@ class DeltaMemChat:
 
     ``chat``/``stream`` (and ``achat``/``astream``) answer one turn of a session and write it into that
     session's memory; ``side_stream`` answers on a copy of a session's memory and writes nothing. Sessions
-    persist in ``store`` (default: SQLite under the cache dir; ``db=<path>`` for another file,
+    persist in ``store`` (default: SQLite under the cache dir; ``db=<path>`` for another file or a
+    store URL: ``postgresql://...``, ``sqlite:///...``, ``memory://``,
     ``in_memory=True`` for this process only). The prompt shows the system prompt plus the newest messages
     that fit the window ``policy`` (``budget``/``reserve`` tokens); older messages live on in the δ-state.
     ``use_memory=False`` runs the same weights without δ-mem (the window/buffer baseline). Chat models on the
@@ -342,6 +344,8 @@ def _store(store: SessionStore | None, db: str | Path | None, in_memory: bool) -
         return store
     if in_memory or str(db) == ":memory:":
         return SessionStore(MemoryBackend())
+    if is_store_url(db):  # memory://, sqlite:///..., postgresql://...
+        return open_store(db)
     if db is None:
         from ..backbone import cache_dir
 

@@ -31,6 +31,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
@@ -410,21 +411,29 @@ class SessionStore:
     # -- per-session turn lock --------------------------------------------------------------
     @contextmanager
     def lock(self, session_id: str, *, timeout: float | None = None) -> Iterator[None]:
-        """Serialise turns on one session inside this process (re-entrant).  Raises
-        SessionBusyError if ``timeout`` seconds pass first.  Other processes are kept out by
-        ``expected_version`` (ConcurrentWriteError), not by this lock."""
+        """Serialise turns on one session (re-entrant).  Raises SessionBusyError if ``timeout`` seconds
+        pass first.  Inside this process a lock per session; when the backend has a cross-process lock
+        (:meth:`SessionBackend.session_lock`, e.g. Postgres) the outermost holder also takes that one.
+        Otherwise other processes are kept out by ``expected_version`` (ConcurrentWriteError)."""
         sid = validate_session_id(session_id)
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._turn_guard:
-            entry = self._turn_locks.setdefault(sid, [threading.RLock(), 0])
+            entry = self._turn_locks.setdefault(sid, [threading.RLock(), 0, 0])  # lock, users, holder's depth
             entry[1] += 1
         try:
             if not entry[0].acquire(timeout=-1 if timeout is None else timeout):
                 raise SessionBusyError(f"session {sid!r} is busy (lock not acquired in {timeout} s)")
             try:
-                yield
+                entry[2] += 1  # only the holding thread touches the depth
+                with ExitStack() as outer:
+                    if entry[2] == 1:
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        outer.enter_context(self.backend.session_lock(sid, timeout=left))
+                    yield
             finally:
+                entry[2] -= 1
                 entry[0].release()
         finally:
             with self._turn_guard:

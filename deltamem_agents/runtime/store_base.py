@@ -21,6 +21,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -307,6 +308,12 @@ class SessionBackend(ABC):
         """Copy state, log and metadata to a new id (version 0); SessionExistsError if dst exists."""
         src, dst = validate_session_id(src_id), validate_session_id(dst_id)
         return decode_raw(self._copy(src, dst))
+
+    def session_lock(self, session_id: str, *, timeout: float | None = None) -> AbstractContextManager[None]:
+        """A lock on one session that holds across processes, for backends shared between processes
+        (SessionBusyError after ``timeout`` seconds); :meth:`SessionStore.lock` takes it around a turn.
+        By default there is none (a no-op): other processes are kept out by ``expected_version``."""
+        return nullcontext()
 
     def close(self) -> None:
         """Release resources (no-op by default)."""
