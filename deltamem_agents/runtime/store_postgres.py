@@ -123,6 +123,9 @@ class _Pool:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_size) if max_size else None
         self.closed = False
+        from psycopg.pq import TransactionStatus
+
+        self._idle_status = TransactionStatus.IDLE
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
@@ -142,10 +145,8 @@ class _Pool:
                 self._slots.release()
 
     def _give_back(self, conn: Any) -> None:
-        from psycopg.pq import TransactionStatus
-
         reusable = not conn.closed and not conn.broken and not self.closed
-        if reusable and conn.info.transaction_status != TransactionStatus.IDLE:
+        if reusable and conn.info.transaction_status != self._idle_status:
             try:
                 conn.rollback()
             except Exception:
