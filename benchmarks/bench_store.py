@@ -24,6 +24,15 @@ turn by turn so that both see the same log length and the same machine load::
 
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py \
         --soak-db ~/.cache/deltamem-agents/soak/soak.db --turns 40
+
+With ``--backends`` it compares SQLite and Postgres side by side: 1 and 8 writer threads (``--writers``),
+each committing turns (one message, the 77 KB state, metadata: the append path) to a session of its own
+through one `SessionStore` per backend; per-commit latency (median, p95) and throughput (commits/s over the
+burst).  Bursts alternate between the backends, ``--rounds`` times, so machine load hits both.  Both are
+durable (SQLite WAL with synchronous=FULL, Postgres with fsync and synchronous_commit on); the Postgres
+server is a fresh local one on a unix socket (tests/runtime/pg_server.py), or ``--pg URL``::
+
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py --backends
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +131,86 @@ def bench_soak_turns(db: Path, turns: int) -> None:
         print(f"| {name} | {statistics.median(walls):.0f} | {statistics.median(cpus):.0f} |")
 
 
+def burst(store: SessionStore, writers: int, commits: int) -> tuple[list[float], float]:
+    """``writers`` threads, each committing ``commits`` turns to a fresh session of its own:
+    (every commit's wall ms, the burst's wall s)."""
+    sids = [f"w{i}-{uuid.uuid4().hex[:8]}" for i in range(writers)]
+    recs = [store.commit(store.get_or_create(sid), state=STATE, messages=[message(0)], metadata={}) for sid in sids]
+    lat: list[float] = []
+    lock, start = threading.Lock(), threading.Barrier(writers + 1)
+
+    def work(i: int) -> None:
+        rec, log, mine = recs[i], [message(0)], []
+        start.wait()
+        for _ in range(commits):
+            log.append(message(len(log)))
+            t0 = time.perf_counter()
+            rec = store.commit(rec, state=STATE, messages=log, metadata={"num_messages": len(log)})
+            mine.append((time.perf_counter() - t0) * 1e3)
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for sid in sids:
+        assert store.backend.get(sid).version == commits + 1
+        store.delete(sid)
+    return lat, wall
+
+
+def bench_backends(pg_url: str | None, writer_counts: list[int], commits: int, rounds: int) -> None:
+    """SQLite vs Postgres commit latency and throughput at each writer count, bursts interleaved."""
+    from deltamem_agents.runtime.store_postgres import PostgresBackend
+
+    server = None
+    if pg_url is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.runtime.pg_server import start_postgres
+
+        server = start_postgres(durable=True)
+        pg_url = server.url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = {"sqlite": SessionStore(SQLiteBackend(Path(tmp) / "bench.db")),
+                      "postgres": SessionStore(PostgresBackend(pg_url, schema="bench_store",
+                                                               pool_size=max(writer_counts)))}
+            for store in stores.values():  # warm up: connections, prepared statements, file creation
+                burst(store, max(writer_counts), 3)
+            results: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
+            for _ in range(rounds):
+                for w in writer_counts:
+                    for name, store in stores.items():
+                        lat, wall = burst(store, w, commits)
+                        lats, rates = results.setdefault((name, w), ([], []))
+                        lats.extend(lat)
+                        rates.append(w * commits / wall)
+            for store in stores.values():
+                store.close()
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"turn commits (append path, 77 KB state), {commits} per writer and burst, {rounds} interleaved "
+          f"rounds; Postgres: {'local server, unix socket' if server else 'given URL'}\n")
+    print("| writers | backend | latency ms, median | latency ms, p95 | commits/s, median |")
+    print("|---:|---|---:|---:|---:|")
+    for w in writer_counts:
+        for name in stores:
+            lats, rates = results[(name, w)]
+            p95 = statistics.quantiles(lats, n=20)[-1]
+            print(f"| {w} | {name} | {statistics.median(lats):.2f} | {p95:.2f} | {statistics.median(rates):.0f} |")
+    print()
+    for w in writer_counts:
+        (ls, rs), (lp, rp) = results[("sqlite", w)], results[("postgres", w)]
+        print(f"{w} writer(s): Postgres / SQLite latency ×{statistics.median(lp) / statistics.median(ls):.2f}, "
+              f"throughput ×{statistics.median(rp) / statistics.median(rs):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 3000, 10000])
@@ -127,7 +218,15 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where the database files go (default: a temp dir)")
     ap.add_argument("--soak-db", type=Path, default=None, help="time whole add_messages turns on a copy of it")
     ap.add_argument("--turns", type=int, default=40, help="with --soak-db: turns per store path")
+    ap.add_argument("--backends", action="store_true", help="compare SQLite and Postgres (latency, throughput)")
+    ap.add_argument("--pg", default=None, help="with --backends: a Postgres URL (default: start a local server)")
+    ap.add_argument("--writers", type=int, nargs="+", default=[1, 8], help="with --backends: writer threads")
+    ap.add_argument("--commits", type=int, default=40, help="with --backends: commits per writer and burst")
+    ap.add_argument("--rounds", type=int, default=3, help="with --backends: interleaved rounds")
     args = ap.parse_args()
+    if args.backends:
+        bench_backends(args.pg, args.writers, args.commits, args.rounds)
+        return
     if args.soak_db is not None:
         bench_soak_turns(args.soak_db, args.turns)
         return
