@@ -7,19 +7,24 @@
 - every keyword of `EpisodeSampler` is a data option (`--mix fact=0.6,update=0.4`, `--budget-range 160,448`, ...),
   with the sampler's default.
 Help texts come from the dataclass fields' `metadata["help"]`.
+
+Data-parallel: `accelerate launch --num_processes N -m deltamem_agents.cli train ...` (on GPUs; on a CPU-only
+machine add `--multi_gpu`, which there starts N gloo processes); train/distributed.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from typing import Any, Callable, Optional
 
 import typer
 
 from ._common import log_progress, mix, names
 
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "int | None": Optional[int],
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "bool | None": Optional[bool],
+                          "int | None": Optional[int],
                           "float | None": Optional[float], "str | None": Optional[str]}
 # alternative spellings kept for the options of the adapter's shape
 _DELTA_ALIASES = {"write_granularity": "--granularity", "num_state_heads": "--heads",
@@ -42,7 +47,8 @@ def _train_params() -> list[inspect.Parameter]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = _TYPES[str(f.type)]
-        decls = [_flag(f.name)] if tp is not bool else [f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}"]
+        flag = tp in (bool, Optional[bool])
+        decls = [f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}"] if flag else [_flag(f.name)]
         opt = typer.Option(default, *decls, help=f.metadata.get("help", ""), rich_help_panel="Training")
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=tp))
     return out
@@ -100,7 +106,12 @@ def _run(threads: int, backbone: str, **kw: Any) -> None:
     from ..datasets.sampler import EpisodeSampler
     from ..train.trainer import TrainConfig, Trainer
 
+    from ..train.distributed import make_accelerator
+
+    acc = make_accelerator()
     log_progress()
+    if not acc.is_main_process:  # one process reports
+        logging.getLogger("deltamem_agents").setLevel(logging.WARNING)
     torch.set_num_threads(threads)
     train = {k: v for k, v in kw.items() if not k.startswith(("delta_", "sampler_"))}
     delta = {k[6:]: v for k, v in kw.items() if k.startswith("delta_") and v is not None}
@@ -126,8 +137,9 @@ def _run(threads: int, backbone: str, **kw: Any) -> None:
             v = list(names(v)) or None
         sampler[name] = v
     cfg = TrainConfig(**train, delta=delta, sampler=sampler)
-    model, tok = load_backbone(None if backbone == "default" else backbone)
-    Trainer(model, tok, cfg).train()
+    dtype = None if cfg.bf16 is None else ("bfloat16" if cfg.bf16 else "float32")
+    model, tok = load_backbone(None if backbone == "default" else backbone, device=str(acc.device), dtype=dtype)
+    Trainer(model, tok, cfg, accelerator=acc).train()
 
 
 def make_train_command() -> Callable[..., None]:

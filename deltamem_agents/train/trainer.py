@@ -7,6 +7,9 @@ graph to the δ-mem parameters is kept, the backbone activations are not), which
 one no-grad pass over the history plus one backward over the window. Every `diag_every` steps the trainer
 logs the *memory gap*: answer loss with a state from another episode minus loss with the episode's own
 state. Only that gap is memory; a falling loss with a flat gap is a task fine-tune (prior-experiment docs).
+
+Runs in one process or data-parallel under `accelerate launch` (train/distributed.py): the global batch is
+`grad_accum` episodes whatever the number of processes; only the main process writes logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..runtime.replay import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, superseded_token_labels, token_gate_loss, value_token_labels
 from ..datasets.sampler import EpisodeSampler
 from .preserve import chat_draw, chat_ending, preserve_kl
+from .distributed import EpisodeLoss, gather_list, local_micros, main_decides
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
@@ -54,14 +58,15 @@ class TrainConfig:
 
     out_dir: str = _f("runs/adapter", "run directory: checkpoint-last/, log.jsonl, train_config.json")
     steps: int = _f(1500, "optimizer steps (the schedule's length)")
-    grad_accum: int = _f(8, "episodes per optimizer step")
+    grad_accum: int = _f(8, "episodes per optimizer step (the global batch: split over the processes)")
     lr: float = 1e-3
     warmup_frac: float = 0.05
     lr_schedule: str = _f("cosine", "cosine (decay to 0 after the warm-up) | constant (flat after the warm-up)")
     weight_decay: float = 0.0
     max_grad_norm: float = _f(1.0, "gradient clipping (<= 0: none; the norm is still logged)")
     seed: int = 0
-    bf16: bool = _f(True, "bf16 weights (fast on GPUs and CPUs with bf16 units; slower on CPUs without them)")
+    bf16: bool | None = _f(None, "bf16 backbone weights (fast on GPUs and CPUs with bf16 units, several times "
+                                 "slower on CPUs without them); unset: the device policy's choice")
     write_grad: str = _f("truncated", "truncated (write pass without backbone activations) | full")
     delta: dict[str, Any] = field(default_factory=lambda: {"write_granularity": "message_mean",
                                                            "beta_bias_init": -3.0})
@@ -163,11 +168,30 @@ def run_passes(model: Any, p: EpisodePasses, *, state: DeltaState | None = None,
     return loss, logits, entering, betas
 
 
+def weight_dtype(bf16: bool | None, device: Any) -> torch.dtype:
+    """The frozen weights' dtype in training: bf16/fp32 as asked, else the device policy's (patching/device.py)."""
+    if bf16 is not None:
+        return torch.bfloat16 if bf16 else torch.float32
+    from ..patching.device import resolve_policy
+
+    return torch.bfloat16 if resolve_policy(device=device).dtype == torch.bfloat16 else torch.float32
+
+
 class Trainer:
-    def __init__(self, model: Any, tokenizer: Any, cfg: TrainConfig) -> None:
+    """`accelerator`: an `accelerate.Accelerator` (train/distributed.make_accelerator); default: one for the
+    model's device, which is a single process unless launched by `accelerate launch` / `torchrun`."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: TrainConfig, accelerator: Any = None) -> None:
+        from .distributed import make_accelerator
+
         self.model, self.cfg = model, cfg
-        if cfg.bf16:  # bf16 weights, not autocast: autocast re-casts frozen weights on every call (measured 10x slower)
-            model.to(torch.bfloat16)
+        device = next(model.parameters()).device
+        self.acc = accelerator if accelerator is not None else make_accelerator(device)
+        self.micros = local_micros(cfg.grad_accum, self.acc.num_processes, self.acc.process_index)
+        # weights cast once, not autocast: autocast re-casts frozen weights on every call (measured 10x slower)
+        dtype = weight_dtype(cfg.bf16, device)
+        if next(model.parameters()).dtype != dtype:
+            model.to(dtype)
         self.out = Path(cfg.out_dir)
         if cfg.writes not in WRITES or cfg.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"writes must be one of {WRITES} and lr_schedule 'cosine' or 'constant'")
@@ -178,7 +202,9 @@ class Trainer:
             raise ValueError("writes='value_only' needs token writes (delta write_granularity='token')")
         if cfg.freeze_gates and cfg.gate_weight:
             raise ValueError("freeze_gates keeps the gates fixed: gate supervision (gate_weight > 0) would do nothing")
-        self.adapter = attach(model, dcfg)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)  # the adapter's initialisation depends on the seed only, in every process
+            self.adapter = attach(model, dcfg)
         if cfg.freeze_gates:
             for n, p in self.adapter.named_parameters():
                 if n.endswith(("beta_proj", "beta_bias")):
@@ -209,9 +235,14 @@ class Trainer:
             calibrate_input_centers(model, [build_passes(ep, self.renderer, pol) for ep, pol in cal])
         self.diag = [self.sampler.heldout(i, budget=cfg.diag_budget, distance=cfg.diag_distance)
                      for i in range(cfg.diag_episodes)]
-        self._foreign: DeltaState | None = None  # the previous episode's state (the contrast term's negative)
+        # the previous episode's state in this process (the contrast term's negative; with several processes the
+        # pairs differ from a single process's, so only contrast-free runs match it step for step)
+        self._foreign: DeltaState | None = None
         self._kls: list[float] = []  # this step's preservation KLs (logged)
-        self._calls = 0  # episodes drawn in this step (seeds the chat-ending draw)
+        self._micro = 0  # the current episode's micro-batch index in the step (seeds the chat-ending draw)
+        # data parallel: DDP over the adapter's parameters only (a no-op wrapper in a single process)
+        self.episode_loss = self.acc.prepare_model(EpisodeLoss(self.adapter, self._episode_loss),
+                                                   device_placement=False)
 
     def _twin_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         twin = counterfactual(ep, int(ep.meta.get("seed", 0)))
@@ -283,8 +314,7 @@ class Trainer:
 
     def _episode_loss(self, ep: Episode, policy: WindowPolicy) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.cfg.chat_frac:
-            rng = chat_draw(self.cfg.seed, self.step, self._calls, self.cfg.chat_frac)
-            self._calls += 1
+            rng = chat_draw(self.cfg.seed, self.step, self._micro, self.cfg.chat_frac)
             if rng is not None:
                 return self._chat_loss(ep, policy, rng)
         if self.cfg.counterfactual and supports_counterfactual(ep):
@@ -337,72 +367,100 @@ class Trainer:
         q = p.read_only()
         return run_passes(self.model, q, state=state)[0].item()
 
+    def _accumulate(self) -> tuple[list[dict[str, Any]], list[float]]:
+        """Forward and backward over this process's micro-batches of the step; the last backward synchronises
+        the gradients (DDP); returns every process's episode stats and preservation KLs, in micro order."""
+        stats: list[dict[str, Any]] = []
+        self._kls = []
+        last = self.micros[-1]
+        for micro in self.micros:
+            self._micro = micro
+            ep, policy = self.sampler.sample(self.step, micro)
+            if micro == last:
+                loss, st = self.episode_loss(ep, policy)
+                (loss / len(self.micros)).backward()
+            else:
+                with self.acc.no_sync(self.episode_loss):
+                    loss, st = self.episode_loss(ep, policy)
+                    (loss / len(self.micros)).backward()
+            stats.append(st)
+        return gather_list(stats), gather_list(self._kls)
+
     def train(self) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "train_config.json").write_text(cfg.to_json())
-        log = (self.out / "log.jsonl").open("a")
+        main = self.acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(cfg.to_json())
+        log = (self.out / "log.jsonl").open("a") if main else None
         last_ckpt = time.monotonic()
         t_start = time.monotonic()
         end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
-        bar = tqdm(total=end, initial=self.step, desc="train δ-mem", dynamic_ncols=True)
+        bar = tqdm(total=end, initial=self.step, desc="train δ-mem", dynamic_ncols=True, disable=not main)
         while self.step < end:
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
-            stats: list[dict[str, Any]] = []
-            self._kls = []
-            self._calls = 0
-            for micro in range(cfg.grad_accum):
-                ep, policy = self.sampler.sample(self.step, micro)
-                loss, st = self._episode_loss(ep, policy)
-                (loss / cfg.grad_accum).backward()
-                stats.append(st)
+            stats, kls = self._accumulate()
             clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             gnorm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), clip).item()
             self.opt.step()
             self.step += 1
             dt = time.perf_counter() - t0
             self.wall += dt
-            row: dict[str, Any] = {
-                "step": self.step, "lr": lr, "grad_norm": gnorm, "seconds": dt, "wall_seconds": self.wall,
-                "loss": _mean([s["loss"] for s in stats]),
-                "loss_out_of_window": _mean([s["loss"] for s in stats if not s["in_window"]]),
-                "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
-                "chat_kl": _mean([s.get("chat_kl") for s in stats]),
-                "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
-                "train_gap": _mean([s.get("gap") for s in stats]),
-                "gate_loss": _mean([s.get("gate_loss") for s in stats]),
-                "recency_gap": _mean([s.get("recency_gap") for s in stats]),
-                "preserve_kl": _mean(self._kls),
-                "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
-            }
-            if cfg.diag_every and (self.step % cfg.diag_every == 0 or self.step == 1):
-                row.update(self.memory_gap())
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss'] if row['loss'] is not None else float('nan'):.3f}", gap=f"{row.get('memory_gap') or float('nan'):.3f}")
-            if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
-                save_adapter(self.adapter, self.out / f"adapter-step{self.step}", info=self._info())
+            if main:
+                row = self._row(lr, gnorm, dt, stats, kls)
+                assert log is not None
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss'] if row['loss'] is not None else float('nan'):.3f}",
+                                gap=f"{row.get('memory_gap') or float('nan'):.3f}")
+                if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                    save_adapter(self.adapter, self.out / f"adapter-step{self.step}", info=self._info())
             done = self.step >= end
-            out_of_time = cfg.max_minutes is not None and time.monotonic() - t_start > 60 * cfg.max_minutes
-            if done or out_of_time or time.monotonic() - last_ckpt > 60 * cfg.ckpt_every_min:
-                self.save()
+            now = time.monotonic()
+            out_of_time, due = main_decides(cfg.max_minutes is not None and now - t_start > 60 * cfg.max_minutes,
+                                            now - last_ckpt > 60 * cfg.ckpt_every_min)
+            if done or out_of_time or due:
+                if main:
+                    self.save()
+                self.acc.wait_for_everyone()
                 last_ckpt = time.monotonic()
             if out_of_time:
                 logger.info("stopping after %.1f min (max_minutes); resume with the same command", cfg.max_minutes)
                 break
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
+
+    def _row(self, lr: float, gnorm: float, dt: float, stats: list[dict[str, Any]], kls: list[float],
+             ) -> dict[str, Any]:
+        """One line of log.jsonl: the step's stats over the global batch, and the diagnostics when due."""
+        row: dict[str, Any] = {
+            "step": self.step, "lr": lr, "grad_norm": gnorm, "seconds": dt, "wall_seconds": self.wall,
+            "loss": _mean([s["loss"] for s in stats]),
+            "loss_out_of_window": _mean([s["loss"] for s in stats if not s["in_window"]]),
+            "loss_in_window": _mean([s["loss"] for s in stats if s["in_window"]]),
+            "chat_kl": _mean([s.get("chat_kl") for s in stats]),
+            "beta": _mean([s["beta"] for s in stats]), "tokens": sum(s["tokens"] for s in stats),
+            "train_gap": _mean([s.get("gap") for s in stats]),
+            "gate_loss": _mean([s.get("gate_loss") for s in stats]),
+            "recency_gap": _mean([s.get("recency_gap") for s in stats]),
+            "preserve_kl": _mean(kls),
+            "bias_mean": torch.stack([layer.beta_bias.mean() for layer in self.adapter.layers]).mean().item(),
+        }
+        if self.cfg.diag_every and (self.step % self.cfg.diag_every == 0 or self.step == 1):
+            row.update(self.memory_gap())  # main process only; the others wait at the next synchronisation
+        return row
 
     def _info(self) -> dict[str, Any]:
         return {"train_config": asdict(self.cfg), "steps": self.step, "wall_seconds": round(self.wall, 1),
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "processes": self.acc.num_processes}
 
     def save(self) -> Path:
         return save_checkpoint(self.out, self.adapter, self.opt, {"step": self.step, "wall_seconds": self.wall},
