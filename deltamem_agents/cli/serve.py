@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -12,12 +11,14 @@ from .chat import DB_HELP
 
 def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
           port: int = typer.Option(8000, help="port to listen on"),
-          db: Optional[Path] = typer.Option(None, help=DB_HELP),
+          db: Optional[str] = typer.Option(None, help=DB_HELP + "; or a store URL: postgresql://..., "
+                                                              "sqlite:///PATH, memory://"),
           adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
           model: Optional[str] = typer.Option(None, help="backbone: a local Hugging Face model dir (default: the "
                                                          "offline SmolLM2-135M-Instruct)"),
           max_body_bytes: int = typer.Option(4 * 1024 * 1024, help="larger request bodies are answered 413"),
           budget: Optional[int] = typer.Option(None, help="visible-window token budget (default 2048)"),
+          reserve: Optional[int] = typer.Option(None, help="window tokens kept free for the reply (default 256)"),
           busy_timeout: float = typer.Option(2.0, help="seconds a request waits for a turn running on the same "
                                                        "session before answering 409"),
           default_max_tokens: int = typer.Option(256, help="reply length when a request sets no max_tokens"),
@@ -28,7 +29,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
     from ..chat.model import DeltaMemChat
     from ..serve import create_app
 
-    chat = DeltaMemChat.from_pretrained(model, adapter=adapter, db=db, budget=budget)
+    chat = DeltaMemChat.from_pretrained(model, adapter=adapter, db=db, budget=budget,
+                                        reserve=reserve)  # db: as DeltaMemChat takes it
     app = create_app(chat, max_body_bytes=max_body_bytes, busy_timeout=busy_timeout,
                      default_max_tokens=default_max_tokens)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
