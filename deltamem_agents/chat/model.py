@@ -70,6 +70,8 @@ class DeltaMemChat:
     store URL: ``postgresql://...``, ``sqlite:///...``, ``memory://``,
     ``in_memory=True`` for this process only). The prompt shows the system prompt plus the newest messages
     that fit the window ``policy`` (``budget``/``reserve`` tokens); older messages live on in the δ-state.
+    A message too long for the window is still accepted: written into the δ-state in full and logged whole,
+    while the window shows only its newest tokens (runtime/session.py).
     ``use_memory=False`` runs the same weights without δ-mem (the window/buffer baseline). Chat models on the
     same loaded weights share one model lock, so one forward pass runs on them at a time.
     """

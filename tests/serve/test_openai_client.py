@@ -123,3 +123,13 @@ def test_a_message_longer_than_the_window_is_accepted(server, client):
                                        extra_body={"session_id": "long"})
     assert r.usage.prompt_tokens <= server.chat.policy.budget
     assert server.chat.history("long")[0]["content"] == long
+
+
+def test_stop_sequences_cut_the_reply(server, client, reference):
+    msgs = [{"role": "user", "content": "Count from one to ten."}]
+    full = reference.side_stream(msgs, max_new_tokens=8)
+    text = "".join(c.text for c in full)
+    stop = text.strip()[len(text.strip()) // 2:][:2]
+    assert stop, "the tiny model's reply is needed to pick a stop sequence"
+    r = client.chat.completions.create(model="any", messages=msgs, max_tokens=8, stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == text[:text.find(stop)]
