@@ -50,34 +50,22 @@ def resolve_adapter(adapter: str | Path | None, model: str | Path | None) -> Pat
     return Path(adapter)
 
 
-def _dtype(dtype: Any) -> Any:
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(value, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}")
-        return value
-    return dtype
-
-
 def load_model(model: str | Path | None = None, adapter: str | Path | None = "default", *, dtype: Any = None,
                device: str | None = None) -> tuple[Any, Any]:
     """(model with δ-mem attached when an adapter is given, tokenizer); cached per process.
 
-    ``model``: None/"default" (the offline SmolLM2-135M-Instruct) or a local model dir; ``dtype``: a
-    `torch.dtype` or its name ("bfloat16"); default float32 on CUDA if available, else CPU."""
-    import torch
-
+    ``model``: None/"default" (the offline SmolLM2-135M-Instruct) or a local model dir; ``dtype`` (a
+    `torch.dtype` or its name, "bfloat16") and ``device`` left None follow the device policy
+    (`patching.device.resolve_policy`: CUDA with bf16 weights when available, else CPU in fp32, or bf16 on a
+    CPU with native bf16 arithmetic)."""
     from ..backbone import load_backbone, resolve_model_dir
+    from ..patching.device import resolve_policy
 
     model = None if model in ("default", "") else model
     mdir = resolve_model_dir(model)
     adir = resolve_adapter(adapter, model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _dtype(dtype)
+    policy = resolve_policy(device=device, dtype=dtype)
+    device, dtype = policy.device, policy.dtype
     key = (str(mdir), str(adir), str(dtype), device)
     with _LOCK:
         if key not in _CACHE:
