@@ -133,3 +133,14 @@ def test_stop_sequences_cut_the_reply(server, client, reference):
     assert stop, "the tiny model's reply is needed to pick a stop sequence"
     r = client.chat.completions.create(model="any", messages=msgs, max_tokens=8, stop=[stop])
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == text[:text.find(stop)]
+
+
+def test_a_client_that_disconnects_mid_stream_leaves_the_session_unchanged(server):
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True,
+            "session_id": "gone"}
+    with httpx.Client(timeout=30) as c, c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if '"content":' in line and '"content": ""' not in line:
+                break  # the first content delta: hang up
+    with server.chat.lock("gone", timeout=30):  # the turn has ended (rolled back)
+        assert server.chat.history("gone") == []
