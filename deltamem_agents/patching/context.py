@@ -36,6 +36,8 @@ class CallContext:
     inputs: dict[int, Tensor] = field(default_factory=dict)  # slot -> x (only when capture_inputs)
     gates: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # slot -> (β [B,U,H,r], mask [B,U])
     capture_gates: bool = False  # keep the written units' gates *with* their graph (gate supervision)
+    fast: bool = False  # inference fast path (core/fastpath.py); `reads` then holds each layer's δo
+    zero_slots: list[bool] | None = None  # per wrapped layer: the carried S is all zeros (known on the host)
 
 
 def current(adapter: Any) -> CallContext | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core import fastpath
 from ..core.segments import Segments
 from ..core.state import DeltaState
 from .attach import get_adapter
@@ -50,8 +51,10 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     message_mode = cfg.write_granularity == "message_mean"
     seg = Segments.build(valid, message_ids, message_mode=message_mode and write, pend_id=state.pend_id,
                          pend_count=state.pend_count)
+    fast = fastpath.usable() and not (capture_inputs or detach_inputs or capture_gates)
     call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
-                       detach_inputs=detach_inputs, capture_gates=capture_gates)
+                       detach_inputs=detach_inputs, capture_gates=capture_gates, fast=fast,
+                       zero_slots=zero_slots(state) if fast and T == 1 else None)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -70,3 +73,10 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     else:
         new = state
     return StepOutput(outputs, new, call.beta_means, call.inputs, call.gates)
+
+
+def zero_slots(state: DeltaState) -> list[bool] | None:
+    """Per wrapped layer, whether its S is all zeros in every batch row (host tensors only: no device sync)."""
+    if state.S.device.type != "cpu":
+        return None
+    return (~state.S.flatten(1).any(dim=1)).tolist()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from .context import current
+from ..core import fastpath
+from .context import CallContext, current
 
 
 class _Wrapped(nn.Module):
@@ -48,6 +50,8 @@ class DeltaQProj(_Wrapped):
         if call is None:
             return out
         layer = self._adapter.layers[self.slot]
+        if call.fast:
+            return self._fast(out, x, call, layer)
         xs = x.detach() if call.detach_inputs else x
         step = layer.step(xs, call.state.S[self.slot], call.state.pend_sum[self.slot], call.seg, call.write)
         read = step.read.detach() if call.detach_inputs else step.read
@@ -64,6 +68,19 @@ class DeltaQProj(_Wrapped):
         # the state read-out's correction, then the state-independent task path (config.task_rank)
         return _add(_add(out, layer.delta_q(read), False), layer.task_q(xs), call.detach_inputs)
 
+    def _fast(self, out: Tensor, x: Tensor, call: CallContext, layer: Any) -> Tensor:
+        """Inference only (see core/fastpath.py): same result as the reference branch above."""
+        slot = self.slot
+        zero = call.zero_slots is not None and call.zero_slots[slot]
+        fw = fastpath.fused_weights(layer)
+        st = fastpath.step(layer, x, call.state.S[slot], call.state.pend_sum[slot], call.seg, call.write, zero, fw)
+        call.S_out[slot] = st.S
+        call.sum_out[slot] = st.pend_sum
+        if st.read is not None:  # None: the read is exactly zero, and so are both corrections
+            dq, call.reads[slot] = fastpath.corrections(fw, st.read)
+            out = _add(out, dq, False)
+        return _add(out, layer.task_q(x), False)
+
 
 class DeltaOProj(_Wrapped):
     def forward(self, a: Tensor) -> Tensor:
@@ -72,7 +89,10 @@ class DeltaOProj(_Wrapped):
         if call is None:
             return out
         layer = self._adapter.layers[self.slot]
-        out = _add(out, layer.delta_o(call.reads.pop(self.slot)), False)
+        if call.fast:  # the q wrapper left δo itself (or nothing: a zero read)
+            out = _add(out, call.reads.pop(self.slot, None), False)
+        else:
+            out = _add(out, layer.delta_o(call.reads.pop(self.slot)), False)
         return _add(out, layer.task_o(a), call.detach_inputs)
 
 
@@ -80,4 +100,6 @@ def _add(out: Tensor, corr: Tensor | None, detach: bool) -> Tensor:
     """out + corr in out's dtype (None: out unchanged); `detach` for the trainer's truncated write pass."""
     if corr is None:
         return out
+    if not torch.is_grad_enabled() and corr.dtype == out.dtype and out.shape == corr.shape:
+        return out.add_(corr)  # the projection's fresh output, owned here: no new tensor
     return out + (corr.detach() if detach else corr).to(out.dtype)
