@@ -65,10 +65,15 @@ class LiveSessions:
                             rec.version)
 
     def get(self, session_id: str, system_prompt: str) -> Conversation:
-        """The live conversation, else the stored session loaded (and created empty if it does not exist)."""
+        """The live conversation, else the stored session loaded (and created empty if it does not exist).
+
+        On a store shared with other processes a live copy is used only if it is still the stored version."""
         conv = self.conversations.get(session_id)
         if conv is not None:
-            return conv
+            if self.store.is_current(session_id, conv.version):
+                return conv
+            self.conversations.pop(session_id)  # another process committed a turn (or deleted the session)
+            self.store.invalidate(session_id)
         rec = self.store.get_or_create(session_id, {"system_prompt": system_prompt})
         conv = self.from_record(rec, system_prompt)
         self.conversations.put(session_id, conv)

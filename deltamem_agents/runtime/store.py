@@ -12,8 +12,10 @@ succeeded, under an internal per-session (striped) lock, so inside one process t
 goes back to an older version.  Writers in *other* processes are caught by optimistic concurrency:
 a commit based on a stale record raises :class:`ConcurrentWriteError` and evicts the entry.  Use
 ``cache_size=0`` (or :meth:`SessionStore.invalidate`) when other processes write and reads must be
-fresh.  Records handed out never share objects with the cache, so mutating them never changes it.
-Export files are plain JSON (never pickle) with SHA-256 checksums verified on import.
+fresh, except on a backend that says it is ``shared`` (Postgres): there a cached record is re-checked
+with one cheap read of its (version, created_at) before it is used, and :meth:`SessionStore.lock` also
+holds across processes.  Records handed out never share objects with the cache, so mutating them never
+changes it.  Export files are plain JSON (never pickle) with SHA-256 checksums verified on import.
 
 Append-only commits: a turn usually commits the previous log plus a few messages.  When the cached
 record is at ``expected_version`` and the new log starts with its messages (one C-speed ``==`` over
@@ -258,11 +260,26 @@ class SessionStore:
         return self._cache.info()
 
     # -- reads ------------------------------------------------------------------------------
+    def _current(self, sid: str, rec: SessionRecord) -> bool:
+        """Whether a cached record is still what the backend holds (always, unless the backend is shared)."""
+        return not self.backend.shared or self.backend.stamp(sid) == (rec.version, rec.created_at)
+
+    def is_current(self, session_id: str, version: int) -> bool:
+        """Whether ``version`` of the session, as this store last read or committed it, is still the stored
+        one: always true unless the backend is shared with other processes; then one cheap backend read
+        (false also when the cached copy is gone, so the caller reloads)."""
+        sid = validate_session_id(session_id)
+        if not self.backend.shared:
+            return True
+        rec = self._peek(sid)
+        return rec is not None and rec.version == version and self._current(sid, rec)
+
     def get(self, session_id: str) -> SessionRecord | None:
-        """The session (a private copy), or None."""
+        """The session (a private copy), or None.  From a shared backend the cached copy is used only while
+        it is still the stored version."""
         sid = validate_session_id(session_id)
         rec = self._cached(sid)
-        if rec is not None:
+        if rec is not None and self._current(sid, rec):
             return _clone(rec)
         with self._locked(sid):  # no in-process write can interleave with this read + cache fill
             rec = self.backend.get(sid)

@@ -247,6 +247,10 @@ class SessionBackend(ABC):
     writers can never interleave into a torn record.
     """
 
+    #: True for a store other processes write while this one runs (e.g. Postgres behind several servers):
+    #: then :meth:`session_lock` holds across processes and cached copies are checked against :meth:`stamp`.
+    shared: bool = False
+
     # -- public API ---------------------------------------------------------------------
     def get(self, session_id: str) -> SessionRecord | None:
         """The session, or None if it does not exist."""
@@ -293,6 +297,11 @@ class SessionBackend(ABC):
         new_version, stored_created_at, updated_at = stamp
         decoded, meta = decode_json(sid, payload.messages, payload.metadata)
         return SessionRecord(sid, payload.state, decoded, meta, new_version, stored_created_at, updated_at)
+
+    def stamp(self, session_id: str) -> tuple[int, float] | None:
+        """The session's stored (version, created_at), None if it does not exist, without reading its content.
+        Together they identify one committed content (``created_at`` tells a re-created session apart)."""
+        return self._stamp(validate_session_id(session_id))
 
     def list(self, prefix: str | None = None) -> list[str]:
         """Sorted ids of all sessions, or of those starting with ``prefix``."""
@@ -357,6 +366,11 @@ class SessionBackend(ABC):
         full = EncodedPayload(payload.state, raw.messages + payload.messages, payload.metadata)
         new = self._commit(session_id, full, expected_version)
         return new.version, new.created_at, new.updated_at
+
+    def _stamp(self, session_id: str) -> tuple[int, float] | None:
+        """(version, created_at) or None; this default reads the whole session (override to read one row)."""
+        raw = self._get(session_id)
+        return None if raw is None else (raw.version, raw.created_at)
 
     @abstractmethod
     def _list(self, prefix: str | None) -> list[str]:

@@ -80,6 +80,7 @@ _SQL = {
             "FROM {schema}.sessions s WHERE s.id = %s",
     "create": "INSERT INTO {schema}.sessions (id, state, metadata, version, created_at, updated_at) "
               "VALUES (%s, NULL, %s, 0, %s, %s) ON CONFLICT (id) DO NOTHING",
+    "stamp": "SELECT version, created_at FROM {schema}.sessions WHERE id = %s",
     "lock_row": "SELECT version, created_at, updated_at FROM {schema}.sessions WHERE id = %s FOR UPDATE",
     # the stored log's length in one index seek (rows are contiguous from 0)
     "log_length": "SELECT idx + 1 FROM {schema}.messages WHERE session_id = %s ORDER BY idx DESC LIMIT 1",
@@ -178,6 +179,8 @@ class PostgresBackend(SessionBackend):
     ``pool_size``: connections used at once for reads and writes; ``timeout``: seconds to connect or to
     wait for a free connection.
     """
+
+    shared = True  # several processes (servers) may use one database at once
 
     def __init__(self, conninfo: str, *, schema: str = "deltamem", pool_size: int = 8,
                  timeout: float = 30.0) -> None:
@@ -326,6 +329,11 @@ class PostgresBackend(SessionBackend):
     def _get(self, session_id: str) -> RawSession | None:
         with self._txn(write=False) as cur:
             return self._read(cur, session_id)
+
+    def _stamp(self, session_id: str) -> tuple[int, float] | None:
+        with self._txn(write=False) as cur:
+            row = cur.execute(self._sql["stamp"], (session_id,)).fetchone()
+        return None if row is None else (int(row[0]), row[1])
 
     def _create(self, session_id: str, metadata: str) -> RawSession:
         now = time.time()

@@ -3,7 +3,8 @@
     python store_child.py <store-url> <mode> <session-id> <n> <tag>
 
 Modes: ``retry`` (n read-modify-commit turns, retrying on ConcurrentWriteError; prints the retries),
-``locked`` (n turns under ``store.lock`` with no cache and no retry: a conflict means the lock failed),
+``locked`` (n turns under ``store.lock`` with no retry, the store's cache on: a conflict means the lock, or the
+check of the cached copy under it, failed),
 ``own`` (n turns on its own session, checking each read is exactly what it last wrote),
 ``hold`` (take the session lock, print "locked", hold it until stdin closes or a line arrives).
 """
@@ -25,7 +26,7 @@ def turn(store, sid: str, tag: str, i: int, rec=None):
 
 
 def main(url: str, mode: str, sid: str, n: int, tag: str) -> None:
-    store = open_store(url, cache_size=0 if mode == "locked" else 4)
+    store = open_store(url, cache_size=4)
     if mode == "retry":
         retries = 0
         for i in range(n):

@@ -481,6 +481,23 @@ class StoreContract:
         assert rows is None or rows == [("kept", 0)]  # no message row of the deleted session is left
         assert list(backend.get("kept").messages) == MESSAGES[:1]
 
+    def test_stamp_and_cached_copies_of_another_writer(self, make_backend):
+        a, b = SessionStore(make_backend()), SessionStore(make_backend())
+        rec = a.get_or_create("s")
+        assert a.backend.stamp("s") == (0, rec.created_at) and a.backend.stamp("nope") is None
+        assert a.is_current("s", 0)
+        other = b.commit(b.get("s"), state=b"b", messages=[{"by": "b"}], metadata={})
+        assert b.backend.stamp("s") == (1, rec.created_at)
+        if a.backend.shared:  # a cached copy another process committed over is never used
+            assert not a.is_current("s", 0) and a.get("s") == other
+            assert b.delete("s") and a.get("s") is None
+            again = b.commit(b.get_or_create("s"), state=b"new", messages=[], metadata={})
+            assert again.version == 1 and a.get("s") == again  # re-created at the same version: still seen
+        else:  # one process: the cache is this store's; invalidate() when someone else writes
+            assert a.is_current("s", 0) and a.get("s") == rec
+        a.close()
+        b.close()
+
     def test_persistence_across_restart(self, make_backend):
         with SessionStore(make_backend()) as store:
             rec = store.commit(store.get_or_create("thread:42", {"k": "v"}), state=STATE, messages=MESSAGES,

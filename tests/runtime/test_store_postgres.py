@@ -181,8 +181,8 @@ def test_processes_racing_with_optimistic_versions_lose_no_update(pg, postgres_u
 
 def test_session_lock_excludes_other_processes(pg, postgres_url):
     url = with_query(postgres_url, schema=pg.schema)
-    # two processes doing read-modify-commit under the lock with no cache and no retry: any overlap would
-    # raise ConcurrentWriteError in one of them
+    # two processes doing read-modify-commit under the lock with no retry: any overlap, or a stale cached
+    # copy read under the lock, would raise ConcurrentWriteError in one of them
     _children(url, [("locked", "shared", 20, "A"), ("locked", "shared", 20, "B")])
     rec = pg.get("shared")
     assert rec.version == 40 and rec.metadata["count"] == 40

@@ -64,5 +64,12 @@ def test_chat_models_share_one_postgres_store_by_url(postgres_url, pg_schema, on
     assert b.history("ada")[0]["content"] == "Hi, I am Ada." and b.sessions() == ["ada"]
     assert b.store.get("ada").state == a.store.get("ada").state is not None  # the δ-state went through too
     assert _db_key(url, False) == url  # shared_chat keys a store URL as given, never as a path
+    # turns on one session alternating between the two (as two servers would): each sees the other's turns
+    # (a live copy another process has committed over is reloaded), none is lost or refused
+    for i, bot in enumerate([b, a, b, a]):
+        bot.add_messages([{"role": "user", "content": f"note {i}"}], session_id="ada")
+    history = [m["content"] for m in a.history("ada") if m["role"] == "user"]
+    assert history == ["Hi, I am Ada.", "note 0", "note 1", "note 2", "note 3"] and b.history("ada") == a.history("ada")
+    assert a.store.backend.stamp("ada")[0] == 5 and a.store.backend.stamp("nobody") is None
     a.store.close()
     b.store.close()
