@@ -42,6 +42,9 @@ def test_bad_json_bad_messages_and_bad_session_ids_are_400s(server, client):
         assert err["type"] == "invalid_request_error"
     _error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "session_id": "no/slashes"}), 400)
     _error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "n": 2}), 400)
+    _error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "tool_choice": "nope",
+                                                                 "tools": [{"type": "function", "function": {
+                                                                     "name": "f", "parameters": {}}}]}), 400)
     _error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 10**6}), 400)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "x"}])
