@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from deltamem_agents.backbone import load_backbone
 from deltamem_agents.datasets.distractors import Ctx, faker_for
+from deltamem_agents.datasets.handwritten import handwritten_facts
 from deltamem_agents.datasets.openset import Fact, sample_fact
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
@@ -48,8 +49,9 @@ class Hist:
     tokens_after: int
 
 
-def history(rng: random.Random, split: str, distance: int, tok, heldout_types: bool = False) -> Hist:
-    fact = sample_fact(rng, split, heldout_types=heldout_types)
+def history(rng: random.Random, split: str, distance: int, tok, heldout_types: bool = False,
+            fact: Fact | None = None) -> Hist:
+    fact = fact or sample_fact(rng, split, heldout_types=heldout_types)
     ctx = Ctx(rng, faker_for(rng.getrandbits(30)), [fact.value])
     msgs: list[dict] = []
     ctx.chat(msgs, rng.randint(0, 2))
@@ -133,13 +135,17 @@ def train_pool(model, rend, tok, args, path: Path) -> list[tuple[Feats, torch.Te
     return pool
 
 
-def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...]) -> dict:
+def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...], hand: bool = False) -> dict:
     sets = {}
     for dist in distances:
         for name, ht, seed in (("held", False, 910_001), ("newrel", True, 910_002)):
             rng = random.Random(seed + dist)
             hs = [history(rng, "heldout", dist, tok, heldout_types=ht) for _ in range(n if name == "held" else n // 2)]
             sets[f"{name}_d{dist}"] = (hs, features(model, rend, hs)[0])
+        if hand:
+            rng = random.Random(910_003 + dist)
+            hs = [history(rng, "heldout", dist, tok, fact=f) for f in handwritten_facts()]
+            sets[f"hand_d{dist}"] = (hs, features(model, rend, hs)[0])
     return sets
 
 
@@ -198,7 +204,7 @@ def train(args) -> None:
                 f.write(json.dumps(row) + "\n")
             tqdm.write(json.dumps(row))
         if final:
-            sets = eval_sets(model, rend, tok, args.n_eval, distances)
+            sets = eval_sets(model, rend, tok, args.n_eval, distances, hand=True)
             per: list = []
             row = {"step": step, "s": round(time.time() - t0), "final": True} | evaluate(model, head, sets, per)
             (out / "final_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))

@@ -32,3 +32,17 @@ def test_facts_state_their_value_verbatim_and_keep_wordings_and_relations_apart(
     held_wordings = {s for r in RELATIONS if not r.heldout for s in template_split(r, "heldout")[0]}
     assert not train_wordings & held_wordings
     assert {f.statement.replace(f.value, "{v}") for f in held if not f.statement.count(f.value) > 1} <= held_wordings
+
+
+def test_handwritten_probes_are_well_formed():
+    from deltamem_agents.datasets.handwritten import handwritten_facts
+    from deltamem_agents.datasets.openset import RELATIONS
+
+    facts = handwritten_facts()
+    assert len(facts) >= 40
+    assert {f.kind for f in facts} == {"person", "work", "tool"}
+    assert len({f.relation for f in facts}) == len(facts)
+    templates = [s.split("{v}")[0].strip() for r in RELATIONS for s in r.statements]
+    for f in facts:
+        assert f.value in f.statement and f.value not in f.question
+        assert not any(t and f.statement.startswith(t) for t in templates), f.statement  # unlike the generator
