@@ -15,13 +15,14 @@ import typer
 sessions_app = typer.Typer(no_args_is_help=True, help="Inspect and manage persistent chat sessions (no model load).")
 
 DB_HELP = "session database (default: sessions.db under the cache dir)"
+DB_OR_URL_HELP = DB_HELP + "; or a store URL: postgresql://..., sqlite:///PATH, memory://"
 
 
-def _store(db: Optional[Path]):
+def _store(db: Optional[str]):
     from ..backbone import cache_dir
-    from ..runtime.store import SessionStore, SQLiteBackend
+    from ..runtime.store_url import open_store
 
-    return SessionStore(SQLiteBackend(db or cache_dir() / "sessions.db"))
+    return open_store(db or cache_dir() / "sessions.db")
 
 
 def demo(adapter: str = typer.Option("default", help="adapter dir, 'default' (shipped) or 'none'"),
@@ -35,7 +36,7 @@ def demo(adapter: str = typer.Option("default", help="adapter dir, 'default' (sh
 def chat(session: str = typer.Option("default", "--session", "-s"), adapter: str = "default",
          model: Optional[str] = typer.Option(None, help="backbone: a local Hugging Face model dir (default: the "
                                                         "offline SmolLM2-135M-Instruct)"),
-         db: Optional[Path] = typer.Option(None, help=DB_HELP), max_new_tokens: int = 128):
+         db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP), max_new_tokens: int = 128):
     """Interactive streaming chat; the session's memory persists across restarts."""
     from ..chat.model import DeltaMemChat
 
@@ -56,14 +57,14 @@ def chat(session: str = typer.Option("default", "--session", "-s"), adapter: str
 
 
 @sessions_app.command("list")
-def sessions_list(db: Optional[Path] = typer.Option(None, help=DB_HELP), prefix: Optional[str] = None):
+def sessions_list(db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP), prefix: Optional[str] = None):
     """Session ids, optionally only those starting with PREFIX."""
     for sid in _store(db).list(prefix):
         typer.echo(sid)
 
 
 @sessions_app.command("show")
-def sessions_show(session: str, db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+def sessions_show(session: str, db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP)):
     """A session's message log and the norm of its δ-state per layer."""
     from ..core.state import DeltaState
 
@@ -78,25 +79,25 @@ def sessions_show(session: str, db: Optional[Path] = typer.Option(None, help=DB_
 
 
 @sessions_app.command("fork")
-def sessions_fork(src: str, dst: str, db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+def sessions_fork(src: str, dst: str, db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP)):
     """Copy session SRC (state, log, metadata) to a new session DST."""
     _store(db).fork(src, dst)
 
 
 @sessions_app.command("delete")
-def sessions_delete(session: str, db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+def sessions_delete(session: str, db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP)):
     """Delete a session: its state, log and metadata."""
     typer.echo("deleted" if _store(db).delete(session) else "no such session")
 
 
 @sessions_app.command("export")
-def sessions_export(session: str, path: Path, db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+def sessions_export(session: str, path: Path, db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP)):
     """Write one session to a file (JSON + safetensors state)."""
     typer.echo(str(_store(db).export_session(session, path)))
 
 
 @sessions_app.command("import")
-def sessions_import(path: Path, session: Optional[str] = None, db: Optional[Path] = typer.Option(None, help=DB_HELP),
+def sessions_import(path: Path, session: Optional[str] = None, db: Optional[str] = typer.Option(None, help=DB_OR_URL_HELP),
                     overwrite: bool = False):
     """Read a session exported with `sessions export` (validated before anything is written)."""
     typer.echo(_store(db).import_session(path, session, overwrite=overwrite).session_id)

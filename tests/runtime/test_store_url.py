@@ -73,3 +73,21 @@ def test_chat_models_share_one_postgres_store_by_url(postgres_url, pg_schema, on
     assert a.store.backend.stamp("ada")[0] == 5 and a.store.backend.stamp("nobody") is None
     a.store.close()
     b.store.close()
+
+
+def test_sessions_cli_takes_a_store_url(postgres_url, pg_schema):
+    from typer.testing import CliRunner
+
+    from deltamem_agents.cli import app
+
+    url = with_query(postgres_url, schema=pg_schema)
+    with open_store(url) as store:
+        store.commit(store.get_or_create("u-1"), state=b"s", messages=[{"role": "user", "content": "hi"}],
+                     metadata={})
+        store.get_or_create("u-2")
+    runner = CliRunner()
+    out = runner.invoke(app, ["sessions", "list", "--db", url])
+    assert out.exit_code == 0 and out.output.split() == ["u-1", "u-2"], out.output
+    out = runner.invoke(app, ["sessions", "delete", "u-2", "--db", url])
+    assert out.exit_code == 0 and "deleted" in out.output
+    assert runner.invoke(app, ["sessions", "list", "--db", url]).output.split() == ["u-1"]
