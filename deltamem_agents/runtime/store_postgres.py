@@ -225,8 +225,7 @@ class PostgresBackend(SessionBackend):
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         if os.getpid() != self._pid:  # forked child: the parent's sockets are not ours to use or close
-            self._inherited = (self._pool, self._lock_pool)  # never finalised here: that would end them
-            self._new_pools()
+            self._new_pools()  # (psycopg never finalises a connection outside the process that made it)
         return self._pool, self._lock_pool
 
     @contextmanager

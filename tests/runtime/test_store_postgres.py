@@ -116,6 +116,26 @@ def test_lost_connections_are_replaced(pg, postgres_url):
     assert pg.get("s").version == 0  # ...and it is dropped from the pool, not reused
 
 
+def test_a_forked_child_opens_its_own_connections(pg):
+    import os
+
+    pg.create("s")
+    assert pg.get("s").version == 0  # the parent has a pooled connection now
+    pid = os.fork()
+    if pid == 0:  # the child: must not talk over the parent's socket
+        code = 1
+        try:
+            pg.commit("s", state=b"child", messages=[{"by": "child"}], metadata={}, expected_version=0)
+            pg.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rec = pg.get("s")  # the parent's connection still works and sees the child's commit
+    assert (rec.version, rec.state) == (1, b"child")
+
+
 class _Cursor:
     """A cursor that records each statement it runs and the rows that statement changed."""
 
