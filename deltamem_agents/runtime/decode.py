@@ -64,18 +64,31 @@ class Generation:
 
 
 class Engine:
-    """Runs one loaded model for many conversations; holds no per-conversation data itself."""
+    """Runs one loaded model for many conversations; holds no per-conversation data itself.
 
-    def __init__(self, model: Any, tokenizer: Any, eos_ids: tuple[int, ...] | None = None) -> None:
+    `growing_kv` (default on): KV caches grow by doubling instead of one `torch.cat` of the whole cache per
+    token (runtime/kv_cache.py; same outputs); off: transformers' plain `DynamicCache`."""
+
+    def __init__(self, model: Any, tokenizer: Any, eos_ids: tuple[int, ...] | None = None, *,
+                 growing_kv: bool = True) -> None:
         self.model, self.tok = model, tokenizer
         eos = eos_ids or (tokenizer.eos_token_id,)
         self.eos_ids = tuple(int(e) for e in eos if e is not None)
         self.device = next(model.parameters()).device
+        self.growing_kv = growing_kv
 
-    def new_cursor(self, state: DeltaState | None, *, write: bool = True) -> Cursor:
+    def new_cache(self) -> Any:
+        """An empty KV cache for this model (a transformers `DynamicCache`)."""
+        if self.growing_kv:
+            from .kv_cache import growing_cache
+
+            return growing_cache(self.model.config)
         from transformers import DynamicCache
 
-        return Cursor(DynamicCache(config=self.model.config), state, [], write)
+        return DynamicCache(config=self.model.config)
+
+    def new_cursor(self, state: DeltaState | None, *, write: bool = True) -> Cursor:
+        return Cursor(self.new_cache(), state, [], write)
 
     @torch.inference_mode()
     def forward(self, cur: Cursor, ids: list[int], mids: list[int], *, write: bool = True) -> Tensor:
