@@ -643,7 +643,13 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "turns"))
     ap.add_argument("--profile", action="store_true",
                     help="also count aten ops per decoded token and cProfile a decode")
+    ap.add_argument("--ratios", action="store_true",
+                    help="only the side-by-side ratios (HF generate, runtime with/without δ-mem, fast vs reference "
+                         "path) at --ratio-threads and --prompts; written into --out between its markers")
+    ap.add_argument("--ratio-threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
+    if args.ratios:
+        return ratios_main(args)
     repeats = args.repeats or (2 if args.quick else 3)
     targets = args.targets or ([1024, 2048, 4096, 8192] if args.quick else [1024, 2048, 4096, 8192, 16384])
     turns = args.turns or 3
@@ -718,6 +724,47 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    log(f"wrote {out}")
+
+
+RATIOS_START, RATIOS_END = "<!-- ratios:start -->", "<!-- ratios:end -->"
+
+
+def ratios_main(args: argparse.Namespace) -> None:
+    """`--ratios`: run speed_ratios.py's arms and put its table into --out (replacing the previous one)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import speed_ratios
+
+    new = args.new_tokens if args.new_tokens != 64 or not args.quick else 24
+    repeats = args.repeats or (1 if args.quick else 3)
+    torch.set_num_interop_threads(1)
+    started = dt.datetime.now().astimezone()
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    table = speed_ratios.run(args.ratio_threads, args.prompts, new, repeats, log)
+    cmd = ".venv/bin/python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
+    md = [RATIOS_START, "## Side-by-side ratios (one run)", "",
+          f"- Command: `{cmd}`; {started.strftime('%Y-%m-%d %H:%M %Z')}; {repeats} repeat(s), {new} decoded "
+          f"tokens per arm and repeat; load average {load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+          f"(other jobs were running); {(time.perf_counter() - t0) / 60:.1f} min",
+          "- Arms (benchmarks/speed_ratios.py): `hf generate` on the plain backbone; the runtime's Engine without "
+          "δ-mem (`plain`: growing KV cache; `plain-ref`: transformers' DynamicCache); with random TSW / SSW "
+          "adapters (every token / message written); with the shipped adapter (`shipped`: fast path; "
+          "`shipped-ref`: the reference δ-mem step and DynamicCache, i.e. the unoptimised loop). Engine arms "
+          "decode round-robin; HF runs before and after them. Wall-clock medians (decode: per token over all "
+          "repeats). The -ref arms' overheads are against plain-ref.", ""] + table + ["", RATIOS_END]
+    text = "\n".join(md)
+    print(text)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    if RATIOS_START in old and RATIOS_END in old:
+        head, rest = old.split(RATIOS_START, 1)
+        doc = head + text + rest.split(RATIOS_END, 1)[1]
+    elif "## 1. " in old:
+        head, rest = old.split("## 1. ", 1)
+        doc = head + text + "\n\n## 1. " + rest
+    else:
+        doc = old + "\n" + text + "\n"
+    out.write_text(doc)
     log(f"wrote {out}")
 
 
