@@ -98,17 +98,16 @@ def _sampler_params() -> list[inspect.Parameter]:
     return out
 
 
-def _run(threads: int, backbone: str, **kw: Any) -> None:
+def _run(threads: int, backbone: str, device: Optional[str], **kw: Any) -> None:
     import torch
 
     from ..backbone import load_backbone
     from ..core.config import parse_layer_spec
     from ..datasets.sampler import EpisodeSampler
+    from ..train.distributed import make_accelerator
     from ..train.trainer import TrainConfig, Trainer
 
-    from ..train.distributed import make_accelerator
-
-    acc = make_accelerator()
+    acc = make_accelerator(device)
     log_progress()
     if not acc.is_main_process:  # one process reports
         logging.getLogger("deltamem_agents").setLevel(logging.WARNING)
@@ -138,7 +137,9 @@ def _run(threads: int, backbone: str, **kw: Any) -> None:
         sampler[name] = v
     cfg = TrainConfig(**train, delta=delta, sampler=sampler)
     dtype = None if cfg.bf16 is None else ("bfloat16" if cfg.bf16 else "float32")
-    model, tok = load_backbone(None if backbone == "default" else backbone, device=str(acc.device), dtype=dtype)
+    if acc.num_processes > 1:  # launched: this process's own device (cuda:LOCAL_RANK, or the CPU with gloo)
+        device = str(acc.device)
+    model, tok = load_backbone(None if backbone == "default" else backbone, device=device, dtype=dtype)
     Trainer(model, tok, cfg, accelerator=acc).train()
 
 
@@ -153,7 +154,11 @@ def make_train_command() -> Callable[..., None]:
                                default=typer.Option(2, help="CPU threads (torch.set_num_threads)")),
              inspect.Parameter("backbone", inspect.Parameter.KEYWORD_ONLY, annotation=str,
                                default=typer.Option("default", "--backbone", "--model",
-                                                    help="'default' (offline SmolLM2-135M) or a local HF model dir"))]
+                                                    help="'default' (offline SmolLM2-135M) or a local HF model dir")),
+             inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                               default=typer.Option(None, help="cuda, cuda:1 or cpu (default: CUDA when available; "
+                                                               "under accelerate launch, each process's own GPU, "
+                                                               "or gloo on the CPU with --device cpu)"))]
     train.__signature__ = inspect.Signature(_train_params() + _delta_params() + _sampler_params() + extra)
     train.__annotations__ = {}
     return train

@@ -24,12 +24,17 @@ import torch
 def make_accelerator(device: Any = None) -> Any:
     """An `Accelerator` for this process: gloo on CPU-only machines (or when `device` is a CPU), NCCL on CUDA.
     Mixed precision stays off: the trainer casts the frozen weights itself (autocast would re-cast them on every
-    call) and keeps the adapter in fp32."""
+    call) and keeps the adapter in fp32.
+
+    accelerate keeps one process state: a later call in the same process (another trainer) reuses it, whatever
+    its `device` (a single process never uses the accelerator's device; launched processes make one call)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import PartialState
 
     on_cpu = not torch.cuda.is_available() if device is None else torch.device(device).type == "cpu"
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=on_cpu, mixed_precision="no", kwargs_handlers=[ddp])
+    fresh = not PartialState._shared_state
+    return Accelerator(cpu=on_cpu and fresh, mixed_precision="no", kwargs_handlers=[ddp])
 
 
 def local_micros(grad_accum: int, num_processes: int, process_index: int) -> range:

@@ -15,10 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ARGS = ["--steps", "3", "--grad-accum", "4", "--lr", "1e-2", "--warmup-frac", "0", "--lr-schedule", "constant",
-        "--diag-every", "0", "--threads", "1", "--snapshot-every", "1", "--no-bf16", "--center-inputs",
-        "--calibration-episodes", "2", "--budget-range", "64,96", "--distance-start", "10", "--distance-end", "40",
-        "--mix", "fact=0.5,update=0.5", "--in-window-frac", "0.25"]
+ARGS = ["--device", "cpu", "--steps", "3", "--grad-accum", "4", "--lr", "1e-2", "--warmup-frac", "0",
+        "--lr-schedule", "constant", "--diag-every", "0", "--threads", "1", "--snapshot-every", "1", "--no-bf16",
+        "--center-inputs", "--calibration-episodes", "2", "--budget-range", "64,96", "--distance-start", "10",
+        "--distance-end", "40", "--mix", "fact=0.5,update=0.5", "--in-window-frac", "0.25"]
 ATOL = 1e-5  # an Adam step moves these weights by ~1e-2; fp32 all-reduce vs one sum differ by ~1e-7
 
 
