@@ -28,9 +28,10 @@ turn by turn so that both see the same log length and the same machine load::
 With ``--backends`` it compares SQLite and Postgres side by side: 1 and 8 writer threads (``--writers``),
 each committing turns (one message, the 77 KB state, metadata: the append path) to a session of its own
 through one `SessionStore` per backend; per-commit latency (median, mean, p95, max: SQLite's writers queue in
-its busy handler, which shows in the tail) and throughput (commits/s over the burst).  Bursts alternate between the backends, ``--rounds`` times, so machine load hits both.  Both are
-durable (SQLite WAL with synchronous=FULL, Postgres with fsync and synchronous_commit on); the Postgres
-server is a fresh local one on a unix socket (tests/runtime/pg_server.py), or ``--pg URL``::
+its busy handler, which shows in the tail) and throughput (commits/s over the burst).  Bursts alternate
+between the backends, ``--rounds`` times, so machine load hits both.  Both are durable (SQLite WAL with
+synchronous=FULL, Postgres with fsync and synchronous_commit on); the Postgres server is a fresh local one
+on a unix socket (tests/runtime/pg_server.py), or ``--pg URL``::
 
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py --backends
 """
