@@ -66,7 +66,7 @@ class Generation:
 class Engine:
     """Runs one loaded model for many conversations; holds no per-conversation data itself.
 
-    `growing_kv` (default on): KV caches grow by doubling instead of one `torch.cat` of the whole cache per
+    `growing_kv` (default on): KV caches grow in steps instead of one `torch.cat` of the whole cache per
     token (runtime/kv_cache.py; same outputs); off: transformers' plain `DynamicCache`."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: tuple[int, ...] | None = None, *,

@@ -1,10 +1,11 @@
-"""A transformers `DynamicCache` whose layers grow by doubling instead of concatenating on every token.
+"""A transformers `DynamicCache` whose layers grow in steps instead of concatenating on every token.
 
 `DynamicLayer.update` runs `torch.cat` on the whole key/value history at every step, so decoding copies the
 entire KV cache once per token (at 1k cached tokens of the default model, 52 MB per token: a tenth of the
 weights' bytes). `GrowingLayer` keeps a buffer with spare room along the sequence dimension, writes new
-positions into it and exposes `keys`/`values` as views of the filled part; it reallocates (doubling) only
-when full. Everything else is `DynamicLayer`'s: `crop` shrinks the views; operations that replace `keys`
+positions into it and exposes `keys`/`values` as views of the filled part; it reallocates only when full,
+growing by a quarter (at least 256 positions), so the spare room stays under 25 % of a long cache and each
+position is copied a few times in all instead of once per token. Everything else is `DynamicLayer`'s: `crop` shrinks the views; operations that replace `keys`
 (batch selection, repeat, reset) are noticed at the next update, which adopts the new tensors as its buffer.
 The values returned are the same numbers `DynamicLayer` returns, so outputs are unchanged.
 """
@@ -51,7 +52,7 @@ class GrowingLayer(DynamicLayer):
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, n: int, need: int) -> None:
         old = self._kbuf.shape[-2] if self._kbuf is not None else 0
-        cap = max(need, 2 * old, _MIN_CAPACITY)
+        cap = max(need, old + max(old // 4, _MIN_CAPACITY))
         kb = key_states.new_empty(*key_states.shape[:-2], cap, key_states.shape[-1])
         vb = value_states.new_empty(*value_states.shape[:-2], cap, value_states.shape[-1])
         if n:
