@@ -8,7 +8,7 @@ PYTHON ?= python3
 export DELTAMEM_DATA ?= $(abspath ../shared/data)
 export DELTAMEM_BABI_DIR ?= $(DELTAMEM_DATA)/babi/en
 
-.PHONY: setup demo test bench-scan clean
+.PHONY: setup demo test bench-scan clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ test: setup
 
 bench-scan: setup
 	$(PY) benchmarks/bench_scan.py
+
+# GPU tests (tests/gpu, marked gpu; skipped without CUDA), then δ-mem vs the plain backbone on the GPU (report path
+# printed; without CUDA it says so). MODEL=DIR adds a local backbone, e.g. a >= 1B model: make gpu-check MODEL=DIR
+gpu-check: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m gpu tests/gpu
+	$(PY) benchmarks/gpu_check.py $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
