@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DeltaMemChat": "chat.model", "ChatResponse": "chat.model", "ChatChunk": "chat.model",
     "SessionStore": "runtime.store", "SQLiteBackend": "runtime.store", "MemoryBackend": "runtime.store",
+    "PostgresBackend": "runtime.store_postgres", "open_store": "runtime.store_url",
     "WindowPolicy": "runtime.window", "GenerationConfig": "runtime.decode",
     "attach": "patching", "detach": "patching", "disabled": "patching", "forward_with_state": "patching",
     "load_adapter": "patching.adapter_io", "save_adapter": "patching.adapter_io",
