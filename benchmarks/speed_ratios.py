@@ -164,14 +164,18 @@ def run(threads: list[int], prompts: list[int], new: int, repeats: int, log: Any
                 notes.append(f"{th} thread(s), prompt {n}, repeat {rep + 1}: shipped fast vs reference greedy "
                              f"tokens identical: {same}")
             hf_ms = statistics.median(hf_tok)
+            log(notes[-1])
             md.append(f"| {th} | {n} | hf generate | {n / statistics.median(hf_pre):.0f} | {1 / hf_ms:.2f} | "
                       f"{1000 * hf_ms:.1f} | — | — | 1.00× | {1 / hf_ms / limit:.2f}× |")
+            log(md[-1])
             for name, arm in arms.items():
                 base = arms["plain-ref" if name.endswith("-ref") else "plain"]
                 base_pre, base_ms = statistics.median(base.prefill), statistics.median(base.per_token)
                 pre, ms = statistics.median(arm.prefill), statistics.median(arm.per_token)
                 po = "—" if arm is base else f"{100 * (pre / base_pre - 1):+.1f}%"
                 do = "—" if arm is base else f"{100 * (ms / base_ms - 1):+.1f}%"
-                md.append(f"| {th} | {n} | {name} | {n / pre:.0f} | {1 / ms:.2f} | {1000 * ms:.1f} | {po} | {do} | "
-                          f"{hf_ms / ms:.2f}× | {1 / ms / limit:.2f}× |")
+                row = (f"| {th} | {n} | {name} | {n / pre:.0f} | {1 / ms:.2f} | {1000 * ms:.1f} | {po} | {do} | "
+                       f"{hf_ms / ms:.2f}× | {1 / ms / limit:.2f}× |")
+                md.append(row)
+                log(row)
     return md + [""] + [f"- {x}" for x in notes]
