@@ -111,7 +111,7 @@ def test_batched_equals_alone(kind, tsw_model, ssw_model):
     free = _alone(probe, _cursors(probe, hist, kind == "ssw"), _prompts(V, plens),
                   [GenerationConfig(max_new_tokens=9)] * len(hist))
     eos = (free[1].token_ids[2], free[3].token_ids[0])  # rows 1 and 3 (at least) finish early on EOS
-    engine = Engine(model, tok, eos_ids=eos)
+    engine = Engine(model, tok, eos_ids=eos, growing_kv=kind == "ssw")  # both KV cache kinds
     cfgs = [GenerationConfig(max_new_tokens=n) for n in (9, 12, 1, 7, 0)]
     solo = _cursors(engine, hist, kind == "ssw")
     both = [copy.deepcopy(c) for c in solo]
