@@ -72,13 +72,18 @@ def features(model, exs: list[Example], bs: int = 16) -> list[Feats]:
     return out
 
 
-def train_pool(model, rend, n: int, seed: int, path: Path) -> list[Feats]:
+ANSWERS = {"bare": ("{v}",),
+           "sentence": ("{v}.", "It's {v}.", "That is {v}.", "You told me: {v}.", "{v}, as you mentioned.",
+                        "I believe it is {v}.", "You said {v}.")}
+
+
+def train_pool(model, rend, n: int, seed: int, path: Path, answers: str = "bare") -> list[Feats]:
     """Features of `n` training examples (values, wordings and relations of the training split), computed once
     and kept beside the checkpoint: the frozen backbone's forward is most of a step's cost."""
     if path.exists():
         return [Feats(*t) for t in torch.load(path, weights_only=True)]
     rng = random.Random(seed * 7_919 + 1)
-    exs = [build(sample_fact(rng, "train"), rend) for _ in range(n)]
+    exs = [build(sample_fact(rng, "train"), rend, rng.choice(ANSWERS[answers])) for _ in range(n)]
     feats = []
     for i in tqdm(range(0, n, 64), desc="training features"):
         feats += features(model, exs[i:i + 64])
@@ -137,7 +142,8 @@ class CopyHead(nn.Module):
         return base + g * (o @ self.E.T), tgt, rows
 
 
-def recall(model, head: CopyHead, feats: list[Feats], control: str, bs: int = 32) -> tuple[list[bool], list[float]]:
+def recall(model, head: CopyHead, feats: list[Feats], control: str, bs: int = 32,
+           value_hits: list | None = None) -> tuple[list[bool], list[float]]:
     hits, ces = [], []
     with torch.no_grad():
         for i in range(0, len(feats), bs):
@@ -152,20 +158,83 @@ def recall(model, head: CopyHead, feats: list[Feats], control: str, bs: int = 32
             ce = F.cross_entropy(logits, tgt, reduction="none")
             for b in range(len(fb)):
                 hits.append(bool(ok[rows == b].all()))
+                if value_hits is not None:
+                    value_hits.append(bool(ok[rows == b][:-1].all()))  # the value's tokens, not the end token
                 ces.append(float(ce[rows == b].mean()))
     return hits, ces
+
+
+@torch.no_grad()
+def generate(model, head: CopyHead, S: torch.Tensor, prompt: list[int], eos: int, max_new: int = 24) -> list[int]:
+    """Greedy decoding with the copy read path on every step (state S: [d, r]), the backbone's KV cache."""
+    out = model.model(input_ids=torch.tensor([prompt]), use_cache=True)
+    past, h = out.past_key_values, out.last_hidden_state[0, -1:].float()
+    ids: list[int] = []
+    for _ in range(max_new):
+        q = F.normalize(head.wq(h), dim=-1)
+        g = F.softplus(head.gate(h)) * head.log_tau.exp()
+        logits = model.lm_head(h) + g * ((S @ q[0]) @ head.E.T)
+        nxt = int(logits.argmax(-1))
+        if nxt == eos:
+            break
+        ids.append(nxt)
+        out = model.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+        past, h = out.past_key_values, out.last_hidden_state[0, -1:].float()
+    return ids
+
+
+def generation_recall(model, tok, rend, head, exs: list[Example], feats: list[Feats], control: str) -> list[dict]:
+    """Free-form greedy replies to the question (the fact nowhere in the prompt), the value contained or not."""
+    rows = []
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    for i in tqdm(range(0, len(exs), 32), desc=f"generate {control}", leave=False):
+        S = head.write(feats[i:i + 32])
+        if control == "shuffled":
+            S = S.roll(1, dims=0)
+        for b, e in enumerate(exs[i:i + 32]):
+            prompt = rend.system_ids + rend.message_ids({"role": "user", "content": e.fact.question}) \
+                + rend.generation_prompt_ids
+            reply = tok.decode(generate(model, head, S[b], prompt, eos), skip_special_tokens=True)
+            rows.append({"kind": e.fact.kind, "value": e.fact.value, "reply": reply, "control": control,
+                         "hit": e.fact.value.lower() in reply.lower()})
+    return rows
+
+
+def generation_eval(args) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    model, tok = load_backbone()
+    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    meta = json.loads((out / "meta.json").read_text())
+    head = CopyHead(model, meta["rank"])
+    t = load_file(str(out / "ckpt.safetensors"))
+    head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
+    res, lines = {}, []
+    for name, seed, n, ht in (("held", 900_001, args.n_eval, False), ("newrel", 900_002, args.n_eval // 2, True)):
+        exs = examples(rend, n, "heldout", seed, heldout_types=ht)
+        fs = features(model, exs)
+        for ctl in ("own", "shuffled"):
+            rows = generation_recall(model, tok, rend, head, exs, fs, ctl)
+            lines += [json.dumps({"set": name} | r) for r in rows]
+            res[f"{name}_{ctl}"] = sum(r["hit"] for r in rows) / len(rows)
+            print(name, ctl, res[f"{name}_{ctl}"], flush=True)
+    (out / "generation_examples.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "generation.json").write_text(json.dumps(res))
 
 
 def evaluate(model, head, sets: dict[str, tuple[list[Example], list[Feats]]], per: list | None = None) -> dict:
     row: dict = {}
     for name, (exs, fs) in sets.items():
         for ctl in ("own", "shuffled", "none"):
-            h, c = recall(model, head, fs, ctl)
+            vh: list[bool] = []
+            h, c = recall(model, head, fs, ctl, value_hits=vh)
             row[f"{name}_{ctl}"] = round(sum(h) / len(h), 4)
+            row[f"{name}_{ctl}_value"] = round(sum(vh) / len(vh), 4)
             row[f"{name}_{ctl}_ce"] = round(sum(c) / len(c), 4)
             if per is not None:
                 per += [{"set": name, "control": ctl, "i": i, "kind": e.fact.kind, "relation": e.fact.relation,
-                         "value": e.fact.value, "hit": x, "ce": y} for i, (e, x, y) in enumerate(zip(exs, h, c))]
+                         "value": e.fact.value, "hit": x, "value_hit": v, "ce": y}
+                        for i, (e, x, v, y) in enumerate(zip(exs, h, vh, c))]
             if ctl == "own":
                 kinds: dict[str, list[bool]] = {}
                 for e, x in zip(exs, h):
@@ -198,7 +267,9 @@ def train(args) -> None:
                                      ("train", "train", 900_003, args.n_eval // 4, False)):
         exs = examples(rend, n, split, seed, heldout_types=ht)
         sets[name] = (exs, features(model, exs))
-    pool = train_pool(model, rend, args.pool, args.seed, out.parent / f"train_pool_s{args.seed}_n{args.pool}.pt")
+    suffix = "" if args.answers == "bare" else f"_{args.answers}"
+    pool = train_pool(model, rend, args.pool, args.seed, out.parent / f"train_pool_s{args.seed}_n{args.pool}{suffix}.pt",
+                      args.answers)
     d = head.d
     meta = {"rank": args.rank, "bytes": d * args.rank * 4, "trainable": sum(p.numel() for p in head.parameters()),
             "args": vars(args)}
@@ -295,9 +366,14 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default="runs/copyhead/r8")
     ap.add_argument("--report", default="")
+    ap.add_argument("--answers", choices=sorted(ANSWERS), default="bare",
+                    help="training answers: the bare value, or short sentences around it")
+    ap.add_argument("--generate", action="store_true", help="greedy free-form replies from --out's checkpoint")
     args = ap.parse_args()
     if args.report:
         print(report(Path(args.report)))
+    elif args.generate:
+        generation_eval(args)
     else:
         train(args)
 

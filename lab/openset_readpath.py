@@ -52,16 +52,19 @@ def _overlap(spans: list[tuple[int, int]], a: int, b: int) -> list[int]:
     return [i for i, (s, e) in enumerate(spans) if s < b and e > a and e > s]
 
 
-def build(fact: Fact, rend: ChatRenderer) -> Example:
+def build(fact: Fact, rend: ChatRenderer, answer: str = "{v}") -> Example:
+    """The oracle write (the value's tokens of the fact message) and the read (system, question, the answer: the
+    bare value by default, or `answer` with a {v} slot; labels on every answer token and the end-of-turn token)."""
     text, ids, spans = rend.message_block({"role": "user", "content": fact.statement})
     a = text.index(fact.statement) + fact.statement.index(fact.value)
     vt = _overlap(spans, a, a + len(fact.value))
     write_ids = rend.system_ids + ids[:vt[-1] + 1]
     mids = [-1] * len(rend.system_ids) + [0 if i in vt else -1 for i in range(vt[-1] + 1)]
     q = rend.message_ids({"role": "user", "content": fact.question})
-    atext, aids, aspans = rend.message_block({"role": "assistant", "content": fact.value})
-    a2 = atext.index(fact.value)
-    at = _overlap(aspans, a2, a2 + len(fact.value))
+    content = answer.format(v=fact.value)
+    atext, aids, aspans = rend.message_block({"role": "assistant", "content": content})
+    a2 = atext.index(content)
+    at = _overlap(aspans, a2, a2 + len(content))
     at = at + [at[-1] + 1]  # the end-of-turn token after the value
     read_ids = rend.system_ids + q + aids
     off = len(rend.system_ids) + len(q)
