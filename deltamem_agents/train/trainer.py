@@ -41,7 +41,7 @@ from ..runtime.replay import IGNORE, EpisodePasses, build_passes
 from .gates import fact_messages, gate_loss, superseded_token_labels, token_gate_loss, value_token_labels
 from ..datasets.sampler import EpisodeSampler
 from .preserve import chat_draw, chat_ending, preserve_kl
-from .distributed import EpisodeLoss, gather_list, local_micros, main_decides
+from .distributed import EpisodeLoss, gather_list, local_micros, main_decides, make_accelerator
 from .writes import WRITES, select_writes
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,6 @@ class Trainer:
     model's device, which is a single process unless launched by `accelerate launch` / `torchrun`."""
 
     def __init__(self, model: Any, tokenizer: Any, cfg: TrainConfig, accelerator: Any = None) -> None:
-        from .distributed import make_accelerator
-
         self.model, self.cfg = model, cfg
         device = next(model.parameters()).device
         self.acc = accelerator if accelerator is not None else make_accelerator(device)
