@@ -118,6 +118,8 @@ def main() -> None:
             tokens[name] += sum(len(g.token_ids) for g in res)
             ids[name] = [g.token_ids for g in res]
             per_round.append({"round": r, "arm": name, "wall": time.perf_counter() - t0})
+            print(f"round {r} {name}: {sum(len(g.token_ids) for g in res)} tokens, "
+                  f"{per_round[-1]['wall']:.1f} s wall, {time.process_time() - c0:.1f} s CPU", flush=True)
             if info:
                 sizes.extend(info)
         for name in arms:
