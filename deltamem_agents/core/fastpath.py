@@ -188,7 +188,7 @@ def _decode_host(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, S: Tensor, p
     cfg = layer.cfg
     H, r = cfg.num_state_heads, cfg.rank
     R = H * r
-    qk, v, beta = F.linear(x.reshape(1, -1), fw.proj, fw.bias)[0].split((2 * R, R, fw.proj.shape[0] - 3 * R))
+    qk, v, beta = F.linear(x.reshape(1, -1).float(), fw.proj, fw.bias)[0].split((2 * R, R, fw.proj.shape[0] - 3 * R))
     if write:
         beta = torch.sigmoid(beta)
         beta = beta.view(H, r, 1) if cfg.rankwise_gates else beta.view(H, 1, 1).expand(H, r, 1)

@@ -166,3 +166,33 @@ def test_training_uses_the_reference_path_and_backpropagates(one_thread):
     grads = [p.grad for p in model.deltamem.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_bf16_backbone_single_token_decode_matches_reference(one_thread):
+    """bf16 weights (the CUDA policy) with the fp32 adapter: the one-token host route casts like the reference."""
+    from transformers import DynamicCache
+
+    cfg = DeltaMemConfig(rank=8, state_update_mode="no_lambda", center_inputs=True)
+    model = _model(cfg, seed=7)
+    for name, p in model.named_parameters():
+        if "deltamem" not in name:
+            p.data = p.data.to(torch.bfloat16)
+    ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        cache = DynamicCache(config=model.config)
+        out = forward_with_state(model, ids, None, message_ids=torch.zeros(1, 6, dtype=torch.long),
+                                 **cache_kwargs(model, cache))
+        out = forward_with_state(model, ids[:, :1], out.state, message_ids=torch.zeros(1, 1, dtype=torch.long),
+                                 **cache_kwargs(model, output_cache(out.outputs)))
+        return out.outputs.logits.float(), out.state.S
+
+    with torch.inference_mode():
+        old = fastpath.set_enabled(False)
+        try:
+            ref_logits, ref_S = run()
+        finally:
+            fastpath.set_enabled(old)
+        fast_logits, fast_S = run()
+    torch.testing.assert_close(fast_S, ref_S, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(fast_logits, ref_logits, atol=5e-2, rtol=5e-2)
