@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from ..core.state import DeltaState
 from ..errors import InvalidMessageError
+from ..runtime.batched import TurnBatcher
 from ..runtime.decode import Engine, Generation, GenerationConfig
 from ..runtime.history import new_messages
 from ..runtime.messages import validate_message
@@ -74,13 +75,19 @@ class DeltaMemChat:
     while the window shows only its newest tokens (runtime/session.py).
     ``use_memory=False`` runs the same weights without δ-mem (the window/buffer baseline). Chat models on the
     same loaded weights share one model lock, so one forward pass runs on them at a time.
+    ``max_batch > 1`` decodes concurrent turns on different sessions (from different threads) together, up to
+    ``max_batch`` of them in one forward per step, after collecting them for up to ``batch_wait_ms``
+    (runtime/batched.py); ``max_batch=1`` (the default) decodes each turn alone. ``close()`` stops the
+    batching worker.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, store: SessionStore | None = None,
                  policy: WindowPolicy | None = None, system_prompt: str | None = None,
                  model_name: str = "smollm2-135m-instruct", live_sessions: int = 8, use_memory: bool = True,
                  db: str | Path | None = None, in_memory: bool = False, budget: int | None = None,
-                 reserve: int | None = None) -> None:
+                 reserve: int | None = None, max_batch: int = 1, batch_wait_ms: float = 5.0) -> None:
+        if max_batch < 1 or batch_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and batch_wait_ms >= 0")
         self.model, self.tokenizer = model, tokenizer
         self.model_name = model_name
         self.engine = Engine(model, tokenizer)
@@ -91,6 +98,13 @@ class DeltaMemChat:
         self.adapter = getattr(model, "deltamem", None) if use_memory else None
         self.live = LiveSessions(self.store, self.adapter, capacity=live_sessions)
         self._model_lock = model_lock(model)
+        self.batcher = TurnBatcher(self.runner, lock=self._model_lock, max_batch=max_batch,
+                                   wait_ms=batch_wait_ms) if max_batch > 1 else None
+
+    def close(self) -> None:
+        """Stop the batching worker (if any); turns after this fail. The session store stays open."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
@@ -103,7 +117,8 @@ class DeltaMemChat:
                         dtype: Any = None, device: str | None = None, **kw: Any) -> DeltaMemChat:
         """A chat model on a local backbone dir (None: the default one) + adapter; weights load once per
         process. Other keywords go to the constructor: ``db``, ``in_memory``, ``store``, ``budget``,
-        ``reserve``, ``policy``, ``system_prompt``, ``use_memory``, ``model_name``, ``live_sessions``."""
+        ``reserve``, ``policy``, ``system_prompt``, ``use_memory``, ``model_name``, ``live_sessions``,
+        ``max_batch``, ``batch_wait_ms``."""
         from .loading import load_model
 
         model, tok = load_model(model_dir, adapter, dtype=dtype, device=device)
@@ -113,7 +128,7 @@ class DeltaMemChat:
     def on_same_weights(self, *, use_memory: bool | None = None, in_memory: bool = True, **kw: Any) -> DeltaMemChat:
         """Another chat model on these loaded weights (sharing their model lock) with its own sessions:
         in memory by default, or ``db=``/``store=``. Unset settings (window, system prompt, name, memory on
-        or off) are copied from this one."""
+        or off) are copied from this one; batching across sessions is off unless ``max_batch=`` is given."""
         if "db" in kw or "store" in kw:
             in_memory = False
         if "budget" not in kw and "reserve" not in kw:
@@ -166,11 +181,19 @@ class DeltaMemChat:
         k = len(new)
         while k > 0 and new[k - 1]["role"] != "assistant":
             k -= 1
-        with self._model_lock:
-            if k:  # earlier turns the caller sent (teacher-forced history) go in first
+        if self.batcher is None:
+            with self._model_lock:
+                if k:  # earlier turns the caller sent (teacher-forced history) go in first
+                    self.runner.add(conv, new[:k])
+                for delta in self.runner.respond(conv, new[k:], cfg, constraint, res):
+                    yield ChatChunk(text=delta)
+            return
+        if k:
+            with self._model_lock:
                 self.runner.add(conv, new[:k])
-            for delta in self.runner.respond(conv, new[k:], cfg, constraint, res):
-                yield ChatChunk(text=delta)
+        # The batcher's worker takes the model lock for each batch, so it must not be held while waiting here.
+        for delta in self.batcher.respond(conv, new[k:], cfg, constraint, res):
+            yield ChatChunk(text=delta)
 
     @staticmethod
     def _last_chunk(conv: Conversation, res: Generation) -> ChatChunk:

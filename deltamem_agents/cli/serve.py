@@ -22,6 +22,10 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
           busy_timeout: float = typer.Option(2.0, help="seconds a request waits for a turn running on the same "
                                                        "session before answering 409"),
           default_max_tokens: int = typer.Option(256, help="reply length when a request sets no max_tokens"),
+          max_batch: int = typer.Option(1, min=1, help="decode up to N concurrent turns on different sessions "
+                                                        "together, one forward per step (1: each turn alone)"),
+          batch_wait_ms: float = typer.Option(5.0, min=0.0, help="with --max-batch > 1: milliseconds a turn waits "
+                                                                 "for others to join its batch"),
           log_level: str = typer.Option("info", help="uvicorn log level")):
     """Serve the chat model over the OpenAI chat-completions API, one δ-memory per session."""
     import uvicorn
@@ -29,8 +33,12 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
     from ..chat.model import DeltaMemChat
     from ..serve import create_app
 
-    chat = DeltaMemChat.from_pretrained(model, adapter=adapter, db=db, budget=budget,
-                                        reserve=reserve)  # db: as DeltaMemChat takes it
+    chat = DeltaMemChat.from_pretrained(model, adapter=adapter, db=db, budget=budget, reserve=reserve,
+                                        max_batch=max_batch,
+                                        batch_wait_ms=batch_wait_ms)  # db: as DeltaMemChat takes it
     app = create_app(chat, max_body_bytes=max_body_bytes, busy_timeout=busy_timeout,
                      default_max_tokens=default_max_tokens)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        chat.close()

@@ -4,7 +4,9 @@ Everything the HTTP layer asks of the model goes through :class:`ChatEngine.turn
 that batches decoding across sessions) can replace this one without touching the routes. This one runs
 each turn on a `DeltaMemChat`: a turn on a session takes that session's turn lock, waiting at most
 ``busy_timeout`` seconds for a turn already running on it (then `SessionBusyError`, answered 409); turns
-on different sessions share the model lock, one forward pass at a time.
+on different sessions share the model lock, one forward pass at a time; when the chat model was built with
+``max_batch > 1``, concurrent turns on different sessions are decoded together in one forward per step
+(each request still iterates its own turn in its own thread).
 """
 
 from __future__ import annotations
