@@ -349,6 +349,41 @@ def report(root: Path) -> str:
     return text
 
 
+def plot(readpath: Path, copy_runs: Path, sentence: Path, ceiling: Path, out: Path) -> None:
+    """Held-out open-set recall against bytes per session: the q/o read path (§15), the copy read path (exact,
+    bare answers), the copy read path in free-form replies, and the backbone with the fact in its prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rate(path: Path, name: str, key: str = "hit") -> tuple[int, float]:
+        ex = [json.loads(x) for x in (path / "final_examples.jsonl").read_text().splitlines()]
+        own = [e[key] for e in ex if e["set"] == name and e["control"] == "own"]
+        return json.loads((path / "meta.json").read_text())["bytes"], sum(own) / len(own)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for root, label, style in ((readpath, "q/o read path, exact (oracle writes)", "o-"),
+                               (copy_runs, "copy read path, exact (oracle writes)", "s-")):
+        pts = sorted(rate(d, "held") for d in root.iterdir() if (d / "final_examples.jsonl").exists())
+        ax.plot([b for b, _ in pts], [r for _, r in pts], style, label=label)
+    gen = [json.loads(x) for x in (sentence / "generation_examples.jsonl").read_text().splitlines() if x]
+    own = [e["hit"] for e in gen if e["set"] == "held" and e["control"] == "own"]
+    sh = [e["hit"] for e in gen if e["set"] == "held" and e["control"] == "shuffled"]
+    b = json.loads((sentence / "meta.json").read_text())["bytes"]
+    ax.plot([b], [sum(own) / len(own)], "D", ms=9, label="copy read path, free-form replies, own state")
+    ax.plot([b], [sum(sh) / len(sh)], "x", ms=9, label="… another conversation's state")
+    ax.axhline(json.loads(ceiling.read_text())["held"], ls="--", color="grey",
+               label="backbone with the fact in its prompt")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("state bytes per session (fp32)")
+    ax.set_ylabel("held-out open-set values recalled")
+    ax.set_ylim(-0.02, 1.0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rank", type=int, default=8, help="key dimensions r (the state is d × r)")
@@ -366,12 +401,16 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default="runs/copyhead/r8")
     ap.add_argument("--report", default="")
+    ap.add_argument("--plot", nargs=5, metavar=("READPATH_RUNS", "COPY_RUNS", "SENTENCE_RUN", "CEILING_JSON", "PNG"),
+                    help="the summary plot of the read paths against bytes per session")
     ap.add_argument("--answers", choices=sorted(ANSWERS), default="bare",
                     help="training answers: the bare value, or short sentences around it")
     ap.add_argument("--generate", action="store_true", help="greedy free-form replies from --out's checkpoint")
     args = ap.parse_args()
     if args.report:
         print(report(Path(args.report)))
+    elif args.plot:
+        plot(*(Path(p) for p in args.plot))
     elif args.generate:
         generation_eval(args)
     else:
