@@ -106,11 +106,16 @@ def start_postgres(durable: bool = False) -> PostgresServer:
     if url:
         return PostgresServer(url, "DELTAMEM_TEST_PG_URL", lambda: None)
     found = _binaries()
+    system_error: RuntimeError | None = None
     if found is not None:
-        return _start_system(*found, durable=durable)
+        try:
+            return _start_system(*found, durable=durable)
+        except RuntimeError as exc:  # e.g. no user to run it as: the bundled server may still start
+            system_error = exc
     try:
         import pgserver  # noqa: F401
     except ImportError:
-        raise RuntimeError("no Postgres: neither initdb/pg_ctl on PATH nor the pgserver package "
-                           "(pip install pgserver), and DELTAMEM_TEST_PG_URL is not set") from None
+        raise RuntimeError("no Postgres: " + (f"the system server failed ({system_error}) and " if system_error
+                                              else "neither initdb/pg_ctl on PATH nor ")
+                           + "the pgserver package (pip install pgserver), and DELTAMEM_TEST_PG_URL is not set") from None
     return _start_pgserver()
