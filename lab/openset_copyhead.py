@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deltamem_agents.backbone import load_backbone
@@ -42,7 +42,7 @@ from deltamem_agents.datasets.openset import sample_fact
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
 
-from .openset_readpath import Example, _pad, build, examples
+from .openset_readpath import Example, _pad, build, examples, load_ckpt, save_ckpt
 
 
 @dataclass
@@ -253,14 +253,7 @@ def train(args) -> None:
     rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     head = CopyHead(model, args.rank, beta_bias=args.beta_bias)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
-    step = 0
-    if (out / "ckpt.json").exists():
-        t = load_file(str(out / "ckpt.safetensors"))
-        head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
-        step = json.loads((out / "ckpt.json").read_text())["step"]
-        for i, p in enumerate(head.parameters()):
-            if f"m.{i}" in t:
-                opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": t[f"m.{i}"], "exp_avg_sq": t[f"v.{i}"]}
+    step = load_ckpt(out, head, opt)
     sets = {}
     for name, split, seed, n, ht in (("held", "heldout", 900_001, args.n_eval, False),
                                      ("newrel", "heldout", 900_002, args.n_eval // 2, True),
@@ -304,14 +297,7 @@ def train(args) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % args.ckpt_every == 0 or step == args.steps:
-            tensors = {f"p.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
-            for i, p in enumerate(head.parameters()):
-                st = opt.state.get(p)
-                if st:
-                    tensors[f"m.{i}"], tensors[f"v.{i}"] = st["exp_avg"].contiguous(), st["exp_avg_sq"].contiguous()
-            save_file(tensors, str(out / "ckpt.tmp"))
-            (out / "ckpt.tmp").replace(out / "ckpt.safetensors")
-            (out / "ckpt.json").write_text(json.dumps({"step": step}))
+            save_ckpt(out, step, head, opt)
 
 
 def report(root: Path) -> str:

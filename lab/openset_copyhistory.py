@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deltamem_agents.backbone import load_backbone
@@ -36,7 +36,7 @@ from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
 
 from .openset_copyhead import CopyHead, Feats, recall
-from .openset_readpath import _overlap, _pad, build
+from .openset_readpath import _overlap, _pad, build, load_ckpt, save_ckpt
 
 _ACKS = ("Noted.", "Got it, thanks.", "Okay, I'll keep that in mind.", "Thanks for letting me know.")
 
@@ -173,19 +173,12 @@ def train(args) -> None:
     rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     head = CopyHead(model, args.rank, beta_bias=args.beta_bias)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
-    step = 0
     if args.init and not (out / "ckpt.json").exists():
         t = load_file(str(Path(args.init) / "ckpt.safetensors"))
         head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
         with torch.no_grad():
             head.beta.bias.fill_(args.beta_bias)
-    if (out / "ckpt.json").exists():
-        t = load_file(str(out / "ckpt.safetensors"))
-        head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
-        step = json.loads((out / "ckpt.json").read_text())["step"]
-        for i, p in enumerate(head.parameters()):
-            if f"m.{i}" in t:
-                opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": t[f"m.{i}"], "exp_avg_sq": t[f"v.{i}"]}
+    step = load_ckpt(out, head, opt)
     (out / "meta.json").write_text(json.dumps({"rank": args.rank, "bytes": head.d * args.rank * 4,
                                                "args": vars(args)}, indent=1))
     distances = tuple(int(x) for x in args.distances.split(","))
@@ -231,14 +224,7 @@ def train(args) -> None:
         bar.update(1)
         bar.set_postfix(ce=f"{loss_ce.item():.3f}", gate=f"{loss_gate.item():.3f}")
         if step % args.ckpt_every == 0 or step == args.steps:
-            tensors = {f"p.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
-            for i, p in enumerate(head.parameters()):
-                st = opt.state.get(p)
-                if st:
-                    tensors[f"m.{i}"], tensors[f"v.{i}"] = st["exp_avg"].contiguous(), st["exp_avg_sq"].contiguous()
-            save_file(tensors, str(out / "ckpt.tmp"))
-            (out / "ckpt.tmp").replace(out / "ckpt.safetensors")
-            (out / "ckpt.json").write_text(json.dumps({"step": step}))
+            save_ckpt(out, step, head, opt)
 
 
 def report(root: Path) -> str:
@@ -261,7 +247,7 @@ def report(root: Path) -> str:
             for e in ex:
                 if e["set"] == name and e["control"] == "own":
                     by.setdefault("tool" if e["speaker"] == "tool" else e["kind"], []).append(float(e["hit"]))
-            lines.append(f"| | | | by kind | | " + ", ".join(f"{k} {sum(v) / len(v):.2f} ({len(v)})"
+            lines.append("| | | | by kind | | " + ", ".join(f"{k} {sum(v) / len(v):.2f} ({len(v)})"
                                                               for k, v in sorted(by.items())) + " | | |")
     text = "\n".join(lines) + "\n"
     (root / "report.md").write_text(text)
