@@ -8,11 +8,22 @@ import sys
 import pytest
 
 
-def _no_openai_loaded():
-    assert not any(m.startswith("llama_index.llms.openai") or m == "openai" for m in sys.modules)
+def _openai_modules() -> set[str]:
+    return {m for m in sys.modules if m.startswith("llama_index.llms.openai") or m == "openai"}
 
 
-def test_guards_make_engines_without_llm_fail_clearly():
+@pytest.fixture(autouse=True)
+def _openai_before():
+    """The OpenAI modules already imported (other libraries may import the `openai` SDK on their own)."""
+    return _openai_modules()
+
+
+def _no_openai_loaded(before: set[str]) -> None:
+    """Nothing in the test imported OpenAI's SDK or LlamaIndex's OpenAI LLM."""
+    assert _openai_modules() <= before, sorted(_openai_modules() - before)
+
+
+def test_guards_make_engines_without_llm_fail_clearly(_openai_before):
     from llama_index.core.agent.workflow import FunctionAgent
     from llama_index.core.chat_engine import SimpleChatEngine
     from llama_index.core.memory import Memory
@@ -35,7 +46,7 @@ def test_guards_make_engines_without_llm_fail_clearly():
         asyncio.run(run())
     with pytest.raises(LocalModelRequiredError, match="local_embedding"):
         Settings.embed_model.get_text_embedding("x")
-    _no_openai_loaded()
+    _no_openai_loaded(_openai_before)
 
 
 def test_guards_never_replace_a_model_the_user_set():
@@ -51,7 +62,7 @@ def test_guards_never_replace_a_model_the_user_set():
 
 
 @pytest.mark.slow
-def test_condense_plus_context_without_llm_does_not_reach_openai(embed):
+def test_condense_plus_context_without_llm_does_not_reach_openai(embed, _openai_before):
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.chat_engine import CondensePlusContextChatEngine
 
@@ -63,11 +74,11 @@ def test_condense_plus_context_without_llm_does_not_reach_openai(embed):
         CondensePlusContextChatEngine.from_defaults(index.as_retriever())
     with pytest.raises(LocalModelRequiredError, match="embed"):
         VectorStoreIndex.from_documents([Document(text="no embedding model given")])
-    _no_openai_loaded()
+    _no_openai_loaded(_openai_before)
 
 
 @pytest.mark.slow
-def test_creating_the_llm_installs_guards_and_configure_sets_local_defaults(llm, embed):
+def test_creating_the_llm_installs_guards_and_configure_sets_local_defaults(llm, embed, _openai_before):
     from llama_index.core.chat_engine import SimpleChatEngine
     from llama_index.core.settings import Settings
 
@@ -84,7 +95,7 @@ def test_creating_the_llm_installs_guards_and_configure_sets_local_defaults(llm,
     assert engine._llm is llm
     engine = SimpleChatEngine.from_defaults(memory_cls=DeltaMemMemory)  # the memory finds the configured LLM
     assert isinstance(engine._memory, DeltaMemMemory) and engine._memory.session_id == llm.session_id
-    _no_openai_loaded()
+    _no_openai_loaded(_openai_before)
 
 
 def test_memory_without_an_llm_fails_clearly():
