@@ -10,9 +10,10 @@ to the OS once per eviction (runtime/memtrim.py). Nothing here is timed.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
-import pytest
 import torch
 
 from deltamem_agents.chat.model import DeltaMemChat
@@ -20,11 +21,6 @@ from deltamem_agents.runtime import memtrim, session
 from deltamem_agents.runtime.store import SessionStore, SQLiteBackend
 from deltamem_agents.runtime.window import WindowPolicy
 from tests.conftest import tiny_ssw_on_real_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_on_real_tokenizer():
-    return tiny_ssw_on_real_tokenizer()
 
 
 def _live() -> tuple[int, int]:
@@ -36,11 +32,14 @@ def _live() -> tuple[int, int]:
     return tensors, len(objs)
 
 
-def test_live_memory_stays_bounded_over_many_turns(tiny_on_real_tokenizer, tmp_path, monkeypatch):
-    model, tok = tiny_on_real_tokenizer
-    trims = []
-    monkeypatch.setattr(session, "release_free_memory", lambda: trims.append(1) or True)
-    bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(tmp_path / "s.db"), cache_size=4),
+def _many_turns(db_path: str) -> dict:
+    """The measurement, in a fresh process: the counts are of the whole interpreter, so threads and lazy imports
+    left by other tests in the same process must not be counted."""
+    torch.set_num_threads(1)
+    model, tok = tiny_ssw_on_real_tokenizer()
+    trims: list[int] = []
+    session.release_free_memory = lambda: trims.append(1) or True
+    bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db_path), cache_size=4),
                        policy=WindowPolicy(budget=160, reserve=16), system_prompt="Be brief.")
 
     def turn(i: int) -> None:
@@ -60,18 +59,25 @@ def test_live_memory_stays_bounded_over_many_turns(tiny_on_real_tokenizer, tmp_p
         turn(i)
         starts.append(bot._live["s"].window_start)
     tensors1, objs1 = _live()
-    n1 = len(bot._live["s"].messages)
+    return {"tensors": (tensors0, tensors1), "objs": (objs0, objs1), "n": (n0, len(bot._live["s"].messages)),
+            "evictions": sum(b > a for a, b in zip(starts, starts[1:])), "trims": len(trims),
+            "cache_size": bot.store.cache_info()["size"], "renderers": len(bot.runner._renderers),
+            "live": len(bot._live), "turn_locks": len(bot.store._turn_locks)}
 
-    evictions = sum(b > a for a, b in zip(starts, starts[1:]))
-    assert evictions >= 20  # the window really turned over many times
+
+def test_live_memory_stays_bounded_over_many_turns(tmp_path):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        r = pool.submit(_many_turns, str(tmp_path / "s.db")).result()
+    (tensors0, tensors1), (objs0, objs1), (n0, n1) = r["tensors"], r["objs"], r["n"]
+    assert r["evictions"] >= 20  # the window really turned over many times
     assert tensors1 == tensors0, "live tensors grew: a KV cache, state or activation is being kept per turn"
     # each logged message is held as a dict by the live conversation and by the store's cache (plus the
     # renderer's token cache entry): a few gc objects per message, nothing per token or per forward
     assert objs1 - objs0 <= 6 * (n1 - n0), (objs1 - objs0, n1 - n0)
-    assert bot.store.cache_info()["size"] <= 4
-    assert len(bot.runner._renderers) == 1 and len(bot._live) == 1
-    assert not bot.store._turn_locks  # per-session turn locks are dropped when unused
-    assert len(trims) == evictions  # one malloc_trim per eviction, none on ordinary turns
+    assert r["cache_size"] <= 4
+    assert r["renderers"] == 1 and r["live"] == 1
+    assert r["turn_locks"] == 0  # per-session turn locks are dropped when unused
+    assert r["trims"] == r["evictions"]  # one malloc_trim per eviction, none on ordinary turns
 
 
 def test_release_free_memory_respects_the_switch(monkeypatch):
