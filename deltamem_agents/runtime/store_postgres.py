@@ -243,8 +243,7 @@ class PostgresBackend(SessionBackend):
         except DeltaMemError:
             raise
         except self._pg.Error as exc:
-            raise StoreError(f"session database {self._safe_conninfo()}: "
-                             f"{str(exc).strip() or type(exc).__name__}") from exc
+            raise self._store_error("session database", exc) from exc
 
     def _init_schema(self) -> None:
         with self._txn() as cur:
@@ -302,8 +301,10 @@ class PostgresBackend(SessionBackend):
         except DeltaMemError:
             raise
         except self._pg.Error as exc:
-            raise StoreError(f"session lock on {self._safe_conninfo()}: "
-                             f"{str(exc).strip() or type(exc).__name__}") from exc
+            raise self._store_error("session lock on", exc) from exc
+
+    def _store_error(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(f"{what} {self._safe_conninfo()}: {str(exc).strip() or type(exc).__name__}")
 
     def vacuum(self) -> None:
         """VACUUM the session tables now, so deleted sessions' dead tuples are reclaimed."""

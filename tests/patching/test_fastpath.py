@@ -103,6 +103,16 @@ def test_fused_weights_follow_parameter_changes():
     torch.testing.assert_close(again.corr[QO:], layer.cfg.scaling * layer.delta_o_proj)
 
 
+def _reference_then_fast(run):
+    """`run()` on the reference δ-mem step, then on the fast path."""
+    old = fastpath.set_enabled(False)
+    try:
+        ref = run()
+    finally:
+        fastpath.set_enabled(old)
+    return ref, run()
+
+
 def _model(cfg: DeltaMemConfig, seed: int):
     model = tiny_llama(seed=seed, layers=3)
     adapter = attach(model, cfg)
@@ -145,12 +155,7 @@ def test_model_prefill_and_decode_match_reference(cfg, B, one_thread):
         return logits, state.S
 
     with torch.no_grad():
-        old = fastpath.set_enabled(False)
-        try:
-            ref_logits, ref_S = run()
-        finally:
-            fastpath.set_enabled(old)
-        fast_logits, fast_S = run()
+        (ref_logits, ref_S), (fast_logits, fast_S) = _reference_then_fast(run)
     for a, b in zip(fast_logits, ref_logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast_S, ref_S, atol=1e-5, rtol=1e-4)
@@ -188,11 +193,6 @@ def test_bf16_backbone_single_token_decode_matches_reference(one_thread):
         return out.outputs.logits.float(), out.state.S
 
     with torch.inference_mode():
-        old = fastpath.set_enabled(False)
-        try:
-            ref_logits, ref_S = run()
-        finally:
-            fastpath.set_enabled(old)
-        fast_logits, fast_S = run()
+        (ref_logits, ref_S), (fast_logits, fast_S) = _reference_then_fast(run)
     torch.testing.assert_close(fast_S, ref_S, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(fast_logits, ref_logits, atol=5e-2, rtol=5e-2)
