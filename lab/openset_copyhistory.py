@@ -6,12 +6,20 @@ stated by the user or returned by a tool, more chit-chat up to a distance) is of
 strength β_t = σ(w_β·h_{t-1} + b_β) decides what is kept. The head is trained on the answer's cross-entropy plus a
 gate-supervision term (binary cross-entropy of β's logit: 1 on the value's tokens of the fact message, 0 elsewhere),
 on short histories; it is evaluated at 500 and 2000 tokens after the fact, on held-out values, wordings and
-relation types, against the same head with another episode's state.
+relation types and on hand-written probes, against the same head with another episode's state: exact recall of the
+bare value, and free-form greedy replies (value contained) beside the backbone with the fact right before the
+question (the ceiling).
+
+Training answers are the bare value or short sentences around it (`--answers`); `--distill W` adds context
+distillation: the teacher is the frozen backbone with the fact turn right before the question, its greedy reply is
+the student's target sequence, and the loss is the KL from the teacher's top-k distribution at each reply position
+to the student's (backbone without the fact + the copy read), on histories whose teacher reply contains the value.
 
 Each message's hidden states come from the frozen backbone reading that message after the system prompt (the
 message alone), as a runtime that writes message by message with a short window sees it.
 
     python -m lab.openset_copyhistory --rank 64 --steps 300 --out runs/copyhist/r64       # resumable
+    python -m lab.openset_copyhistory --rank 64 --answers sentence --distill 1 --out runs/copyhist/r64_kd
     python -m lab.openset_copyhistory --report runs/copyhist
 """
 from __future__ import annotations
@@ -35,7 +43,8 @@ from deltamem_agents.datasets.openset import Fact, sample_fact
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
 
-from .openset_copyhead import CopyHead, Feats, recall
+from .copy_generate import generate_batch
+from .openset_copyhead import ANSWERS, CopyHead, Feats, recall
 from .openset_readpath import _overlap, _pad, build, load_ckpt, save_ckpt
 
 _ACKS = ("Noted.", "Got it, thanks.", "Okay, I'll keep that in mind.", "Thanks for letting me know.")
@@ -65,7 +74,8 @@ def history(rng: random.Random, split: str, distance: int, tok, heldout_types: b
 
 
 @torch.no_grad()
-def features(model, rend: ChatRenderer, hists: list[Hist], bs: int = 24) -> tuple[list[Feats], list[torch.Tensor]]:
+def features(model, rend: ChatRenderer, hists: list[Hist], bs: int = 24, answers: list[str] | None = None
+             ) -> tuple[list[Feats], list[torch.Tensor]]:
     """Per history: every message token as a write candidate (key from the previous position of its own message
     read alone after the system prompt), the read features of its question, and the gate targets (1 on the
     value's tokens in the fact message)."""
@@ -96,7 +106,7 @@ def features(model, rend: ChatRenderer, hists: list[Hist], bs: int = 24) -> tupl
             toks[owner[i]].append((i, seqs[i][n_sys:L]))
             gts[owner[i]].append((i, targets[i]))
     feats, gates = [], []
-    reads = [build(h.fact, rend) for h in hists]
+    reads = [build(h.fact, rend, a) for h, a in zip(hists, answers or ["{v}"] * len(hists))]
     read_f = _read_feats(model, reads)
     for hi in range(len(hists)):
         kh = torch.cat([t for _, t in sorted(key_h[hi], key=lambda x: x[0])])
@@ -120,32 +130,116 @@ def _read_feats(model, exs, bs: int = 16):
     return out
 
 
-def train_pool(model, rend, tok, args, path: Path) -> list[tuple[Feats, torch.Tensor]]:
-    """Features and gate targets of `args.pool` training histories, computed once (the backbone's forward is most
-    of a step's cost) and shared by runs with the same seed, size and distances."""
-    if path.exists():
-        return [(Feats(*t[:4]), t[4]) for t in torch.load(path, weights_only=True)]
+def _histories(tok, args) -> list[Hist]:
     rng = random.Random(args.seed * 7_919 + 2)
-    hs = [history(rng, "train", rng.randint(args.train_min, args.train_max), tok) for _ in range(args.pool)]
-    pool = []
-    for i in tqdm(range(0, len(hs), 32), desc="training features", disable=args.quiet):
-        fs, gts = features(model, rend, hs[i:i + 32])
-        pool += list(zip(fs, gts))
-    torch.save([(f.key_h, f.write_tok, f.read_h, f.read_tok, g) for f, g in pool], path)
-    return pool
+    return [history(rng, "train", rng.randint(args.train_min, args.train_max), tok) for _ in range(args.pool)]
 
 
-def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...], hand: bool = False) -> dict:
+def train_pool(model, rend, tok, args, root: Path) -> tuple[list[Hist], list[tuple[Feats, torch.Tensor]]]:
+    """The training histories and their features and gate targets, computed once (the backbone's forward is most
+    of a step's cost) and shared by runs with the same seed, size and lengths; reads with sentence answers are
+    cached beside them."""
+    hs = _histories(tok, args)
+    path = root / f"hist_pool_s{args.seed}_n{args.pool}_{args.train_min}-{args.train_max}.pt"
+    if path.exists():
+        pool = [(Feats(*t[:4]), t[4]) for t in torch.load(path, weights_only=True)]
+    else:
+        pool = []
+        for i in tqdm(range(0, len(hs), 32), desc="training features", disable=args.quiet):
+            fs, gts = features(model, rend, hs[i:i + 32])
+            pool += list(zip(fs, gts))
+        torch.save([(f.key_h, f.write_tok, f.read_h, f.read_tok, g) for f, g in pool], path)
+    assert all(len(f.write_tok) == sum(len(rend.message_ids(m)) for m in h.messages) for h, (f, _) in zip(hs, pool)), \
+        "the cached pool does not match the regenerated histories"
+    if args.answers != "bare":
+        rpath = path.with_name(path.stem + f"_{args.answers}.pt")
+        if rpath.exists():
+            reads = torch.load(rpath, weights_only=True)
+        else:
+            rng = random.Random(args.seed * 7_919 + 3)
+            exs = [build(h.fact, rend, rng.choice(ANSWERS[args.answers])) for h in hs]
+            reads = _read_feats(model, exs)
+            torch.save(reads, rpath)
+        pool = [(Feats(f.key_h, f.write_tok, r[0], r[1]), g) for (f, g), r in zip(pool, reads)]
+    return hs, pool
+
+
+def _fact_turns(h: Hist) -> list[dict]:
+    """The fact message (after its request when a tool returns it) and the acknowledgement."""
+    start = h.fact_index - 1 if h.fact.speaker == "tool" else h.fact_index
+    return h.messages[start:h.fact_index + 2]
+
+
+def _question_prompt(rend, h: Hist) -> list[int]:
+    return rend.system_ids + rend.message_ids({"role": "user", "content": h.fact.question}) + rend.generation_prompt_ids
+
+
+def _ceiling_prompt(rend, h: Hist) -> list[int]:
+    ids, _ = rend.render(_fact_turns(h) + [{"role": "user", "content": h.fact.question}])
+    return rend.system_ids + ids + rend.generation_prompt_ids
+
+
+def teacher_pool(model, rend, tok, hs: list[Hist], path: Path, topk: int, bs: int = 32) -> list:
+    """Context-distillation targets per training history: the frozen backbone with the fact right before the
+    question replies greedily; where the reply contains the value, keep the student's read features (hidden states
+    of the system prompt, the question and that reply, without the fact) and the teacher's top-k log-probs at every
+    reply position and the end token; else None."""
+    if path.exists():
+        return [None if t is None else tuple(t) for t in torch.load(path, weights_only=True)]
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    out: list = []
+    for i in tqdm(range(0, len(hs), bs), desc="teacher replies"):
+        batch = hs[i:i + bs]
+        replies, dist = generate_batch(model, [_ceiling_prompt(rend, h) for h in batch], eos, topk=topk)
+        for h, r, d in zip(batch, replies, dist):
+            if h.fact.value.lower() not in tok.decode(r, skip_special_tokens=True).lower() or len(d) != len(r) + 1:
+                out.append(None)  # a wrong teacher, or one cut at max_new before its end token
+                continue
+            q = _question_prompt(rend, h)
+            x = torch.tensor([q + r])
+            hid = model.model(input_ids=x, use_cache=False).last_hidden_state[0, len(q) - 1:].float().clone()
+            out.append((hid, torch.stack([v for v, _ in d]), torch.stack([j for _, j in d])))
+    torch.save(out, path)
+    return out
+
+
+def distill_loss(model, head: CopyHead, S: torch.Tensor, items: list) -> torch.Tensor:
+    """KL(teacher ‖ student) on the teacher's top-k support (renormalised), averaged over reply positions."""
+    h = torch.cat([t[0] for t in items])
+    rows = torch.cat([torch.full((len(t[0]),), b) for b, t in enumerate(items)])
+    lp_t = torch.cat([t[1] for t in items]).log_softmax(-1)
+    idx = torch.cat([t[2] for t in items])
+    q = F.normalize(head.wq(h), dim=-1)
+    o = torch.einsum("ndr,nr->nd", S[rows], q)
+    g = F.softplus(head.gate(h)) * head.log_tau.exp()
+    logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float() + g * (o @ head.E.T)
+    lp_s = logits.log_softmax(-1).gather(-1, idx)
+    return (lp_t.exp() * (lp_t - lp_s)).sum(-1).mean()
+
+
+def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...], hand: bool = False,
+              cache: Path | None = None) -> dict:
+    """Evaluation histories and their features (bare-answer reads), cached under `cache` when given."""
     sets = {}
     for dist in distances:
-        for name, ht, seed in (("held", False, 910_001), ("newrel", True, 910_002)):
+        specs = [("held", n, 910_001, False), ("newrel", n // 2, 910_002, True)] + ([("hand", 0, 910_003, False)]
+                                                                                   if hand else [])
+        for name, m, seed, ht in specs:
             rng = random.Random(seed + dist)
-            hs = [history(rng, "heldout", dist, tok, heldout_types=ht) for _ in range(n if name == "held" else n // 2)]
-            sets[f"{name}_d{dist}"] = (hs, features(model, rend, hs)[0])
-        if hand:
-            rng = random.Random(910_003 + dist)
-            hs = [history(rng, "heldout", dist, tok, fact=f) for f in handwritten_facts()]
-            sets[f"hand_d{dist}"] = (hs, features(model, rend, hs)[0])
+            if name == "hand":
+                hs = [history(rng, "heldout", dist, tok, fact=f) for f in handwritten_facts()]
+            else:
+                hs = [history(rng, "heldout", dist, tok, heldout_types=ht) for _ in range(m)]
+            path = cache / f"eval_{name}_d{dist}_n{len(hs)}.pt" if cache else None
+            if path is not None and path.exists():
+                fs = [Feats(*t) for t in torch.load(path, weights_only=True)]
+            else:
+                fs = []
+                for i in tqdm(range(0, len(hs), 16), desc=f"features {name} d{dist}", leave=False):
+                    fs += features(model, rend, hs[i:i + 16])[0]
+                if path is not None:
+                    torch.save([(f.key_h, f.write_tok, f.read_h, f.read_tok) for f in fs], path)
+            sets[f"{name}_d{dist}"] = (hs, fs)
     return sets
 
 
@@ -161,6 +255,44 @@ def evaluate(model, head, sets, per: list | None = None) -> dict:
                          "speaker": h.fact.speaker, "value": h.fact.value, "tokens_after": h.tokens_after, "hit": x,
                          "ce": c} for i, (h, x, c) in enumerate(zip(hs, hits, ces))]
     return row
+
+
+def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, bs: int = 16) -> dict:
+    """Free-form greedy replies to the question alone (the fact nowhere in the prompt), with the history's state and
+    with another history's, and the ceiling: the backbone with the fact turn right before the question (cached in
+    `root`, it does not depend on the head). One file per set, so a killed evaluation resumes."""
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    res = {}
+    for name, (hs, fs) in sets.items():
+        path = out / f"gen_{name}.jsonl"
+        if not path.exists():
+            rows = []
+            for ctl in ("own", "shuffled"):
+                for i in tqdm(range(0, len(hs), bs), desc=f"replies {name} {ctl}", leave=False):
+                    S = head.write(fs[i:i + bs]) if ctl == "own" else \
+                        head.write([fs[(j - 1) % len(fs)] for j in range(i, min(i + bs, len(fs)))])
+                    replies, _ = generate_batch(model, [_question_prompt(rend, h) for h in hs[i:i + bs]], eos,
+                                                head=head, S=S)
+                    rows += [_gen_row(h, tok.decode(r, skip_special_tokens=True), ctl) for h, r in zip(hs[i:i + bs], replies)]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cpath = root / f"ceiling_{name}_n{len(hs)}.jsonl"
+        if not cpath.exists():
+            rows = []
+            for i in tqdm(range(0, len(hs), bs), desc=f"ceiling {name}", leave=False):
+                replies, _ = generate_batch(model, [_ceiling_prompt(rend, h) for h in hs[i:i + bs]], eos)
+                rows += [_gen_row(h, tok.decode(r, skip_special_tokens=True), "ceiling") for h, r in zip(hs[i:i + bs], replies)]
+            cpath.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = [json.loads(x) for f in (path, cpath) for x in f.read_text().splitlines()]
+        for ctl in ("own", "shuffled", "ceiling"):
+            hit = [r["hit"] for r in rows if r["control"] == ctl]
+            res[f"gen_{name}_{ctl}"] = round(sum(hit) / len(hit), 4)
+    return res
+
+
+def _gen_row(h: Hist, reply: str, control: str) -> dict:
+    return {"control": control, "kind": h.fact.kind, "relation": h.fact.relation, "speaker": h.fact.speaker,
+            "value": h.fact.value, "tokens_after": h.tokens_after, "reply": reply,
+            "hit": h.fact.value.lower() in reply.lower()}
 
 
 def train(args) -> None:
@@ -182,29 +314,22 @@ def train(args) -> None:
     (out / "meta.json").write_text(json.dumps({"rank": args.rank, "bytes": head.d * args.rank * 4,
                                                "args": vars(args)}, indent=1))
     distances = tuple(int(x) for x in args.distances.split(","))
-    pool = train_pool(model, rend, tok, args, out.parent / f"hist_pool_s{args.seed}_n{args.pool}_"
-                                                          f"{args.train_min}-{args.train_max}.pt")
+    hs, pool = train_pool(model, rend, tok, args, out.parent)
+    teacher = teacher_pool(model, rend, tok, hs, out.parent / f"teacher_s{args.seed}_n{args.pool}_k{args.topk}.pt",
+                           args.topk) if args.distill else [None] * len(hs)
+    if args.distill:
+        tqdm.write(f"teacher replies containing the value: {sum(t is not None for t in teacher)}/{len(teacher)}")
     quick = eval_sets(model, rend, tok, args.n_quick, (distances[0],))
     log = out / "log.jsonl"
     t0 = time.time()
     bar = tqdm(total=args.steps, initial=step, desc=f"copyhist r{args.rank}", disable=args.quiet)
-    while True:
-        final = step >= args.steps
-        if step % args.every == 0 and not final:
+    while step < args.steps:
+        if step % args.every == 0:
             row = {"step": step, "s": round(time.time() - t0), "beta_bias": round(head.beta.bias.item(), 3)}
             row |= evaluate(model, head, quick)
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             tqdm.write(json.dumps(row))
-        if final:
-            sets = eval_sets(model, rend, tok, args.n_eval, distances, hand=True)
-            per: list = []
-            row = {"step": step, "s": round(time.time() - t0), "final": True} | evaluate(model, head, sets, per)
-            (out / "final_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            tqdm.write(json.dumps(row))
-            break
         rng = random.Random(args.seed * 1_000_003 + step)
         pick = rng.sample(range(len(pool)), args.batch)
         fs, gts = [pool[i][0] for i in pick], [pool[i][1] for i in pick]
@@ -216,15 +341,30 @@ def train(args) -> None:
         pos_w = (gt.numel() - gt.sum()) / gt.sum().clamp(min=1)
         loss_gate = F.binary_cross_entropy_with_logits(blog, gt, pos_weight=pos_w.clamp(max=args.max_pos_weight))
         loss = loss_ce + args.gate_weight * loss_gate
+        kd = [(b, teacher[i]) for b, i in enumerate(pick) if teacher[i] is not None]
+        loss_kd = distill_loss(model, head, S[[b for b, _ in kd]], [t for _, t in kd]) if kd else torch.zeros(())
+        loss = loss + args.distill * loss_kd
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(ce=f"{loss_ce.item():.3f}", gate=f"{loss_gate.item():.3f}")
+        bar.set_postfix(ce=f"{loss_ce.item():.3f}", gate=f"{loss_gate.item():.3f}", kd=f"{loss_kd.item():.3f}")
         if step % args.ckpt_every == 0 or step == args.steps:
             save_ckpt(out, step, head, opt)
+    bar.close()
+    final = out / "final.json"
+    if not final.exists():
+        sets = eval_sets(model, rend, tok, args.n_eval, distances, hand=True, cache=out.parent)
+        per: list = []
+        row = {"step": step, "final": True} | evaluate(model, head, sets, per)
+        (out / "final_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))
+        row |= generation_eval(model, tok, rend, head, sets, out, out.parent)
+        final.write_text(json.dumps(row, indent=1))
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        tqdm.write(json.dumps(row))
 
 
 def report(root: Path) -> str:
@@ -271,6 +411,10 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=25)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--n-quick", type=int, default=32)
+    ap.add_argument("--answers", choices=sorted(ANSWERS), default="bare",
+                    help="training answers: the bare value, or short sentences around it")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of the context-distillation KL (0 = off)")
+    ap.add_argument("--topk", type=int, default=64, help="teacher log-probs kept per reply position")
     ap.add_argument("--init", default="", help="start from an oracle-write copy head's checkpoint directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)

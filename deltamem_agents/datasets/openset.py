@@ -50,6 +50,9 @@ def _faker_lists() -> dict[str, tuple[str, ...]]:
     for loc in _LOCALES:
         f = Faker(loc)
         f.seed_instance(1234)
+        for prov in f.providers:  # some locales build their city list from a set: fix its order across processes
+            if isinstance(getattr(prov, "cities", None), list):
+                prov.cities = sorted(prov.cities)
         for _ in range(600):
             out["first_name"].add(f.first_name())
             out["surname"].add(f.last_name())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +49,12 @@ def test_handwritten_probes_are_well_formed():
     for f in facts:
         assert f.value in f.statement and f.value not in f.question
         assert not any(t and f.statement.startswith(t) for t in templates), f.statement  # unlike the generator
+
+
+def test_value_pools_are_the_same_in_every_process():
+    """Train and held-out values must be the same sets in every run: no dependence on the string-hash seed."""
+    code = ("import hashlib; from deltamem_agents.datasets.openset import _faker_lists; "
+            "print(hashlib.sha1(repr(sorted(_faker_lists().items())).encode()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONHASHSEED": str(seed)},
+                           capture_output=True, text=True, check=True).stdout for seed in (1, 2)}
+    assert len(outs) == 1

@@ -1,0 +1,53 @@
+"""Batched greedy decoding for the copy read path's free-form evaluation and the backbone's ceiling.
+
+Prompts are left-padded into one batch (explicit position ids, padding masked), so a batch of 32 replies costs about
+as many forwards as one. With a copy head and a state per row, every step's logits get the head's read
+(`lab.openset_copyhead.CopyHead`): lm_head(h) + τ·softplus(w_g·h + b_g)·Ê·(S·norm(W_q h)). Without a head it is the
+plain backbone, as the ceiling (the fact right before the question) needs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24, head=None,
+                   S: torch.Tensor | None = None, topk: int = 0) -> tuple[list[list[int]], list]:
+    """Greedy replies (token ids, without the end token) for each prompt; with `topk` > 0 also, per row and per
+    emitted position (the end token included), the top-k (log-probs, ids) of the distribution it was chosen from."""
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past, h = out.past_key_values, out.last_hidden_state[:, -1].float()
+    done = [False] * B
+    res: list[list[int]] = [[] for _ in range(B)]
+    dist: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
+    for _ in range(max_new):
+        logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
+        if head is not None:
+            q = F.normalize(head.wq(h), dim=-1)
+            g = F.softplus(head.gate(h)) * head.log_tau.exp()
+            logits = logits + g * (torch.einsum("bdr,br->bd", S, q) @ head.E.T)
+        nxt = logits.argmax(-1)
+        if topk:
+            lp = logits.log_softmax(-1).topk(topk, dim=-1)
+        for b in range(B):
+            if done[b]:
+                continue
+            if topk:
+                dist[b].append((lp.values[b].clone(), lp.indices[b].clone()))
+            if int(nxt[b]) == eos:
+                done[b] = True
+            else:
+                res[b].append(int(nxt[b]))
+        if all(done):
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = model.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past,
+                          use_cache=True)
+        past, h = out.past_key_values, out.last_hidden_state[:, -1].float()
+    return res, dist
