@@ -31,13 +31,11 @@ import torch
 from torch import Tensor
 
 from ..core.state import DeltaState
-from ..errors import InvalidMessageError
 from ..patching.attach import is_attached
 from ..patching.forward import forward_with_state
 from ..patching.hf_cache import cache_kwargs, output_cache
 from .decode import Cursor, Engine, Generation, GenerationConfig, LogitsConstraint, _stop_cut
-from .messages import validate_message
-from .session import Conversation, SessionRunner
+from .session import Conversation, PreparedTurn, SessionRunner
 
 
 @dataclass
@@ -331,33 +329,6 @@ class Turn:
     error: BaseException | None = None  # set when this turn failed (the others still ran)
 
 
-def _prepare(runner: SessionRunner, t: Turn) -> tuple[DecodeJob, Any, int]:
-    """`SessionRunner.respond` up to its prompt forward: validate, fit the window, build the prompt suffix."""
-    conv, cfg = t.conv, t.cfg
-    msgs = [validate_message(m) for m in t.new]
-    if any(m["role"] == "system" for m in msgs):
-        raise InvalidMessageError("system messages set the session's system prompt; they are not logged")
-    r = runner.renderer(conv.system_prompt)
-    blocks = [r.message_ids(m) for m in msgs]
-    gp = list(r.generation_prompt_ids)
-    policy = runner.policy
-    if sum(map(len, blocks)) + len(r.system_ids) + len(gp) + min(max(cfg.max_new_tokens, 0), policy.reserve) \
-            > policy.budget:
-        raise InvalidMessageError(
-            f"the new messages ({sum(map(len, blocks))} tokens) plus the system prompt ({len(r.system_ids)} "
-            f"tokens, tool descriptions included) and the reply reserve do not fit the window budget of "
-            f"{policy.budget} tokens; raise the budget, shorten the system prompt, or split the messages")
-    runner._ensure_window(conv, r, sum(map(len, blocks)))
-    assert conv.cursor is not None
-    first = len(conv.messages)
-    reply_id = first + len(msgs)
-    ids = [tok for b in blocks for tok in b] + gp
-    mids = [first + i for i, b in enumerate(blocks) for _ in b] + [reply_id] * len(gp)
-    conv.messages.extend(msgs)
-    job = DecodeJob(conv.cursor, ids, mids, reply_id, cfg, t.constraint, t.on_text, t.result)
-    return job, r, reply_id
-
-
 def respond_batch(runner: SessionRunner, decoder: BatchedDecoder, turns: list[Turn]) -> None:
     """`SessionRunner.respond` for several conversations (all different) at once: their prompts and replies
     are decoded as one batch, then each reply is committed as `respond` commits it. A turn whose input is
@@ -365,28 +336,26 @@ def respond_batch(runner: SessionRunner, decoder: BatchedDecoder, turns: list[Tu
     of it gets the error (their conversations then need the caller's usual rollback)."""
     if len({id(t.conv) for t in turns}) != len(turns):
         raise ValueError("a conversation appears twice in one batch")
-    ready: list[tuple[Turn, DecodeJob, Any, int]] = []
+    ready: list[tuple[Turn, DecodeJob, PreparedTurn]] = []
     for t in turns:
         snapshot = (len(t.conv.messages), t.conv.window_start, t.conv.state, t.conv.cursor)
         try:
-            job, r, reply_id = _prepare(runner, t)
+            prep = runner.prepare(t.conv, t.new, t.cfg)
+            job = DecodeJob(t.conv.cursor, prep.ids, prep.mids, prep.reply_id, t.cfg, t.constraint, t.on_text,
+                            t.result)
         except Exception as exc:  # bad input fails this turn only
             del t.conv.messages[snapshot[0]:]
             t.conv.window_start, t.conv.state, t.conv.cursor = snapshot[1:]
             t.error = exc
             continue
-        ready.append((t, job, r, reply_id))
+        ready.append((t, job, prep))
     if not ready:
         return
     try:
-        decoder.generate([job for _, job, _, _ in ready])
-        for t, job, r, reply_id in ready:
-            cur, res = job.cursor, job.result
-            res.prompt_tokens = len(cur.tokens) - res.n_fed  # the whole visible prompt, as `respond` counts it
-            reply = runner._reply_message(res)
-            runner._commit_reply(cur, r, reply, res, job.before, reply_id)
-            t.conv.messages.append(reply)
-            t.conv.state = cur.state
+        decoder.generate([job for _, job, _ in ready])
+        for t, job, prep in ready:
+            job.result.prompt_tokens = len(job.cursor.tokens) - job.result.n_fed  # as `respond` counts it
+            runner.finish(t.conv, prep, job.result, job.before)
     except BaseException as exc:
         for t, *_ in ready:
             t.error = exc

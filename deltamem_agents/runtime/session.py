@@ -31,6 +31,16 @@ from .window import WindowPolicy
 
 
 @dataclass
+class PreparedTurn:
+    """A turn whose messages are logged and whose window is ready: the prompt suffix still to feed."""
+
+    renderer: ChatRenderer
+    ids: list[int]
+    mids: list[int]  # message id per token (the reply's id on the generation prompt)
+    reply_id: int
+
+
+@dataclass
 class Conversation:
     """Durable part of a session (what the store persists) plus a disposable KV cursor."""
 
@@ -159,9 +169,9 @@ class SessionRunner:
             conv.messages.extend(msgs[i:j])
             i = j
 
-    def respond(self, conv: Conversation, new: list[dict[str, Any]], cfg: GenerationConfig,
-                constraint: LogitsConstraint | None = None, result: Generation | None = None) -> Iterator[str]:
-        """Append `new` messages, generate the assistant reply (yielding text deltas) and commit it."""
+    def prepare(self, conv: Conversation, new: list[dict[str, Any]], cfg: GenerationConfig) -> PreparedTurn:
+        """A turn up to its prompt forward: validate `new`, make room in the window (messages too long for it are
+        written into the δ-state in full), log the messages, and return the prompt suffix to feed."""
         msgs = [validate_message(m) for m in new]
         if any(m["role"] == "system" for m in msgs):
             raise InvalidMessageError("system messages set the session's system prompt; they are not logged")
@@ -171,27 +181,38 @@ class SessionRunner:
         reserve = min(max(cfg.max_new_tokens, 0), self.policy.reserve)
         first = len(conv.messages)
         reply_id = first + len(msgs)
-        fits = self._fits(r, sum(map(len, blocks)) + len(gp), reserve)
-        if fits:
+        if self._fits(r, sum(map(len, blocks)) + len(gp), reserve):
             self._ensure_window(conv, r, sum(map(len, blocks)))  # the generation prompt is inside the reserve
             ids = [t for b in blocks for t in b] + gp
             mids = [first + i for i, b in enumerate(blocks) for _ in b] + [reply_id] * len(gp)
+            conv.messages.extend(msgs)
         else:  # too long for the window: written in full, the window shows their newest part
             self._write_long(conv, r, msgs, blocks)
             ids, mids = gp, [reply_id] * len(gp)
+        assert conv.cursor is not None
+        return PreparedTurn(r, ids, mids, reply_id)
+
+    def finish(self, conv: Conversation, turn: PreparedTurn, res: Generation, before: DeltaState | None) -> None:
+        """Commit a decoded reply: the cache and the state hold its rendered block, the log holds the message."""
+        cur = conv.cursor
+        assert cur is not None
+        reply = self._reply_message(res)
+        self._commit_reply(cur, turn.renderer, reply, res, before, turn.reply_id)
+        conv.messages.append(reply)
+        conv.state = cur.state
+
+    def respond(self, conv: Conversation, new: list[dict[str, Any]], cfg: GenerationConfig,
+                constraint: LogitsConstraint | None = None, result: Generation | None = None) -> Iterator[str]:
+        """Append `new` messages, generate the assistant reply (yielding text deltas) and commit it."""
+        turn = self.prepare(conv, new, cfg)
         cur = conv.cursor
         assert cur is not None
         res = result if result is not None else Generation()
-        if fits:
-            conv.messages.extend(msgs)
-        logits = self.engine.forward(cur, ids, mids)
+        logits = self.engine.forward(cur, turn.ids, turn.mids)
         res.prompt_tokens = len(cur.tokens)  # the whole visible prompt (system + window + new messages)
         before = cur.state.clone() if cur.state is not None else None  # state before any generated token
-        yield from self.engine.decode(cur, logits, reply_id, cfg, constraint, res)
-        reply = self._reply_message(res)
-        self._commit_reply(cur, r, reply, res, before, reply_id)
-        conv.messages.append(reply)
-        conv.state = cur.state
+        yield from self.engine.decode(cur, logits, turn.reply_id, cfg, constraint, res)
+        self.finish(conv, turn, res, before)
 
     def _reply_message(self, res: Generation) -> dict[str, Any]:
         from .tools import parse_tool_calls

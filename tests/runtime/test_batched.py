@@ -222,11 +222,34 @@ def test_bad_turn_fails_alone(ssw_model):
     good, bad = _convs(runner, 2)
     before = (list(bad.messages), bad.state.clone())
     turns = [Turn(good, _turns(0, 0), GenerationConfig(max_new_tokens=2)),
-             Turn(bad, [{"role": "user", "content": "x " * 400}], GenerationConfig(max_new_tokens=2))]
+             Turn(bad, [{"role": "user", "content": "fine"}, {"role": "system", "content": "not here"}],
+                  GenerationConfig(max_new_tokens=2))]
     respond_batch(runner, dec, turns)
     assert turns[0].error is None and turns[0].result.token_ids
-    assert "budget" in str(turns[1].error)
+    assert "system" in str(turns[1].error)
     assert bad.messages == before[0] and bad.state.equal(before[1])
+
+
+def test_a_message_longer_than_the_window_is_taken_in_a_batch_as_alone(ssw_model):
+    """Batched turns follow `respond`'s long-input rule (written in full, newest part shown), not a refusal."""
+    model, tok = ssw_model
+    runner = SessionRunner(Engine(model, tok), POLICY)
+    dec = BatchedDecoder(model, tok, engine=runner.engine)
+    long_turn = [{"role": "user", "content": "parcel " * 150}]
+    serial, batched = _convs(runner, 2), _convs(runner, 2)
+    ref = []
+    for i, conv in enumerate(serial):
+        res = Generation()
+        list(runner.respond(conv, long_turn if i else _turns(i, 0), GenerationConfig(max_new_tokens=3), None, res))
+        ref.append(res)
+    turns = [Turn(conv, long_turn if i else _turns(i, 0), GenerationConfig(max_new_tokens=3))
+             for i, conv in enumerate(batched)]
+    respond_batch(runner, dec, turns)
+    for r, t, a, b in zip(ref, turns, serial, batched):
+        assert t.error is None and t.result.token_ids == r.token_ids
+        assert a.messages == b.messages and a.cursor.tokens == b.cursor.tokens
+        assert a.state.equal(b.state, atol=ATOL)
+    assert batched[1].messages[-2] == long_turn[0]
 
 
 def test_turn_batcher_runs_concurrent_turns_together(ssw_model):
