@@ -27,7 +27,7 @@ def randomize_adapter(adapter, seed: int = 0, scale: float = 0.5) -> None:
             if name.endswith("beta_bias"):
                 p.copy_(torch.randn(p.shape, generator=g) - 1.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * scale / max(1, p.shape[-1]) ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g) * scale / max(1, p.shape[-1] if p.dim() else 1) ** 0.5)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: copy_rank (written only when > 0, so a config without a copy channel reads as version 1)
 
 GRANULARITIES = ("token", "message_mean")
 UPDATE_MODES = ("standard", "lambda_outside", "no_lambda")
@@ -47,6 +47,10 @@ class DeltaMemConfig:
     # It is identical for every state, so the shuffled-state control still isolates what the state's content adds
     task_rank: int = 0
     task_alpha: float = 24.0
+    # the copy channel (core/copy.py): one d×r delta-rule state per session at the top of the model whose values
+    # are token embeddings, read into the logits; r = copy_rank key dimensions, 0 = no copy channel (the spec).
+    # docs/design.md, "The copy channel", has what it stores and costs
+    copy_rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class DeltaMemConfig:
             bad(f"task_rank must be an int in [0, 256], got {self.task_rank!r}")
         if not (isinstance(self.task_alpha, (int, float)) and self.task_alpha > 0):
             bad(f"task_alpha must be > 0, got {self.task_alpha!r}")
+        if isinstance(self.copy_rank, bool) or not isinstance(self.copy_rank, int) or not 0 <= self.copy_rank <= 4096:
+            bad(f"copy_rank must be an int in [0, 4096], got {self.copy_rank!r}")
         if self.online_gain < 0 or self.base_slice_ref_width < 1:
             bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
         object.__setattr__(self, "delta_heads", heads)
@@ -109,7 +115,11 @@ class DeltaMemConfig:
         d = asdict(self)
         d["delta_heads"] = list(self.delta_heads)
         d["target_layers"] = list(self.target_layers)
-        d["format_version"] = FORMAT_VERSION
+        if self.copy_rank:
+            d["format_version"] = FORMAT_VERSION
+        else:  # the version-1 form, key for key: older readers still load it
+            del d["copy_rank"]
+            d["format_version"] = 1
         return d
 
     @classmethod

@@ -5,11 +5,16 @@ Layout (Lw = number of wrapped layers, B = batch of conversations, H = state hea
   pend_sum   [Lw, B, d]       fp32  SSW only: running sum of the attention inputs of the message being written
   pend_count [B]              fp32  number of tokens in that open message (0 = none open)
   pend_id    [B]              int64 message id of the open message (-1 = none)
+and, only when the adapter has a copy channel (core/copy.py; config.copy_rank = r > 0):
+  C          [B, d, r]        fp32  the copy channel's delta-rule state (values: token embeddings)
+  prev_h     [B, d]           fp32  final hidden state of the last valid position fed so far: the key source of
+                                    the next call's first token (zeros at the start: nothing is written)
 A message is committed to S (one delta step on its mean) when the next message starts, so the result never
 depends on how tokens were split into forward calls. With token writes (TSW/MSW) the pending part stays empty.
 
 Serialisation is safetensors bytes with JSON metadata (format version, fingerprint); `from_bytes` validates
-shapes, dtypes and finiteness before anything is used.
+shapes, dtypes and finiteness before anything is used. Format version 2 adds the copy tensors; a state without
+them is written exactly as version 1 was, and version-1 blobs load unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from torch import Tensor
 from ..errors import InvalidStateError
 
 STATE_FORMAT = "deltamem-state"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2  # 2: optional copy-channel tensors C, prev_h
+COPY_TENSORS = ("C", "prev_h")
 
 
 @dataclass
@@ -33,33 +39,62 @@ class DeltaState:
     pend_sum: Tensor
     pend_count: Tensor
     pend_id: Tensor
+    C: Tensor | None = None
+    prev_h: Tensor | None = None
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
     def zeros(
-        cls, num_layers: int, batch: int, heads: int, rank: int, hidden: int, device: Any = "cpu"
+        cls, num_layers: int, batch: int, heads: int, rank: int, hidden: int, device: Any = "cpu",
+        copy: tuple[int, int] | None = None,
     ) -> DeltaState:
-        return cls(
+        """`copy` = (d, r) of the adapter's copy channel (None: no copy tensors)."""
+        state = cls(
             S=torch.zeros(num_layers, batch, heads, rank, rank, device=device),
             pend_sum=torch.zeros(num_layers, batch, hidden, device=device),
             pend_count=torch.zeros(batch, device=device),
             pend_id=torch.full((batch,), -1, dtype=torch.long, device=device),
         )
+        return state.with_copy(*copy) if copy is not None else state
+
+    def with_copy(self, hidden: int, rank: int) -> DeltaState:
+        """This state with copy tensors: its own if it has them, else empty ones (a fresh copy memory)."""
+        if self.C is not None:
+            return self
+        B, dev = self.batch, self.device
+        return DeltaState(self.S, self.pend_sum, self.pend_count, self.pend_id,
+                          torch.zeros(B, hidden, rank, device=dev), torch.zeros(B, hidden, device=dev))
 
     @classmethod
     def stack(cls, states: list[DeltaState]) -> DeltaState:
-        """Batch several conversations' states along B."""
+        """Batch several conversations' states along B (copy tensors: all or none carry them)."""
+        with_copy = [s.C is not None for s in states]
+        if any(with_copy) and not all(with_copy):
+            raise InvalidStateError("cannot batch δ-states with and without copy-channel tensors")
         return cls(
             S=torch.cat([s.S for s in states], dim=1),
             pend_sum=torch.cat([s.pend_sum for s in states], dim=1),
             pend_count=torch.cat([s.pend_count for s in states]),
             pend_id=torch.cat([s.pend_id for s in states]),
+            C=torch.cat([s.C for s in states]) if all(with_copy) else None,  # type: ignore[misc]
+            prev_h=torch.cat([s.prev_h for s in states]) if all(with_copy) else None,  # type: ignore[misc]
         )
 
     def select(self, b: int) -> DeltaState:
         """The state of batch row b (kept as a batch of one)."""
-        return DeltaState(self.S[:, b : b + 1], self.pend_sum[:, b : b + 1], self.pend_count[b : b + 1],
-                          self.pend_id[b : b + 1])
+        return self.rows(slice(b, b + 1))
+
+    def rows(self, idx: Any) -> DeltaState:
+        """The states of batch rows `idx` (a slice or an index tensor)."""
+        return DeltaState(self.S[:, idx], self.pend_sum[:, idx], self.pend_count[idx], self.pend_id[idx],
+                          None if self.C is None else self.C[idx],
+                          None if self.prev_h is None else self.prev_h[idx])
+
+    def _map(self, fn: Any, ids: Any = None) -> DeltaState:
+        """fn applied to every float tensor (`ids` to pend_id, default unchanged)."""
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
+        return DeltaState(fn(self.S), fn(self.pend_sum), fn(self.pend_count),
+                          self.pend_id if ids is None else ids(self.pend_id), opt(self.C), opt(self.prev_h))
 
     # --- shape helpers --------------------------------------------------------------------------------
     @property
@@ -75,41 +110,67 @@ class DeltaState:
         return self.S.device
 
     def clone(self) -> DeltaState:
-        return DeltaState(self.S.clone(), self.pend_sum.clone(), self.pend_count.clone(), self.pend_id.clone())
+        return self._map(Tensor.clone, Tensor.clone)
 
     def detach(self) -> DeltaState:
-        return DeltaState(self.S.detach(), self.pend_sum.detach(), self.pend_count.detach(), self.pend_id)
+        return self._map(Tensor.detach)
 
     def to(self, device: Any) -> DeltaState:
-        return DeltaState(self.S.to(device), self.pend_sum.to(device), self.pend_count.to(device),
-                          self.pend_id.to(device))
+        return self._map(lambda t: t.to(device), lambda t: t.to(device))
 
     def rebased(self) -> DeltaState:
         """The same memory, with its open message closing at whatever message comes next (pend_id = -1).
         Used when a state moves to a conversation whose message numbering differs (shuffled-state controls,
         importing a memory into a fresh log)."""
-        return DeltaState(self.S, self.pend_sum, self.pend_count, torch.full_like(self.pend_id, -1))
+        return DeltaState(self.S, self.pend_sum, self.pend_count, torch.full_like(self.pend_id, -1), self.C,
+                          self.prev_h)
 
     def norms(self) -> Tensor:
         """Frobenius norm of S per wrapped layer, averaged over batch and heads: [Lw]."""
         return self.S.detach().flatten(3).norm(dim=-1).mean(dim=(1, 2))
 
+    def _tensors(self) -> dict[str, Tensor]:
+        t = {"S": self.S, "pend_sum": self.pend_sum, "pend_count": self.pend_count, "pend_id": self.pend_id}
+        if self.C is not None and self.prev_h is not None:
+            t.update(C=self.C, prev_h=self.prev_h)
+        return t
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.S, self.pend_sum, self.pend_count, self.pend_id))
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def copy_nbytes(self) -> int:
+        """Bytes of the copy-channel tensors (0 without them): B·(d·r + d)·4."""
+        return sum(t.numel() * t.element_size() for t in (self.C, self.prev_h) if t is not None)
 
     def equal(self, other: DeltaState, atol: float = 0.0) -> bool:
-        pairs = zip((self.S, self.pend_sum, self.pend_count), (other.S, other.pend_sum, other.pend_count))
+        if (self.C is None) != (other.C is None):
+            return False
+        names = ("S", "pend_sum", "pend_count") + (COPY_TENSORS if self.C is not None else ())
+        pairs = ((getattr(self, n), getattr(other, n)) for n in names)
         return bool(torch.equal(self.pend_id, other.pend_id)) and all(
             a.shape == b.shape and bool((a - b).abs().max() <= atol) if a.numel() else a.shape == b.shape
             for a, b in pairs
         )
 
     def check_finite(self) -> None:
-        for name in ("S", "pend_sum", "pend_count"):
-            if not torch.isfinite(getattr(self, name)).all():
+        for name, t in self._tensors().items():
+            if name != "pend_id" and not torch.isfinite(t).all():
                 raise InvalidStateError(f"δ-state tensor {name} holds NaN or Inf; refusing to use it")
 
-    def check_compatible(self, num_layers: int, heads: int, rank: int, hidden: int) -> None:
+    def check_compatible(self, num_layers: int, heads: int, rank: int, hidden: int,
+                         copy: tuple[int, int] | None = None) -> None:
+        """Shapes against the adapter; `copy` = (d, r) of its copy channel. A state without copy tensors fits an
+        adapter with a copy channel (its copy memory starts empty); one with them needs that channel."""
+        if self.C is not None or self.prev_h is not None:
+            if copy is None:
+                raise InvalidStateError("δ-state carries copy-channel tensors but this adapter has no copy channel")
+            d, r = copy
+            if self.C is None or self.prev_h is None or tuple(self.C.shape) != (self.batch, d, r) \
+                    or tuple(self.prev_h.shape) != (self.batch, d):
+                raise InvalidStateError(
+                    f"δ-state copy tensors have shapes C {None if self.C is None else tuple(self.C.shape)}, prev_h "
+                    f"{None if self.prev_h is None else tuple(self.prev_h.shape)}; this adapter needs "
+                    f"[{self.batch}, {d}, {r}] and [{self.batch}, {d}]")
         want = (num_layers, heads, rank, rank)
         got = (self.S.shape[0],) + tuple(self.S.shape[2:])
         if self.S.dim() != 5 or got != want:
@@ -125,9 +186,10 @@ class DeltaState:
     def to_bytes(self, metadata: dict[str, Any] | None = None) -> bytes:
         from safetensors.torch import save
 
-        meta = {"format": STATE_FORMAT, "format_version": str(STATE_FORMAT_VERSION),
+        tensors = self._tensors()
+        version = STATE_FORMAT_VERSION if "C" in tensors else 1  # without copy tensors: the version-1 format
+        meta = {"format": STATE_FORMAT, "format_version": str(version),
                 "info": json.dumps(metadata or {}, sort_keys=True)}
-        tensors = {"S": self.S, "pend_sum": self.pend_sum, "pend_count": self.pend_count, "pend_id": self.pend_id}
         return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
 
     @classmethod
@@ -151,7 +213,13 @@ class DeltaState:
         missing = {"S", "pend_sum", "pend_count", "pend_id"} - set(tensors)
         if missing:
             raise InvalidStateError(f"δ-state blob lacks tensors {sorted(missing)}")
-        for k in ("S", "pend_sum", "pend_count"):
+        present = set(tensors) & set(COPY_TENSORS)
+        if present and present != set(COPY_TENSORS):
+            raise InvalidStateError(f"δ-state blob has {sorted(present)} of the copy tensors {list(COPY_TENSORS)}")
+        unknown = set(tensors) - {"S", "pend_sum", "pend_count", "pend_id", *COPY_TENSORS}
+        if unknown:
+            raise InvalidStateError(f"δ-state blob has unknown tensors {sorted(unknown)}")
+        for k in ("S", "pend_sum", "pend_count", *sorted(present)):
             if tensors[k].dtype != torch.float32:
                 raise InvalidStateError(f"δ-state tensor {k} must be float32, got {tensors[k].dtype}")
         if tensors["pend_id"].dtype != torch.int64:
@@ -159,6 +227,10 @@ class DeltaState:
         for key, want in (expect or {}).items():
             if info.get(key) != want:
                 raise InvalidStateError(f"δ-state was written for {key}={info.get(key)!r}, this model has {want!r}")
-        state = cls(tensors["S"], tensors["pend_sum"], tensors["pend_count"], tensors["pend_id"])
+        state = cls(tensors["S"], tensors["pend_sum"], tensors["pend_count"], tensors["pend_id"],
+                    tensors.get("C"), tensors.get("prev_h"))
+        if state.C is not None and (state.C.dim() != 3 or state.C.shape[0] != state.batch or state.prev_h.dim() != 2
+                                    or tuple(state.prev_h.shape) != (state.batch, state.C.shape[1])):
+            raise InvalidStateError("δ-state copy tensors C / prev_h have inconsistent shapes")
         state.check_finite()
         return state, info

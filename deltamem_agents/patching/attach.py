@@ -2,7 +2,8 @@
 
 `attach(model, config)` freezes every backbone parameter, builds one `DeltaMemLayer` per target layer
 (held by a `DeltaMemAdapter` registered as `model.deltamem`), and swaps each target attention's q_proj /
-o_proj for wrappers. `detach(model)` puts the original Linear modules back. The δ-state is never stored
+o_proj for wrappers; with a copy channel (config.copy_rank > 0) it also hooks the final norm and wraps the LM
+head (patching/copy_hooks.py). `detach(model)` puts the original modules back. The δ-state is never stored
 here: it is passed to `forward_with_state` and returned from it.
 """
 
@@ -14,9 +15,11 @@ import torch
 from torch import nn
 
 from ..core.config import DeltaMemConfig
+from ..core.copy import CopyChannel
 from ..core.memory import DeltaMemLayer
 from ..core.state import DeltaState
 from ..errors import AlreadyAttachedError, NotAttachedError, UnsupportedArchitectureError
+from . import copy_hooks
 from .registry import arch_spec, decoder_layers, fingerprint
 from .wrappers import DeltaOProj, DeltaQProj
 
@@ -34,6 +37,17 @@ class DeltaMemAdapter(nn.Module):
         self.fingerprint = dict(fp)
         self.hidden = hidden
         self.layers = nn.ModuleList(DeltaMemLayer(config, hidden, q_out, o_out) for _ in layer_ids)
+        # the copy channel (core/copy.py), None without one; its parameters are saved under "copy."
+        self.copy = CopyChannel(hidden, config.copy_rank) if config.copy_rank else None
+
+    @property
+    def copy_dims(self) -> tuple[int, int] | None:
+        """(d, r) of the copy channel's state, None without one."""
+        return (self.hidden, self.config.copy_rank) if self.copy is not None else None
+
+    def state_bytes(self) -> int:
+        """Bytes of one session's δ-state (fp32 tensors, the copy channel's included)."""
+        return self.zero_state(1, "cpu").nbytes()
 
     @property
     def pending_dim(self) -> int:
@@ -43,13 +57,14 @@ class DeltaMemAdapter(nn.Module):
     def zero_state(self, batch: int = 1, device: Any = None) -> DeltaState:
         device = device if device is not None else self.layers[0].beta_bias.device
         c = self.config
-        return DeltaState.zeros(len(self.layer_ids), batch, c.num_state_heads, c.rank, self.pending_dim, device)
+        return DeltaState.zeros(len(self.layer_ids), batch, c.num_state_heads, c.rank, self.pending_dim, device,
+                                copy=self.copy_dims)
 
     def check_state(self, state: DeltaState, *, finite: bool = True) -> None:
         """Shapes always; NaN/Inf scan too unless `finite=False` (the per-call hot path skips it: states are
         checked when they are loaded or imported, and everything the runtime computes stays finite)."""
         c = self.config
-        state.check_compatible(len(self.layer_ids), c.num_state_heads, c.rank, self.pending_dim)
+        state.check_compatible(len(self.layer_ids), c.num_state_heads, c.rank, self.pending_dim, self.copy_dims)
         if finite:
             state.check_finite()
 
@@ -92,6 +107,8 @@ def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> DeltaMemAd
         adapter.layers[slot].init_outputs(q.weight, o.weight)
         setattr(attn, spec.q_name, DeltaQProj(q, slot, adapter))
         setattr(attn, spec.o_name, DeltaOProj(o, slot, adapter))
+    if adapter.copy is not None:
+        copy_hooks.install(model, adapter, spec)
     setattr(model, ATTR, adapter)
     return adapter
 
@@ -107,5 +124,6 @@ def detach(model: nn.Module) -> DeltaMemAdapter:
             mod = getattr(attn, name)
             if isinstance(mod, (DeltaQProj, DeltaOProj)):
                 setattr(attn, name, mod.base)
+    copy_hooks.remove(model, adapter, spec)
     delattr(model, ATTR)
     return adapter

@@ -38,6 +38,7 @@ class CallContext:
     capture_gates: bool = False  # keep the written units' gates *with* their graph (gate supervision)
     fast: bool = False  # inference fast path (core/fastpath.py); `reads` then holds each layer's δo
     zero_slots: list[bool] | None = None  # per wrapped layer: the carried S is all zeros (known on the host)
+    copy: Any = None  # the copy channel's part of this call (patching/copy_hooks.CopyCall), None without one
 
 
 def current(adapter: Any) -> CallContext | None:

@@ -5,7 +5,9 @@
 
 `message_ids` [B,T] label each token with its chat message index (-1: not written, e.g. the system prompt);
 token writes (TSW/MSW) write every labelled token, message writes (SSW) write each message's mean once it
-closes. Without ids every valid token is written (token modes only). `detach_inputs=True` is the
+closes. Without ids every valid token is written (token modes only). With a copy channel the same tokens are
+written into its state too, and `out.copy` (a `patching.copy_hooks.CopyCall`) can add its read to logits computed
+later (`skip_lm_head=True`: `out.copy.apply(logits)`). `detach_inputs=True` is the
 trainer's truncated-gradient write pass: the new state keeps its graph to the δ-mem parameters, but
 neither the layer inputs nor the corrections carry gradients, so the backbone activations are not stored. Padding comes from the 2-D
 `attention_mask` (never from the 4-D mask, whose convention changed across transformers versions).
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from ..core import fastpath
 from ..core.segments import Segments
 from ..core.state import DeltaState
+from . import copy_hooks
 from .attach import get_adapter
 from .context import _DISABLED, CallContext, activate
 
@@ -33,6 +36,7 @@ class StepOutput:
     beta_means: dict[int, Tensor]
     inputs: dict[int, Tensor]
     gates: dict[int, tuple[Tensor, Tensor]] | None = None
+    copy: copy_hooks.CopyCall | None = None  # the copy channel's part of the call (None without one)
 
 
 def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
@@ -44,6 +48,8 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     B, T = input_ids.shape
     state = state if state is not None else adapter.zero_state(B, input_ids.device)
     adapter.check_state(state, finite=False)
+    if adapter.copy is not None:  # a state from before the copy channel starts with an empty copy memory
+        state = state.with_copy(*adapter.copy_dims)
     if state.batch != B:
         raise ValueError(f"state batch {state.batch} != input batch {B}")
     valid = attention_mask[:, -T:].bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
@@ -55,6 +61,9 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
                        detach_inputs=detach_inputs, capture_gates=capture_gates, fast=fast,
                        zero_slots=zero_slots(state) if fast and T == 1 else None)
+    if adapter.copy is not None:
+        call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, seg.written, state.C, state.prev_h,
+                                        write, kwargs.get("logits_to_keep", 0), detach_inputs)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -63,16 +72,21 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
         return StepOutput(outputs, state, {}, {}, {})
     if len(call.S_out) != n:
         raise RuntimeError(f"only {len(call.S_out)}/{n} wrapped layers ran; is the model patched correctly?")
+    cc = call.copy
+    if cc is not None and cc.C_out is None:
+        raise RuntimeError("the copy channel's final-norm hook did not run; is the model patched correctly?")
     if write:
         new = DeltaState(
             S=torch.stack([call.S_out[i] for i in range(n)]),
             pend_sum=torch.stack([call.sum_out[i] for i in range(n)]),
             pend_count=seg.pend_count_out(state.pend_count) if message_mode else state.pend_count,
             pend_id=seg.pend_id_out if (message_mode and seg.pend_id_out is not None) else state.pend_id,
+            C=cc.C_out if cc is not None else None,
+            prev_h=cc.prev_h_out if cc is not None else None,
         )
     else:
         new = state
-    return StepOutput(outputs, new, call.beta_means, call.inputs, call.gates)
+    return StepOutput(outputs, new, call.beta_means, call.inputs, call.gates, cc)
 
 
 def zero_slots(state: DeltaState) -> list[bool] | None:

@@ -38,6 +38,8 @@ class ArchSpec:
     attn_name: str = "self_attn"
     q_name: str = "q_proj"
     o_name: str = "o_proj"
+    norm_path: str = "model.norm"  # the final norm: its output is the LM head's input (the copy channel's h)
+    head_name: str = "lm_head"  # the LM head, on the *ForCausalLM itself
 
 
 # model_type -> where to hook (all share the same layout)
@@ -65,6 +67,16 @@ def decoder_layers(model: nn.Module, spec: ArchSpec) -> nn.ModuleList:
         obj = getattr(obj, part, None)
         if obj is None:
             raise UnsupportedArchitectureError(f"model has no {spec.layers_path!r} (is it a *ForCausalLM?)")
+    return obj
+
+
+def module_at(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted `path` (an UnsupportedArchitectureError naming it if absent)."""
+    obj: Any = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UnsupportedArchitectureError(f"model has no {path!r} (is it a *ForCausalLM?)")
     return obj
 
 
