@@ -168,3 +168,30 @@ def grow_rank_cmd(src: Path, dst: Path, rank: int = typer.Option(16, help="rank 
     from lab.grow import grow_rank
 
     typer.echo(str(grow_rank(src, dst, rank, eps=eps, seed=seed, note=note)))
+
+
+@app.command("import-copy-head")
+def import_copy_head_cmd(adapter: str = typer.Option("default", help="adapter dir to add the copy channel to; "
+                                                      "'default' = the shipped adapter, 'none' = an adapter with "
+                                                      "only the copy channel (an inert δ layer beside it)"),
+                         copy: Path = typer.Option(..., help="a lab copy-head run dir (ckpt.safetensors + meta.json)"),
+                         out: Path = typer.Option(..., help="the new adapter directory"),
+                         backbone: str = typer.Option("default", help="with --adapter none: 'default' or a local "
+                                                      "HF model dir (gives the shapes and the fingerprint)"),
+                         note: str = typer.Option("", help="why, kept in the adapter info")):
+    """Merge a lab copy-head checkpoint (lab.openset_copyhead / lab.openset_copyhistory) into a copy of an adapter
+    as its copy channel (config copy_rank from the run's meta.json); the source adapter is not changed."""
+    from lab.import_copy import import_copy_head
+
+    if adapter == "none":
+        from deltamem_agents.backbone import load_backbone
+
+        model, _ = load_backbone(None if backbone == "default" else backbone)
+        typer.echo(str(import_copy_head(None, copy, out, model=model, note=note)))
+        return
+    from deltamem_agents.chat.loading import resolve_adapter
+
+    src = resolve_adapter(adapter, None)
+    if src is None:
+        raise typer.BadParameter("no shipped adapter found; pass --adapter DIR or --adapter none")
+    typer.echo(str(import_copy_head(src, copy, out, note=note)))
