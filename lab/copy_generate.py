@@ -26,11 +26,12 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
     res: list[list[int]] = [[] for _ in range(B)]
     dist: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
     for _ in range(max_new):
-        logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
-        if head is not None:
+        if head is None:
+            logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
+        else:
             q = F.normalize(head.wq(h), dim=-1)
-            g = F.softplus(head.gate(h)) * head.log_tau.exp()
-            logits = logits + g * (torch.einsum("bdr,br->bd", S, q) @ head.E.T)
+            u = F.softplus(head.gate(h)) * head.log_tau.exp() * torch.einsum("bdr,br->bd", S, q)
+            logits = _logits_with_read(model, head, h, u)
         nxt = logits.argmax(-1)
         if topk:
             lp = logits.log_softmax(-1).topk(topk, dim=-1)
@@ -51,3 +52,16 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
                           use_cache=True)
         past, h = out.past_key_values, out.last_hidden_state[:, -1].float()
     return res, dist
+
+
+def _logits_with_read(model, head, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """lm_head(h) + Ê·u. With tied embeddings (lm_head.weight = E, Ê = E / ‖rows‖) both are one product of E with
+    [h; u]: E·h + (E·u) / ‖rows‖, one pass over the [V, d] matrix instead of two."""
+    W = model.lm_head.weight
+    if W.data_ptr() == model.get_input_embeddings().weight.data_ptr() and W.dtype == torch.float32:
+        norms = getattr(head, "_row_norms", None)
+        if norms is None:
+            norms = head._row_norms = W.detach().norm(dim=-1)
+        both = torch.cat([h, u]) @ W.T
+        return both[:len(h)] + both[len(h):] / norms
+    return model.lm_head(h.to(W.dtype)).float() + u @ head.E.T

@@ -124,6 +124,12 @@ class CopyHead(nn.Module):
             M[b, :len(f.write_tok)] = 1.0
         K = F.normalize(self.wk(H), dim=-1)
         beta = torch.sigmoid(self.beta(H)).unsqueeze(-1)  # [B, n, 1, 1]
+        if not torch.is_grad_enabled():  # evaluation: the same update in place
+            W = (M * beta).view(B, n, 1) * K
+            for t in range(n):
+                err = V[:, t] - torch.bmm(S, K[:, t, :, None]).squeeze(2)
+                S.baddbmm_(err[:, :, None], W[:, t, None, :])
+            return S
         for t in range(n):
             k = K[:, t]
             err = V[:, t] - torch.einsum("bdr,br->bd", S, k)

@@ -16,7 +16,9 @@ the student's target sequence, and the loss is the KL from the teacher's top-k d
 to the student's (backbone without the fact + the copy read), on histories whose teacher reply contains the value.
 
 Each message's hidden states come from the frozen backbone reading that message after the system prompt (the
-message alone), as a runtime that writes message by message with a short window sees it.
+message alone), as a runtime that writes message by message with a short window sees it. So a message's features
+do not depend on its history: the chit-chat is drawn from a bank of exchanges (one for training, one for
+evaluation, different seeds) whose features are computed once, and a 2,000-token history costs only its fact.
 
     python -m lab.openset_copyhistory --rank 64 --steps 300 --out runs/copyhist/r64       # resumable
     python -m lab.openset_copyhistory --rank 64 --answers sentence --distill 1 --out runs/copyhist/r64_kd
@@ -37,14 +39,14 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deltamem_agents.backbone import load_backbone
-from deltamem_agents.datasets.distractors import Ctx, faker_for
+from deltamem_agents.datasets.distractors import distractor, faker_for, mentions
 from deltamem_agents.datasets.handwritten import handwritten_facts
 from deltamem_agents.datasets.openset import Fact, sample_fact
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
 
 from .copy_generate import generate_batch
-from .openset_copyhead import ANSWERS, CopyHead, Feats, recall
+from .openset_copyhead import ANSWERS, CopyHead, Feats
 from .openset_readpath import _overlap, _pad, build, load_ckpt, save_ckpt
 
 _ACKS = ("Noted.", "Got it, thanks.", "Okay, I'll keep that in mind.", "Thanks for letting me know.")
@@ -58,62 +60,97 @@ class Hist:
     tokens_after: int
 
 
-def history(rng: random.Random, split: str, distance: int, tok, heldout_types: bool = False,
+Bank = list[tuple[str, str, int]]  # chit-chat exchanges: (user, assistant, content tokens of both)
+
+
+def make_bank(seed: int, n: int, tok) -> Bank:
+    """`n` chit-chat exchanges from the distractor pools (other people's names, places, numbers), seeded."""
+    rng, used = random.Random(seed), set()
+    fake = faker_for(seed)
+    count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return [(u, a, count(u) + count(a)) for u, a in (distractor(rng, fake, [], used) for _ in range(n))]
+
+
+def history(rng: random.Random, split: str, distance: int, bank: Bank, heldout_types: bool = False,
             fact: Fact | None = None) -> Hist:
+    """0–2 exchanges, the fact (a tool's result follows a request), an acknowledgement, then exchanges until
+    `distance` content tokens follow the fact. Exchanges are drawn without repetition from `bank`, skipping any
+    that mentions the value."""
     fact = fact or sample_fact(rng, split, heldout_types=heldout_types)
-    ctx = Ctx(rng, faker_for(rng.getrandbits(30)), [fact.value])
+    pat = mentions([fact.value])
+    pick = (bank[i] for i in rng.sample(range(len(bank)), len(bank)) if not pat.search(f"{bank[i][0]} {bank[i][1]}"))
     msgs: list[dict] = []
-    ctx.chat(msgs, rng.randint(0, 2))
+    for _ in range(rng.randint(0, 2)):
+        u, a, _n = next(pick)
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     role = "tool" if fact.speaker == "tool" else "user"
     if role == "tool":
         msgs.append({"role": "user", "content": rng.choice(("Can you look that up?", "Please check.", "Look it up."))})
     fact_index = len(msgs)
-    msgs += [{"role": role, "content": fact.statement}, {"role": "assistant", "content": rng.choice(_ACKS)}]
-    n = ctx.fill(msgs, fact_index, distance, 0, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
+    ack = rng.choice(_ACKS)
+    msgs += [{"role": role, "content": fact.statement}, {"role": "assistant", "content": ack}]
+    n = len(ack) // 4
+    while n < distance:
+        u, a, k = next(pick)
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        n += k
     return Hist(fact, msgs, fact_index, n)
 
 
-@torch.no_grad()
-def features(model, rend: ChatRenderer, hists: list[Hist], bs: int = 24, answers: list[str] | None = None
+class Memo:
+    """Per-message features, keyed by the message: what the frozen backbone gives reading the message alone after
+    the system prompt (the hidden state before each token, and the tokens). A message's features do not depend on
+    the history it sits in, so histories sharing exchanges share their computation; saved to and loaded from disk."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path, self.d = path, {}
+        if path is not None and path.exists():
+            self.d = torch.load(path, weights_only=True)
+
+    @staticmethod
+    def key(m: dict) -> str:
+        return json.dumps(m, sort_keys=True)
+
+    @torch.no_grad()
+    def fill(self, model, rend: ChatRenderer, msgs: list[dict], bs: int = 24, quiet: bool = False) -> None:
+        todo = {self.key(m): m for m in msgs if self.key(m) not in self.d}
+        if not todo:
+            return
+        items = sorted(todo.items(), key=lambda kv: len(rend.message_ids(kv[1])))
+        n_sys = len(rend.system_ids)
+        for s in tqdm(range(0, len(items), bs), desc="message features", disable=quiet or len(items) < 4 * bs,
+                      leave=False):
+            chunk = items[s:s + bs]
+            seqs = [rend.system_ids + rend.message_ids(m) for _, m in chunk]
+            hs = model.model(input_ids=_pad(seqs, 0), attention_mask=_pad([[1] * len(q) for q in seqs], 0),
+                             use_cache=False).last_hidden_state
+            for b, ((k, _), q) in enumerate(zip(chunk, seqs)):
+                self.d[k] = (hs[b, n_sys - 1:len(q) - 1].float().clone(), torch.tensor(q[n_sys:]))
+        if self.path is not None:
+            torch.save(self.d, self.path)
+
+
+def features(model, rend: ChatRenderer, hists: list[Hist], memo: Memo, answers: list[str] | None = None
              ) -> tuple[list[Feats], list[torch.Tensor]]:
     """Per history: every message token as a write candidate (key from the previous position of its own message
     read alone after the system prompt), the read features of its question, and the gate targets (1 on the
     value's tokens in the fact message)."""
-    seqs, owner, targets = [], [], []
-    for hi, h in enumerate(hists):
+    memo.fill(model, rend, [m for h in hists for m in h.messages])
+    reads = _read_feats(model, [build(h.fact, rend, a) for h, a in zip(hists, answers or ["{v}"] * len(hists))])
+    feats, gates = [], []
+    for h, (rh, rt) in zip(hists, reads):
+        parts = [memo.d[Memo.key(m)] for m in h.messages]
+        gt = []
         for mi, m in enumerate(h.messages):
-            text, ids, spans = rend.message_block(m)
-            tgt = [0.0] * len(ids)
+            tgt = [0.0] * len(parts[mi][1])
             if mi == h.fact_index:
+                text, _ids, spans = rend.message_block(m)
                 a = text.index(h.fact.statement) + h.fact.statement.index(h.fact.value)
                 for i in _overlap(spans, a, a + len(h.fact.value)):
                     tgt[i] = 1.0
-            seqs.append(rend.system_ids + ids)
-            owner.append(hi)
-            targets.append(tgt)
-    n_sys = len(rend.system_ids)
-    key_h: list[list[torch.Tensor]] = [[] for _ in hists]
-    toks: list[list[int]] = [[] for _ in hists]
-    gts: list[list[float]] = [[] for _ in hists]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
-    for s in range(0, len(order), bs):
-        idx = order[s:s + bs]
-        hs = model.model(input_ids=_pad([seqs[i] for i in idx], 0),
-                         attention_mask=_pad([[1] * len(seqs[i]) for i in idx], 0), use_cache=False).last_hidden_state
-        for b, i in enumerate(idx):
-            L = len(seqs[i])
-            key_h[owner[i]].append((i, hs[b, n_sys - 1:L - 1].float().clone()))
-            toks[owner[i]].append((i, seqs[i][n_sys:L]))
-            gts[owner[i]].append((i, targets[i]))
-    feats, gates = [], []
-    reads = [build(h.fact, rend, a) for h, a in zip(hists, answers or ["{v}"] * len(hists))]
-    read_f = _read_feats(model, reads)
-    for hi in range(len(hists)):
-        kh = torch.cat([t for _, t in sorted(key_h[hi], key=lambda x: x[0])])
-        tk = torch.tensor([t for _, ts in sorted(toks[hi], key=lambda x: x[0]) for t in ts])
-        gt = torch.tensor([g for _, gs in sorted(gts[hi], key=lambda x: x[0]) for g in gs])
-        feats.append(Feats(kh, tk, read_f[hi][0], read_f[hi][1]))
-        gates.append(gt)
+            gt += tgt
+        feats.append(Feats(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), rh, rt))
+        gates.append(torch.tensor(gt))
     return feats, gates
 
 
@@ -130,37 +167,19 @@ def _read_feats(model, exs, bs: int = 16):
     return out
 
 
-def _histories(tok, args) -> list[Hist]:
-    rng = random.Random(args.seed * 7_919 + 2)
-    return [history(rng, "train", rng.randint(args.train_min, args.train_max), tok) for _ in range(args.pool)]
-
-
 def train_pool(model, rend, tok, args, root: Path) -> tuple[list[Hist], list[tuple[Feats, torch.Tensor]]]:
-    """The training histories and their features and gate targets, computed once (the backbone's forward is most
-    of a step's cost) and shared by runs with the same seed, size and lengths; reads with sentence answers are
-    cached beside them."""
-    hs = _histories(tok, args)
-    path = root / f"hist_pool_s{args.seed}_n{args.pool}_{args.train_min}-{args.train_max}.pt"
-    if path.exists():
-        pool = [(Feats(*t[:4]), t[4]) for t in torch.load(path, weights_only=True)]
-    else:
-        pool = []
-        for i in tqdm(range(0, len(hs), 32), desc="training features", disable=args.quiet):
-            fs, gts = features(model, rend, hs[i:i + 32])
-            pool += list(zip(fs, gts))
-        torch.save([(f.key_h, f.write_tok, f.read_h, f.read_tok, g) for f, g in pool], path)
-    assert all(len(f.write_tok) == sum(len(rend.message_ids(m)) for m in h.messages) for h, (f, _) in zip(hs, pool)), \
-        "the cached pool does not match the regenerated histories"
-    if args.answers != "bare":
-        rpath = path.with_name(path.stem + f"_{args.answers}.pt")
-        if rpath.exists():
-            reads = torch.load(rpath, weights_only=True)
-        else:
-            rng = random.Random(args.seed * 7_919 + 3)
-            exs = [build(h.fact, rend, rng.choice(ANSWERS[args.answers])) for h in hs]
-            reads = _read_feats(model, exs)
-            torch.save(reads, rpath)
-        pool = [(Feats(f.key_h, f.write_tok, r[0], r[1]), g) for (f, g), r in zip(pool, reads)]
+    """The training histories (exchanges from a training bank) with their features and gate targets; message
+    features are memoised on disk, so a rerun costs only the reads."""
+    bank = make_bank(args.seed * 7_919 + 5, args.bank, tok)
+    rng = random.Random(args.seed * 7_919 + 2)
+    hs = [history(rng, "train", rng.randint(args.train_min, args.train_max), bank) for _ in range(args.pool)]
+    memo = Memo(root / f"memo_train_s{args.seed}_b{args.bank}.pt")
+    arng = random.Random(args.seed * 7_919 + 3)
+    answers = [arng.choice(ANSWERS[args.answers]) for _ in hs]
+    pool = []
+    for i in tqdm(range(0, len(hs), 64), desc="training features", disable=args.quiet):
+        fs, gts = features(model, rend, hs[i:i + 64], memo, answers[i:i + 64])
+        pool += list(zip(fs, gts))
     return hs, pool
 
 
@@ -218,8 +237,11 @@ def distill_loss(model, head: CopyHead, S: torch.Tensor, items: list) -> torch.T
 
 
 def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...], hand: bool = False,
-              cache: Path | None = None) -> dict:
-    """Evaluation histories and their features (bare-answer reads), cached under `cache` when given."""
+              root: Path | None = None, bank_size: int = 600) -> dict:
+    """Evaluation histories (exchanges from an evaluation bank, disjoint seeds from training) and their features
+    (bare-answer reads); message features memoised under `root`."""
+    bank = make_bank(920_011, bank_size, tok)
+    memo = Memo(root / f"memo_eval_b{bank_size}.pt" if root is not None else None)
     sets = {}
     for dist in distances:
         specs = [("held", n, 910_001, False), ("newrel", n // 2, 910_002, True)] + ([("hand", 0, 910_003, False)]
@@ -227,27 +249,45 @@ def eval_sets(model, rend, tok, n: int, distances: tuple[int, ...], hand: bool =
         for name, m, seed, ht in specs:
             rng = random.Random(seed + dist)
             if name == "hand":
-                hs = [history(rng, "heldout", dist, tok, fact=f) for f in handwritten_facts()]
+                hs = [history(rng, "heldout", dist, bank, fact=f) for f in handwritten_facts()]
             else:
-                hs = [history(rng, "heldout", dist, tok, heldout_types=ht) for _ in range(m)]
-            path = cache / f"eval_{name}_d{dist}_n{len(hs)}.pt" if cache else None
-            if path is not None and path.exists():
-                fs = [Feats(*t) for t in torch.load(path, weights_only=True)]
-            else:
-                fs = []
-                for i in tqdm(range(0, len(hs), 16), desc=f"features {name} d{dist}", leave=False):
-                    fs += features(model, rend, hs[i:i + 16])[0]
-                if path is not None:
-                    torch.save([(f.key_h, f.write_tok, f.read_h, f.read_tok) for f in fs], path)
-            sets[f"{name}_d{dist}"] = (hs, fs)
+                hs = [history(rng, "heldout", dist, bank, heldout_types=ht) for _ in range(m)]
+            sets[f"{name}_d{dist}"] = (hs, features(model, rend, hs, memo)[0])
     return sets
 
 
-def evaluate(model, head, sets, per: list | None = None) -> dict:
+@torch.no_grad()
+def states(head: CopyHead, fs: list[Feats], bs: int = 32) -> torch.Tensor:
+    """Every history's state after its writes: [N, d, r]."""
+    return torch.cat([head.write(fs[i:i + bs]) for i in range(0, len(fs), bs)])
+
+
+@torch.no_grad()
+def exact(model, head: CopyHead, fs: list[Feats], S: torch.Tensor, bs: int = 32) -> tuple[list[bool], list[float]]:
+    """Bare-value exact recall (every value token and the end token the argmax given the gold prefix) and the
+    answer's CE per token, reading state S[i] for history i."""
+    hits, ces = [], []
+    for i in range(0, len(fs), bs):
+        fb = fs[i:i + bs]
+        logits, tgt, rows = head.logits(model, S[i:i + bs], fb)
+        ok = logits.argmax(-1) == tgt
+        ce = F.cross_entropy(logits, tgt, reduction="none")
+        for b in range(len(fb)):
+            hits.append(bool(ok[rows == b].all()))
+            ces.append(float(ce[rows == b].mean()))
+    return hits, ces
+
+
+def evaluate(model, head, sets, per: list | None = None, cache: dict | None = None) -> dict:
+    """Exact recall with each history's own state and with another's (the previous history's); the states are
+    left in `cache` (set name → [N, d, r]) for the free-form evaluation."""
     row: dict = {}
     for name, (hs, fs) in sets.items():
-        for ctl in ("own", "shuffled"):
-            hits, ces = recall(model, head, fs, ctl, bs=8)
+        S = states(head, fs)
+        if cache is not None:
+            cache[name] = S
+        for ctl, St in (("own", S), ("shuffled", S.roll(1, dims=0))):
+            hits, ces = exact(model, head, fs, St)
             row[f"{name}_{ctl}"] = round(sum(hits) / len(hits), 4)
             row[f"{name}_{ctl}_ce"] = round(sum(ces) / len(ces), 4)
             if per is not None:
@@ -257,22 +297,21 @@ def evaluate(model, head, sets, per: list | None = None) -> dict:
     return row
 
 
-def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, bs: int = 16) -> dict:
+def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, cache: dict, bs: int = 32) -> dict:
     """Free-form greedy replies to the question alone (the fact nowhere in the prompt), with the history's state and
-    with another history's, and the ceiling: the backbone with the fact turn right before the question (cached in
-    `root`, it does not depend on the head). One file per set, so a killed evaluation resumes."""
+    with another history's (the previous one's, as in `evaluate`; states from its `cache`), and the ceiling: the
+    backbone with the fact turn right before the question (cached in `root`, it does not depend on the head). One
+    file per set, so a killed evaluation resumes."""
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     res = {}
     for name, (hs, fs) in sets.items():
         path = out / f"gen_{name}.jsonl"
         if not path.exists():
             rows = []
-            for ctl in ("own", "shuffled"):
+            for ctl, S in (("own", cache[name]), ("shuffled", cache[name].roll(1, dims=0))):
                 for i in tqdm(range(0, len(hs), bs), desc=f"replies {name} {ctl}", leave=False):
-                    S = head.write(fs[i:i + bs]) if ctl == "own" else \
-                        head.write([fs[(j - 1) % len(fs)] for j in range(i, min(i + bs, len(fs)))])
                     replies, _ = generate_batch(model, [_question_prompt(rend, h) for h in hs[i:i + bs]], eos,
-                                                head=head, S=S)
+                                                head=head, S=S[i:i + bs])
                     rows += [_gen_row(h, tok.decode(r, skip_special_tokens=True), ctl) for h, r in zip(hs[i:i + bs], replies)]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cpath = root / f"ceiling_{name}_n{len(hs)}.jsonl"
@@ -315,11 +354,11 @@ def train(args) -> None:
                                                "args": vars(args)}, indent=1))
     distances = tuple(int(x) for x in args.distances.split(","))
     hs, pool = train_pool(model, rend, tok, args, out.parent)
-    teacher = teacher_pool(model, rend, tok, hs, out.parent / f"teacher_s{args.seed}_n{args.pool}_k{args.topk}.pt",
+    teacher = teacher_pool(model, rend, tok, hs, out.parent / f"teacher_s{args.seed}_n{args.pool}_b{args.bank}_k{args.topk}.pt",
                            args.topk) if args.distill else [None] * len(hs)
     if args.distill:
         tqdm.write(f"teacher replies containing the value: {sum(t is not None for t in teacher)}/{len(teacher)}")
-    quick = eval_sets(model, rend, tok, args.n_quick, (distances[0],))
+    quick = eval_sets(model, rend, tok, args.n_quick, (distances[0],), root=out.parent)
     log = out / "log.jsonl"
     t0 = time.time()
     bar = tqdm(total=args.steps, initial=step, desc=f"copyhist r{args.rank}", disable=args.quiet)
@@ -354,42 +393,81 @@ def train(args) -> None:
         if step % args.ckpt_every == 0 or step == args.steps:
             save_ckpt(out, step, head, opt)
     bar.close()
-    final = out / "final.json"
-    if not final.exists():
-        sets = eval_sets(model, rend, tok, args.n_eval, distances, hand=True, cache=out.parent)
-        per: list = []
-        row = {"step": step, "final": True} | evaluate(model, head, sets, per)
-        (out / "final_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))
-        row |= generation_eval(model, tok, rend, head, sets, out, out.parent)
-        final.write_text(json.dumps(row, indent=1))
-        with log.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        tqdm.write(json.dumps(row))
+    if not args.no_final:
+        final_eval(model, tok, rend, [out], args.n_eval, distances)
+
+
+def _load_head(model, run: Path) -> CopyHead:
+    head = CopyHead(model, json.loads((run / "meta.json").read_text())["rank"])
+    t = load_file(str(run / "ckpt.safetensors"))
+    head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
+    return head
+
+
+def final_eval(model, tok, rend, runs: list[Path], n: int, distances: tuple[int, ...]) -> None:
+    """Distance by distance (features computed once, cached beside the runs, shared by every run): exact recall of
+    the bare value and free-form replies for each run, written to `final_d{dist}.json` and the examples files;
+    a finished distance is skipped, so a killed evaluation resumes."""
+    heads = {run: _load_head(model, run) for run in runs}
+    for dist in distances:
+        todo = [r for r in runs if not (r / f"final_d{dist}.json").exists()]
+        if not todo:
+            continue
+        sets = eval_sets(model, rend, tok, n, (dist,), hand=True, root=runs[0].parent)
+        for run in todo:
+            per: list = []
+            cache: dict = {}
+            row = {"step": json.loads((run / "ckpt.json").read_text())["step"], "distance": dist}
+            row |= evaluate(model, heads[run], sets, per, cache)
+            (run / f"final_examples_d{dist}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))
+            row |= generation_eval(model, tok, rend, heads[run], sets, run, runs[0].parent, cache)
+            (run / f"final_d{dist}.json").write_text(json.dumps(row, indent=1))
+            tqdm.write(f"{run.name} {json.dumps(row)}")
+        del sets
+
+
+def evaluate_runs(args) -> None:
+    torch.set_num_threads(args.threads)
+    model, tok = load_backbone()
+    model.requires_grad_(False)
+    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    final_eval(model, tok, rend, [Path(r) for r in args.evaluate], args.n_eval,
+               tuple(int(x) for x in args.distances.split(",")))
 
 
 def report(root: Path) -> str:
+    """Per run and evaluation set: exact bare-value recall (own / another's state), free-form replies containing the
+    value (own / another's state, the memory difference with a paired interval), the ceiling (the backbone with the
+    fact right before the question, same histories) and own / ceiling; then free-form recall by kind."""
     from deltamem_agents.bench.stats import bootstrap_ci, paired_diff_ci
 
     f = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"  # noqa: E731
-    lines = ["| run | r | bytes | set | n | own state | another's state | memory (own − another) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for d in sorted(p for p in root.iterdir() if (p / "final_examples.jsonl").exists()):
-        meta = json.loads((d / "meta.json").read_text())
-        ex = [json.loads(x) for x in (d / "final_examples.jsonl").read_text().splitlines()]
-        for name in sorted({e["set"] for e in ex}):
-            own = [float(e["hit"]) for e in ex if e["set"] == name and e["control"] == "own"]
-            sh = [float(e["hit"]) for e in ex if e["set"] == name and e["control"] == "shuffled"]
+    lines = ["| run | set | n | exact own | exact another's | free-form own | free-form another's "
+             "| memory (own − another) | ceiling | own / ceiling |", "|---|---|---|---|---|---|---|---|---|---|"]
+    kinds = []
+    for d in sorted(p for p in root.iterdir() if list(p.glob("gen_*.jsonl"))):
+        exact = [json.loads(x) for e in sorted(d.glob("final_examples_d*.jsonl")) for x in e.read_text().splitlines()]
+        for g in sorted(d.glob("gen_*.jsonl")):
+            name = g.stem[4:]
+            rows = [json.loads(x) for x in g.read_text().splitlines()]
+            ceil = [json.loads(x) for c in root.glob(f"ceiling_{name}_n*.jsonl") for x in c.read_text().splitlines()]
+            own = [float(r["hit"]) for r in rows if r["control"] == "own"]
+            sh = [float(r["hit"]) for r in rows if r["control"] == "shuffled"]
+            ce = [float(r["hit"]) for r in ceil]
+            ex_own = [float(e["hit"]) for e in exact if e["set"] == name and e["control"] == "own"]
+            ex_sh = [float(e["hit"]) for e in exact if e["set"] == name and e["control"] == "shuffled"]
             diff = paired_diff_ci(own, sh)
-            lines.append(f"| {d.name} | {meta['rank']} | {meta['bytes']:,} | {name} | {len(own)} "
-                         f"| {f(bootstrap_ci(own))} | {f(bootstrap_ci(sh))} "
-                         f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] |")
+            ratio = sum(own) / max(sum(ce), 1e-9)
+            lines.append(f"| {d.name} | {name} | {len(own)} | {sum(ex_own) / max(len(ex_own), 1):.2f} "
+                         f"| {sum(ex_sh) / max(len(ex_sh), 1):.2f} | {f(bootstrap_ci(own))} | {f(bootstrap_ci(sh))} "
+                         f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] | {f(bootstrap_ci(ce))} | {ratio:.2f} |")
             by: dict[str, list[float]] = {}
-            for e in ex:
-                if e["set"] == name and e["control"] == "own":
-                    by.setdefault("tool" if e["speaker"] == "tool" else e["kind"], []).append(float(e["hit"]))
-            lines.append("| | | | by kind | | " + ", ".join(f"{k} {sum(v) / len(v):.2f} ({len(v)})"
-                                                              for k, v in sorted(by.items())) + " | | |")
-    text = "\n".join(lines) + "\n"
+            for r in rows:
+                if r["control"] == "own":
+                    by.setdefault("tool" if r["speaker"] == "tool" else r["kind"], []).append(float(r["hit"]))
+            kinds.append(f"- {d.name} {name}: " + ", ".join(f"{k} {sum(v) / len(v):.2f} ({len(v)})"
+                                                           for k, v in sorted(by.items())))
+    text = "\n".join(lines + ["", "Free-form recall by kind (own state; tool = stated by a tool):"] + kinds) + "\n"
     (root / "report.md").write_text(text)
     return text
 
@@ -404,6 +482,7 @@ def main() -> None:
     ap.add_argument("--beta-bias", type=float, default=-4.0)
     ap.add_argument("--gate-weight", type=float, default=1.0)
     ap.add_argument("--max-pos-weight", type=float, default=20.0)
+    ap.add_argument("--bank", type=int, default=600, help="chit-chat exchanges the training histories draw from")
     ap.add_argument("--train-min", type=int, default=40)
     ap.add_argument("--train-max", type=int, default=250)
     ap.add_argument("--distances", default="500,2000")
@@ -421,9 +500,14 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default="runs/copyhist/r64")
     ap.add_argument("--report", default="")
+    ap.add_argument("--no-final", action="store_true", help="train only; evaluate later with --evaluate")
+    ap.add_argument("--evaluate", nargs="+", default=[], metavar="RUN_DIR",
+                    help="the final evaluation of trained runs (same parent directory), distance by distance")
     args = ap.parse_args()
     if args.report:
         print(report(Path(args.report)))
+    elif args.evaluate:
+        evaluate_runs(args)
     else:
         train(args)
 

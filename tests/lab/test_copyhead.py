@@ -21,6 +21,8 @@ def test_batched_write_equals_a_naive_loop():
     g = torch.Generator().manual_seed(0)
     feats = [_feats(g, n, 3, 64, 97) for n in (1, 7, 4)]
     S = head.write(feats)
+    with torch.no_grad():  # the in-place evaluation path
+        torch.testing.assert_close(head.write(feats), S.detach(), atol=1e-6, rtol=1e-5)
     for b, f in enumerate(feats):
         ref = torch.zeros(64, 5)
         for t in range(len(f.write_tok)):
@@ -42,3 +44,16 @@ def test_a_written_token_is_read_back_by_its_key():
         other = head.write([_feats(g, 1, 1, 64, 97)])  # another conversation's state does not carry it
         logits2, _, _ = head.logits(model, other, [f])
         assert logits2[0, 42] < logits[0, 42]
+
+
+def test_one_pass_tied_read_equals_lm_head_plus_read():
+    from lab.copy_generate import _logits_with_read
+
+    model = tiny_llama()
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied, as SmolLM2
+    head = CopyHead(model, rank=4)
+    g = torch.Generator().manual_seed(5)
+    h, u = torch.randn(3, 64, generator=g), torch.randn(3, 64, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits_with_read(model, head, h, u), model.lm_head(h) + u @ head.E.T,
+                                   atol=1e-5, rtol=1e-5)
