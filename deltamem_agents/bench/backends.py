@@ -22,6 +22,11 @@
                      prompt read with writes off. Same mechanics as deltamem_shuffled, so in the window, where
                      the runtime arm writes the visible fact while reading it, deltamem_frozen − deltamem_shuffled
                      is the memory measurement; out of the window it should reproduce deltamem.
+  fact               the ceiling of the open-set suites: the plain backbone (δ-mem off) whose prompt is the system
+                     prompt, the item's fact turns (`item.fact_turns`, in order: the statement and its
+                     acknowledgement; for a tool's result the request, the tool call, the tool message and the
+                     acknowledgement) and the question — nothing else. Items without fact turns get a skipped row
+                     saying so (only the openset-* tasks have them).
 memory_bytes / memory_kind: `delta_state` = δ-state tensor bytes (fp32; what a session persists),
 `retrieved_text` = UTF-8 bytes of the retrieved context (the index size is in `index_bytes`),
 `kv_cache` = the KV cache of the full-history prompt, `none` otherwise. Every row also has `kv_bytes`,
@@ -132,8 +137,21 @@ def deltamem_rag_shuffled(ctx: BenchContext, item: Item) -> Prepared:
     return _rag(ctx, item, "donor")
 
 
+def fact(ctx: BenchContext, item: Item) -> Prepared:
+    if not item.fact_turns:
+        return Prepared(skip=f"the fact backend needs the item's fact turns, which task {item.task!r} does not "
+                             "mark (use an openset-* task)")
+    turns = tuple(item.messages[i] for i in item.fact_turns)
+    p = ctx.passes(item, ctx.policy(item, budget=max(ctx.full_budget, item.budget or 0)), messages=turns)
+    if p.write_passes:
+        return Prepared(skip=f"the fact turns do not fit the full-context budget ({ctx.full_budget} tokens)")
+    return Prepared(p.read_ids, p.read_mids, memory_bytes=ctx.kv_bytes_per_token * len(p.read_ids),
+                    memory_kind="kv_cache", fields={"in_window": True, "evidence_visible": 1.0})
+
+
 BACKENDS: dict[str, Backend] = {"floor": floor, "window": window, "full": full, "rag": rag, "deltamem": deltamem,
                                 "deltamem_rag": deltamem_rag, "deltamem_shuffled": deltamem_shuffled,
-                                "deltamem_frozen": deltamem_frozen, "deltamem_rag_shuffled": deltamem_rag_shuffled}
+                                "deltamem_frozen": deltamem_frozen, "deltamem_rag_shuffled": deltamem_rag_shuffled,
+                                "fact": fact}
 NEEDS_ADAPTER = frozenset({"deltamem", "deltamem_rag", "deltamem_shuffled", "deltamem_frozen",
                            "deltamem_rag_shuffled"})

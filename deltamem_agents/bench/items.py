@@ -32,6 +32,7 @@ class Item:
     donor: tuple[dict, ...] | None = None  # history of another episode of the same task (shuffled control)
     donor_id: str | None = None
     query: str | None = None  # what the RAG backends search with (default: the question)
+    fact_turns: tuple[int, ...] = ()  # message indices of the turns stating the facts (the `fact` ceiling's history)
 
     def episode(self, messages: tuple[dict, ...] | None = None) -> Episode:
         """The item as an `Episode` (what `train.episode.history_passes` replays); `messages` swaps the history."""

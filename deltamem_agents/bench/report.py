@@ -20,17 +20,17 @@ from .stats import bootstrap_ci, paired_diff_ci
 
 LORA_PREFIX = "lora_"  # rows of a `bench --lora` run are named lora_<backend>, so they sit beside δ-mem's rows
 ORDER = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
-         "deltamem_frozen", "deltamem_rag_shuffled")  # = backends.BACKENDS
+         "deltamem_frozen", "deltamem_rag_shuffled", "fact")  # = backends.BACKENDS
 
 # δ-mem frozen − shuffled has identical mechanics on both sides (whole state written beforehand, read with writes
 # off): the memory measurement in the window, where δ-mem − shuffled also counts the window's own writes
 # ... and δ-mem − LoRA (window): the LoRA control, rows of a `--lora` run merged into the same file
 PAIRS = (("deltamem", "window"), ("deltamem", "deltamem_shuffled"), ("deltamem_frozen", "deltamem_shuffled"),
          ("deltamem", "lora_window"), ("deltamem_rag", "rag"), ("deltamem_rag", "deltamem_rag_shuffled"),
-         ("deltamem_rag", "lora_rag"))
+         ("deltamem_rag", "lora_rag"), ("deltamem", "fact"))
 LABEL = {"deltamem": "δ-mem", "deltamem_rag": "δ-mem+RAG", "deltamem_shuffled": "shuffled", "rag": "RAG",
          "deltamem_frozen": "δ-mem frozen", "lora_window": "LoRA (window)", "lora_rag": "LoRA+RAG",
-         "deltamem_rag_shuffled": "shuffled+RAG"}
+         "deltamem_rag_shuffled": "shuffled+RAG", "fact": "fact turn (ceiling)"}
 
 
 def label(backend: str) -> str:
@@ -59,6 +59,8 @@ def cells_of(row: dict[str, Any]) -> list[str]:
         return ["all"]
     if task == "capability":
         return ["babi" if "babi_task" in row else "instruction"]
+    if task.startswith("openset-"):
+        return [str(row.get("cell", "all"))]
     return [str(row.get("condition", "all"))]
 
 
@@ -147,6 +149,9 @@ def render(rows: list[dict[str, Any]]) -> str:
                                     ("synthetic-capacity", "n_facts", None, "Accuracy by number of facts")):
         if any(r["task"] == task for r in rows):
             lines += ["", f"## {title} ({task})"] + _by_key(rows, task, key, backends, split)
+    for task in sorted({r["task"] for r in rows if r["task"].startswith("openset-")}):
+        lines += ["", f"## Accuracy by value kind, all cells pooled ({task})"] + _by_key(rows, task, "value_kind",
+                                                                                        backends)
     upd = [r for r in scored(rows) if r["task"] == "synthetic-update"]
     if upd:
         lines += ["", "## Stale answers on fact updates (rate of answering the old value)", ""]

@@ -14,9 +14,9 @@ eval_app = typer.Typer(no_args_is_help=True, help="Memory probes: recall with co
                                                  "paired comparisons.")
 
 BENCH_TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "synthetic-vartrack", "babi", "locomo",
-               "capability")
+               "capability", "openset-distance", "openset-newrel", "openset-hand", "openset-tool", "openset-multi")
 BENCH_BACKENDS = ("floor", "window", "full", "rag", "deltamem", "deltamem_rag", "deltamem_shuffled",
-                  "deltamem_frozen", "deltamem_rag_shuffled")
+                  "deltamem_frozen", "deltamem_rag_shuffled", "fact")
 
 
 @bench_app.callback(invoke_without_command=True)
@@ -39,6 +39,9 @@ def bench(ctx: typer.Context,
           n_facts: str = typer.Option("1,2,4,8,16,32", help="synthetic-capacity fact counts"),
           hops: str = typer.Option("0,1,2,3", help="synthetic-vartrack chain links between the code and the asked "
                                                 "locker"),
+          openset_distances: str = typer.Option("500,2000", help="openset-distance/-newrel/-hand: tokens of "
+                                                                  "chit-chat after the fact"),
+          openset_n_facts: str = typer.Option("3,4,5,6,7,8", help="openset-multi: facts in one history"),
           full_budget: int = typer.Option(8192, help="budget of the in-window conditions and the full backend"),
           locomo: Optional[Path] = typer.Option(None, help="LoCoMo JSON (default "
                                                            "$DELTAMEM_DATA/locomo/locomo_dev.json)"),
@@ -67,6 +70,7 @@ def bench(ctx: typer.Context,
     log_progress()
     tcfg = TaskConfig(limit=limit, seed=seed, full_budget=full_budget, distances=ints(distances),
                       n_facts=ints(n_facts), vartrack_hops=ints(hops), conditions=names(conditions),
+                      openset_distances=ints(openset_distances), openset_n_facts=ints(openset_n_facts),
                       value_kinds=names(value_kinds) or None, babi_dir=str(babi_dir) if babi_dir else None,
                       locomo_path=str(locomo) if locomo else None)
     cfg = BenchConfig(out=out, tasks=names(tasks), backends=names(backends), budget=budget, adapter=adapter,

@@ -3,7 +3,7 @@
 `limit` caps the items per *cell*: per (distance, condition) for synthetic-distance and -update, per (hops,
 condition) for synthetic-vartrack, per number of
 facts for synthetic-capacity, per (bAbI task, condition) for babi and capability, per (conversation, category)
-for LoCoMo. Without a limit, the synthetic, bAbI and capability suites use `default_limit` items per cell and
+for LoCoMo, per distance (or number of facts) for the open-set suites. Without a limit, the synthetic, bAbI and capability suites use `default_limit` items per cell and
 LoCoMo uses every question.
 """
 
@@ -18,7 +18,7 @@ from ..items import Item
 logger = logging.getLogger(__name__)
 
 TASKS = ("synthetic-distance", "synthetic-capacity", "synthetic-update", "synthetic-vartrack", "babi", "locomo",
-         "capability")
+         "capability", "openset-distance", "openset-newrel", "openset-hand", "openset-tool", "openset-multi")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class TaskConfig:
     babi_filler: int = 1000  # tokens of chit-chat pushing the story out of the window
     locomo_path: str | None = None
     default_limit: int = 50
+    openset_distances: tuple[int, ...] = (500, 2000)  # openset-distance / -newrel / -hand: tokens after the fact
+    openset_tool_distance: int = 1000  # openset-tool: tokens after the tool's result
+    openset_n_facts: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # openset-multi: facts in one history
+    openset_multi_distance: int = 500  # openset-multi: tokens after the last fact
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -57,6 +61,7 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
     """All items of `task` (deterministic for a given config)."""
     from .babi import babi_items, capability_items
     from .locomo import locomo_items
+    from .openset import openset_items
     from .paths import babi_dir
     from .synthetic import capacity_items, distance_items, update_items, vartrack_items
 
@@ -77,6 +82,12 @@ def build_items(task: str, cfg: TaskConfig, count: Callable[[str], int]) -> list
         return babi_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir), cfg.babi_filler)
     if task == "capability":
         return capability_items(n, cfg.seed, count, cfg.full_budget, babi_dir(cfg.babi_dir))
+    if task in ("openset-distance", "openset-newrel", "openset-hand"):
+        return openset_items(task, list(cfg.openset_distances), n, cfg.seed, count)
+    if task == "openset-tool":
+        return openset_items(task, [cfg.openset_tool_distance], n, cfg.seed, count)
+    if task == "openset-multi":
+        return openset_items(task, list(cfg.openset_n_facts), n, cfg.seed, count, cfg.openset_multi_distance)
     if task == "locomo":
         return locomo_items(cfg.locomo_path, limit=cfg.limit, seed=cfg.seed)
     raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
