@@ -3,8 +3,9 @@
 `limit` caps the items per *cell*: per (distance, condition) for synthetic-distance and -update, per (hops,
 condition) for synthetic-vartrack, per number of
 facts for synthetic-capacity, per (bAbI task, condition) for babi and capability, per (conversation, category)
-for LoCoMo, per distance (or number of facts) for the open-set suites. Without a limit, the synthetic, bAbI and capability suites use `default_limit` items per cell and
-LoCoMo uses every question.
+for LoCoMo, per distance (number of facts for openset-multi) for the open-set suites. Without a limit, the
+synthetic, open-set, bAbI and capability suites use `default_limit` items per cell (openset-hand at most its 48
+probes) and LoCoMo uses every question.
 """
 
 from __future__ import annotations
