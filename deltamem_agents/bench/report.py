@@ -150,8 +150,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         if any(r["task"] == task for r in rows):
             lines += ["", f"## {title} ({task})"] + _by_key(rows, task, key, backends, split)
     for task in sorted({r["task"] for r in rows if r["task"].startswith("openset-")}):
-        lines += ["", f"## Accuracy by value kind, all cells pooled ({task})"] + _by_key(rows, task, "value_kind",
-                                                                                        backends)
+        lines += ["", f"## Accuracy by value kind, all cells pooled ({task})", ""]
+        lines += _by_key(rows, task, "value_kind", backends)
     upd = [r for r in scored(rows) if r["task"] == "synthetic-update"]
     if upd:
         lines += ["", "## Stale answers on fact updates (rate of answering the old value)", ""]
