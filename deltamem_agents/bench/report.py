@@ -2,7 +2,8 @@
 
 Tables: score per (task, cell) × backend; paired differences δ-mem − window, δ-mem − shuffled (the memory
 control; only this may be called memory), δ-mem+RAG − RAG, each a paired bootstrap over the items both
-backends answered; synthetic-distance by distance, synthetic-capacity by number of facts, stale answers on
+backends answered; synthetic-distance by distance, synthetic-capacity by number of facts, the open-set suites by
+cell (distance, or number of facts) and by value kind, with δ-mem − the fact-turn ceiling; stale answers on
 fact updates, and costs (prompt tokens, latency, memory bytes). Scores: accuracy (normalised containment)
 everywhere except LoCoMo categories 1-4, which use the official stemmed token F1; LoCoMo category 5 is the
 official adversarial accuracy, reported separately. Skipped rows (e.g. `full` when the history does not fit)
