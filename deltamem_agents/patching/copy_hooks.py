@@ -120,6 +120,7 @@ class CopyLMHead(nn.Module):
         self.base = base
         object.__setattr__(self, "_adapter", adapter)  # not registered: the adapter owns its parameters
         object.__setattr__(self, "_embedding", embedding)
+        self.one_pass = True  # tied heads: base logits and read in one matmul (off: two, as for an untied head)
 
     @property
     def weight(self) -> Tensor:
@@ -146,7 +147,7 @@ class CopyLMHead(nn.Module):
             return self.base(x)  # the state read is exactly zero (a fresh session): the base logits
         col = cc.channel.gain(x) * cc.reads(pos)  # [B, K, d] fp32
         norms = cp.embedding_norms(self._embedding.weight)
-        if fast and self.tied:
+        if fast and self.one_pass and self.tied:
             return cp.tied_logits(self.base.weight, self.bias, norms, x, col)
         out = self.base(x)
         return out + cp.read_generic(self._embedding.weight, norms, col).to(out.dtype)
