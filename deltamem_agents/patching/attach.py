@@ -97,6 +97,8 @@ def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> DeltaMemAd
     q0, o0 = getattr(attns[0], spec.q_name), getattr(attns[0], spec.o_name)
     if not isinstance(q0, nn.Linear) or not isinstance(o0, nn.Linear):
         raise UnsupportedArchitectureError(f"{spec.q_name}/{spec.o_name} are not nn.Linear (already wrapped?)")
+    if config.copy_rank:
+        copy_hooks.check(model, spec)
     for p in model.parameters():
         p.requires_grad_(False)
     ref = q0.weight

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..core import copy as cp
 from ..core import fastpath
+from ..errors import UnsupportedArchitectureError
 from .context import current
 from .registry import ArchSpec, module_at
 
@@ -153,12 +154,20 @@ class CopyLMHead(nn.Module):
         return out + cp.read_generic(self._embedding.weight, norms, col).to(out.dtype)
 
 
-def install(model: nn.Module, adapter: Any, spec: ArchSpec) -> None:
-    """Hook the final norm and wrap the LM head for `adapter.copy` (see the module docstring)."""
-    norm = module_at(model, spec.norm_path)
+def check(model: nn.Module, spec: ArchSpec) -> None:
+    """Refuse, before anything is patched, a model whose final norm or LM head is not where `spec` says."""
+    module_at(model, spec.norm_path)
     head = getattr(model, spec.head_name, None)
     if not isinstance(head, nn.Linear):
-        raise TypeError(f"the copy channel needs `{spec.head_name}` to be an nn.Linear, got {type(head).__name__}")
+        raise UnsupportedArchitectureError(f"the copy channel needs `{spec.head_name}` to be an nn.Linear, got "
+                                           f"{type(head).__name__}")
+
+
+def install(model: nn.Module, adapter: Any, spec: ArchSpec) -> None:
+    """Hook the final norm and wrap the LM head for `adapter.copy` (see the module docstring)."""
+    check(model, spec)
+    norm = module_at(model, spec.norm_path)
+    head = getattr(model, spec.head_name)
 
     def hook(_module: nn.Module, _args: Any, out: Any) -> None:
         call = current(adapter)

@@ -219,3 +219,27 @@ def test_adapter_files_carry_the_copy_channel(untied, tmp_path):
         b = forward_with_state(other, ids, None, message_ids=mids)
     assert torch.equal(a.outputs.logits, b.outputs.logits) and a.state.equal(b.state)
     assert adapter.state_bytes() - attach(_model(), DeltaMemConfig(rank=3)).state_bytes() == 4 * D * (R + 1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text"])
+def test_every_registered_architecture(arch, one_thread):
+    """The final norm and the LM head are found for each architecture: calls split anyhow equal one pass, and
+    detach gives the backbone back."""
+    from tests.patching.test_architectures import _build
+
+    model = _build(arch)
+    x = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    mids = torch.zeros_like(x)
+    with torch.no_grad():
+        ref = model(x).logits
+        adapter = attach(model, DeltaMemConfig(rank=2, output_init="zero", copy_rank=3))
+        with torch.no_grad():
+            adapter.copy.beta.bias.fill_(1.0)
+        full = forward_with_state(model, x, None, message_ids=mids)
+        st, logits = _split(model, x, mids, [0, 4, 5, 11])
+    assert full.state.C.abs().max() > 0 and not torch.allclose(full.outputs.logits, ref)
+    torch.testing.assert_close(torch.cat(logits, 1), full.outputs.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(st.C, full.state.C, rtol=1e-4, atol=1e-5)
+    detach(model)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref)
