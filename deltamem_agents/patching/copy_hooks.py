@@ -43,7 +43,8 @@ class CopyCall:
     C_in: Tensor  # [B, d, r]
     prev_h_in: Tensor  # [B, d]
     write: bool
-    keep: Any = 0  # the call's logits_to_keep (int: the last that many positions, 0 = all; or an index tensor)
+    keep: Any = 0  # the call's logits_to_keep (int: the last that many positions, 0 = all; or an index tensor);
+    # None: no LM head in this call (skip_lm_head), per-position reads only if `apply` asks for them
     detach: bool = False  # the trainer's truncated write pass: keys from detached hidden states
     h: Tensor | None = None  # [B, T, d] fp32 final normed hidden states (set by the hook)
     C_out: Tensor | None = None
@@ -66,7 +67,7 @@ class CopyCall:
         beta = beta * self.written
         v = cp.values(self.embedding, self.ids)
         self._scan_in = (k, v, beta)
-        need_all = not (isinstance(self.keep, int) and self.keep == 1)
+        need_all = self.keep is not None and not (isinstance(self.keep, int) and self.keep == 1)
         self.C_out, self._reads = cp.scan(self.C_in, k, v, beta, self.channel.query(hf) if need_all else None)
 
     # --- reads ----------------------------------------------------------------------------------------------

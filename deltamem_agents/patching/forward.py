@@ -63,7 +63,8 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
                        zero_slots=zero_slots(state) if fast and T == 1 else None)
     if adapter.copy is not None:
         call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, seg.written, state.C, state.prev_h,
-                                        write, kwargs.get("logits_to_keep", 0), detach_inputs)
+                                        write, None if skip_lm_head else kwargs.get("logits_to_keep", 0),
+                                        detach_inputs)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
