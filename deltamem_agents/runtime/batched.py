@@ -254,7 +254,8 @@ class _Batch:
         cur = self.cursors[b]
         cur.cache = _unstack_row(self.dec, self.cache, i, self.mask[i].bool())
         if self.state is not None:
-            cur.state = self.state.select(i).clone()
+            if cur.write:  # a read-only row keeps its state as it came in (as `Engine.forward` does)
+                cur.state = self.state.select(i).clone()
         self.closed[b] = True
 
     def close_all(self) -> None:
@@ -269,8 +270,7 @@ class _Batch:
         self.cache.batch_select_indices(idx)
         self.mask = self.mask[idx]
         if self.state is not None:
-            s = self.state
-            self.state = DeltaState(s.S[:, idx], s.pend_sum[:, idx], s.pend_count[idx], s.pend_id[idx])
+            self.state = self.state.rows(idx)  # copy-channel tensors included
         self.rows = [self.rows[i] for i in keep]
 
 
