@@ -6,7 +6,8 @@
 `message_ids` [B,T] label each token with its chat message index (-1: not written, e.g. the system prompt);
 token writes (TSW/MSW) write every labelled token, message writes (SSW) write each message's mean once it
 closes. Without ids every valid token is written (token modes only). With a copy channel the same tokens are
-written into its state too, and `out.copy` (a `patching.copy_hooks.CopyCall`) can add its read to logits computed
+written into its state too (except with `copy_write=False`: the runtime's generated tokens, so that a reply never
+reads back its own tokens), and `out.copy` (a `patching.copy_hooks.CopyCall`) can add its read to logits computed
 later (`skip_lm_head=True`: `out.copy.apply(logits)`). `detach_inputs=True` is the
 trainer's truncated-gradient write pass: the new state keeps its graph to the δ-mem parameters, but
 neither the layer inputs nor the corrections carry gradients, so the backbone activations are not stored. Padding comes from the 2-D
@@ -42,7 +43,7 @@ class StepOutput:
 def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | None = None, *,
                        message_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                        write: bool = True, skip_lm_head: bool = False, capture_inputs: bool = False,
-                       detach_inputs: bool = False, capture_gates: bool = False,
+                       detach_inputs: bool = False, capture_gates: bool = False, copy_write: bool = True,
                        **kwargs: Any) -> StepOutput:
     adapter = get_adapter(model)
     B, T = input_ids.shape
@@ -62,7 +63,8 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
                        detach_inputs=detach_inputs, capture_gates=capture_gates, fast=fast,
                        zero_slots=zero_slots(state) if fast and T == 1 else None)
     if adapter.copy is not None:
-        call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, seg.written, state.C, state.prev_h,
+        written = seg.written if copy_write else torch.zeros_like(seg.written)  # generated tokens: keys move, no writes
+        call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, written, state.C, state.prev_h,
                                         write, None if skip_lm_head else kwargs.get("logits_to_keep", 0),
                                         detach_inputs)
     net = model.get_decoder() if skip_lm_head else model

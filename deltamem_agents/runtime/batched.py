@@ -217,12 +217,13 @@ class _Batch:
             c.tokens.extend(t)
         return self
 
-    def _run(self, x: Tensor, mids: Tensor, pos: Tensor) -> Tensor:
+    def _run(self, x: Tensor, mids: Tensor, pos: Tensor, generated: bool = False) -> Tensor:
         model = self.dec.model
         kw = dict(**cache_kwargs(model, self.cache), use_cache=True, position_ids=pos, logits_to_keep=1,
                   attention_mask=self.mask)
         if self.state is not None and is_attached(model):
-            out = forward_with_state(model, x, self.state, message_ids=mids, write=True, **kw)
+            out = forward_with_state(model, x, self.state, message_ids=mids, write=True, copy_write=not generated,
+                                     **kw)
             self.state, outputs = out.state, out.outputs
         else:
             outputs = model(input_ids=x, **kw)
@@ -236,7 +237,7 @@ class _Batch:
         pos = torch.tensor([[len(self.cursors[b].tokens)] for b in self.rows], device=dev)
         mids = torch.tensor([[m if self.cursors[b].write else -1] for b, m in zip(self.rows, msg_ids)], device=dev)
         self.mask = torch.cat([self.mask, torch.ones(n, 1, dtype=self.mask.dtype, device=dev)], dim=1)
-        self.logits = self._run(torch.tensor([[t] for t in toks], device=dev), mids, pos)
+        self.logits = self._run(torch.tensor([[t] for t in toks], device=dev), mids, pos, generated=True)
         for b, t in zip(self.rows, toks):
             self.cursors[b].tokens.append(t)
         return self.logits

@@ -91,8 +91,10 @@ class Engine:
         return Cursor(self.new_cache(), state, [], write)
 
     @torch.inference_mode()
-    def forward(self, cur: Cursor, ids: list[int], mids: list[int], *, write: bool = True) -> Tensor:
-        """Feed `ids` after what `cur` holds; returns the last position's logits [V] (fp32)."""
+    def forward(self, cur: Cursor, ids: list[int], mids: list[int], *, write: bool = True,
+                generated: bool = False) -> Tensor:
+        """Feed `ids` after what `cur` holds; returns the last position's logits [V] (fp32). `generated` tokens
+        are written into the δ layers but not into a copy channel (a reply does not copy its own tokens)."""
         if not ids:
             raise ValueError("nothing to feed")
         x = torch.tensor([ids], device=self.device)
@@ -100,7 +102,7 @@ class Engine:
         kw = dict(**cache_kwargs(self.model, cur.cache), use_cache=True, position_ids=pos, logits_to_keep=1)
         if is_attached(self.model) and cur.state is not None:
             out = forward_with_state(self.model, x, cur.state, message_ids=torch.tensor([mids], device=self.device),
-                                     write=write and cur.write, **kw)
+                                     write=write and cur.write, copy_write=not generated, **kw)
             cur.state = out.state
             outputs = out.outputs
         else:
@@ -167,7 +169,7 @@ class Engine:
                 emitted = text
             if len(res.token_ids) == cfg.max_new_tokens:
                 break  # the last token is kept but not fed: the session feeds the reply's closing tokens
-            logits = self.forward(cur, [tok], [msg_id])
+            logits = self.forward(cur, [tok], [msg_id], generated=True)
             res.n_fed += 1
         else:
             res.finish_reason = "length"

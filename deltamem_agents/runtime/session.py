@@ -243,5 +243,10 @@ class SessionRunner:
                 del cur.tokens[-n:]
             cur.state = before
             tail = block[head:]
-        if tail:
-            self.engine.forward(cur, tail, [reply_id] * len(tail))
+        # the reply's content tokens count as generated (a copy channel does not write them), its closing tokens not
+        close = len(r.message_ids({"role": "assistant", "content": ""})) - head
+        split = max(0, len(block) - close - (len(block) - len(tail)))
+        if split:
+            self.engine.forward(cur, tail[:split], [reply_id] * split, generated=True)
+        if tail[split:]:
+            self.engine.forward(cur, tail[split:], [reply_id] * (len(tail) - split))

@@ -12,7 +12,7 @@ import torch
 from deltamem_agents.chat.model import DeltaMemChat
 from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.runtime.batched import BatchedDecoder, DecodeJob
-from deltamem_agents.runtime.decode import Engine, GenerationConfig
+from deltamem_agents.runtime.decode import Engine, Generation, GenerationConfig
 from deltamem_agents.runtime.store import SessionStore, SQLiteBackend
 from deltamem_agents.runtime.window import WindowPolicy
 from tests.conftest import randomize_adapter
@@ -96,3 +96,23 @@ def test_batched_decoding_equals_alone(copy_model):
         assert a.tokens == b.tokens and a.state.equal(b.state, atol=ATOL)
         la, lb = engine.forward(a, [5], [9]), engine.forward(b, [5], [9])
         assert torch.allclose(la, lb, atol=ATOL, rtol=1e-4)
+
+
+
+def test_a_reply_does_not_write_its_own_tokens_into_the_copy_memory(copy_model):
+    """Generated tokens move the δ layers' state and the copy channel's key (prev_h), never its memory C: a reply
+    copying a remembered value must not then read back its own tokens."""
+    model, tok = copy_model
+    V = model.config.vocab_size
+    engine = Engine(model, tok, eos_ids=(V + 1,))
+    cur, prompt_only, as_input = (_cursor(engine, 7, 5) for _ in range(3))
+    res = Generation()
+    list(engine.decode(cur, engine.forward(cur, [4, 5, 6, 7], [3] * 4), 3, GenerationConfig(max_new_tokens=4),
+                       None, res))
+    assert res.n_fed == 3
+    engine.forward(prompt_only, [4, 5, 6, 7], [3] * 4)
+    engine.forward(as_input, [4, 5, 6, 7] + res.token_ids[:3], [3] * 7)  # the same tokens, not generated
+    torch.testing.assert_close(cur.state.C, prompt_only.state.C, atol=ATOL, rtol=1e-5)
+    assert not torch.allclose(as_input.state.C, prompt_only.state.C, atol=ATOL)  # written, they would change C
+    torch.testing.assert_close(cur.state.S, as_input.state.S, atol=ATOL, rtol=1e-4)  # the δ layers wrote them
+    torch.testing.assert_close(cur.state.prev_h, as_input.state.prev_h, atol=ATOL, rtol=1e-4)
