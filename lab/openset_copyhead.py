@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deltamem_agents.backbone import load_backbone
+from deltamem_agents.core.copy import CopyChannel
 from deltamem_agents.datasets.openset import sample_fact
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
@@ -91,25 +91,15 @@ def train_pool(model, rend, n: int, seed: int, path: Path, answers: str = "bare"
     return feats
 
 
-class CopyHead(nn.Module):
+class CopyHead(CopyChannel):
+    """The product's copy-channel parameters (`core.copy.CopyChannel`, same initialisation) with the lab's batched
+    write and read over precomputed features."""
+
     def __init__(self, model, rank: int, beta_bias: float = 1.0, gate_bias: float = 0.0, tau: float = 10.0):
-        super().__init__()
         emb = model.get_input_embeddings().weight.detach().float()
-        d = emb.shape[1]
+        super().__init__(emb.shape[1], rank, beta_bias=beta_bias, gate_bias=gate_bias, tau=tau)
         self.register_buffer("E", F.normalize(emb, dim=-1), persistent=False)
-        self.wk = nn.Linear(d, rank, bias=False)
-        self.wq = nn.Linear(d, rank, bias=False)
-        self.beta = nn.Linear(d, 1)
-        self.gate = nn.Linear(d, 1)
-        self.log_tau = nn.Parameter(torch.tensor(float(tau)).log())
-        nn.init.normal_(self.wk.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.wq.weight.copy_(self.wk.weight)  # start with queries in the keys' space
-            self.beta.weight.zero_()
-            self.beta.bias.fill_(beta_bias)
-            self.gate.weight.zero_()
-            self.gate.bias.fill_(gate_bias)
-        self.d, self.rank = d, rank
+        self.d = emb.shape[1]
 
     def write(self, feats: list[Feats]) -> torch.Tensor:
         """The states after writing each example's tokens in order: [B, d, r] (fp32)."""
