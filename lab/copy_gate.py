@@ -30,7 +30,8 @@ from deltamem_agents.backbone import load_backbone
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 
 from .copy_generate import generate_batch
-from .openset_copyhistory import Hist, Memo, _load_head, _question_prompt, features, history, make_bank
+from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, features, history, make_bank,
+                                  train_histories)
 
 ROLES = ("user", "assistant", "tool")
 
@@ -101,9 +102,7 @@ def main() -> None:
     rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
     root = Path(args.linear).parent
 
-    bank = make_bank(0 * 7_919 + 5, args.bank, tok)  # the training bank and histories of lab.openset_copyhistory
-    rng = random.Random(0 * 7_919 + 2)
-    hs = [history(rng, "train", rng.randint(40, 250), bank) for _ in range(args.pool)]
+    hs = train_histories(tok, 0, args.pool, args.bank, 40, 250)  # lab.openset_copyhistory's defaults
     memo = Memo(root / f"memo_train_s0_b{args.bank}.pt")
     gts = [g for i in range(0, len(hs), 64) for g in features(model, rend, hs[i:i + 64], memo)[1]]
     X = [gate_inputs(h, memo) for h in hs]

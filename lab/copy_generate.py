@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deltamem_agents.core.copy import embedding_norms, tied_logits
+
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24, head=None,
@@ -55,13 +57,8 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
 
 
 def _logits_with_read(model, head, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """lm_head(h) + Ê·u. With tied embeddings (lm_head.weight = E, Ê = E / ‖rows‖) both are one product of E with
-    [h; u]: E·h + (E·u) / ‖rows‖, one pass over the [V, d] matrix instead of two."""
+    """lm_head(h) + Ê·u; for a tied fp32 head one pass over E (the product's `core.copy.tied_logits`)."""
     W = model.lm_head.weight
     if W.data_ptr() == model.get_input_embeddings().weight.data_ptr() and W.dtype == torch.float32:
-        norms = getattr(head, "_row_norms", None)
-        if norms is None:
-            norms = head._row_norms = W.detach().norm(dim=-1)
-        both = torch.cat([h, u]) @ W.T
-        return both[:len(h)] + both[len(h):] / norms
+        return tied_logits(W, model.lm_head.bias, embedding_norms(W), h[:, None], u[:, None])[:, 0]
     return model.lm_head(h.to(W.dtype)).float() + u @ head.E.T

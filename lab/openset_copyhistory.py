@@ -167,12 +167,17 @@ def _read_feats(model, exs, bs: int = 16):
     return out
 
 
+def train_histories(tok, seed: int, n: int, bank_size: int, lo: int, hi: int) -> list[Hist]:
+    """The training histories: exchanges from the training bank, lo–hi content tokens after the fact."""
+    bank = make_bank(seed * 7_919 + 5, bank_size, tok)
+    rng = random.Random(seed * 7_919 + 2)
+    return [history(rng, "train", rng.randint(lo, hi), bank) for _ in range(n)]
+
+
 def train_pool(model, rend, tok, args, root: Path) -> tuple[list[Hist], list[tuple[Feats, torch.Tensor]]]:
     """The training histories (exchanges from a training bank) with their features and gate targets; message
     features are memoised on disk, so a rerun costs only the reads."""
-    bank = make_bank(args.seed * 7_919 + 5, args.bank, tok)
-    rng = random.Random(args.seed * 7_919 + 2)
-    hs = [history(rng, "train", rng.randint(args.train_min, args.train_max), bank) for _ in range(args.pool)]
+    hs = train_histories(tok, args.seed, args.pool, args.bank, args.train_min, args.train_max)
     memo = Memo(root / f"memo_train_s{args.seed}_b{args.bank}.pt")
     arng = random.Random(args.seed * 7_919 + 3)
     answers = [arng.choice(ANSWERS[args.answers]) for _ in hs]
