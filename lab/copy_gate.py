@@ -30,26 +30,27 @@ from deltamem_agents.backbone import load_backbone
 from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 
 from .copy_generate import generate_batch
-from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, features, history, make_bank,
-                                  train_histories)
+from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, generation_eval,
+                                  history, make_bank, train_histories)
 
 ROLES = ("user", "assistant", "tool")
 
 
 class MessageGate(nn.Module):
-    def __init__(self, d: int, hidden: int = 256, bias: float = -4.0) -> None:
+    def __init__(self, d: int, hidden: int = 256, bias: float = -4.0, role: bool = True) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3 * d + len(ROLES), hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.role = role
+        self.net = nn.Sequential(nn.Linear(3 * d + (len(ROLES) if role else 0), hidden), nn.GELU(), nn.Linear(hidden, 1))
         with torch.no_grad():
             self.net[2].bias.fill_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return self.net(x if self.role else x[..., :-len(ROLES)]).squeeze(-1)
 
 
 def gate_inputs(h: Hist, memo: Memo) -> torch.Tensor:
     """[n_tokens, 3d + 3]: per message token, its h_{t-1}, its h_t (zeros for the message's last token), the message
-    mean, and the role."""
+    mean, and the role (a gate built with `role=False` ignores the last three columns)."""
     rows = []
     for m in h.messages:
         kh = memo.d[Memo.key(m)][0]
@@ -79,48 +80,32 @@ def write(read, f, beta: torch.Tensor) -> torch.Tensor:
     return S
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/copygate/mlp")
-    ap.add_argument("--read", default="runs/copyhead/r64_sentence", help="a copy head trained with oracle writes")
-    ap.add_argument("--linear", default="runs/copyhist/r64_sent", help="a copy-history run whose linear gate to compare")
-    ap.add_argument("--pool", type=int, default=600)
-    ap.add_argument("--bank", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--pos-weight", type=float, default=5.0)
-    ap.add_argument("--n-eval", type=int, default=64)
-    ap.add_argument("--distances", default="500,2000")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_backbone()
-    model.requires_grad_(False)
-    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
-    root = Path(args.linear).parent
-
+def train_gate(model, rend, tok, args, root: Path, out: Path) -> MessageGate:
+    """The gate trained (or loaded from `out`) on the copy-history training histories' gate targets."""
+    gate = MessageGate(model.config.hidden_size, role=not args.no_role)
+    ckpt = out / "gate.pt"
+    if ckpt.exists():
+        gate.load_state_dict(torch.load(ckpt, weights_only=True))
+        return gate
     hs = train_histories(tok, 0, args.pool, args.bank, 40, 250)  # lab.openset_copyhistory's defaults
     memo = Memo(root / f"memo_train_s0_b{args.bank}.pt")
     gts = [g for i in range(0, len(hs), 64) for g in features(model, rend, hs[i:i + 64], memo)[1]]
     X = [gate_inputs(h, memo) for h in hs]
-    gate = MessageGate(model.config.hidden_size)
     opt = torch.optim.AdamW(gate.parameters(), lr=args.lr)
-    ckpt = out / "gate.pt"
-    if ckpt.exists():
-        gate.load_state_dict(torch.load(ckpt, weights_only=True))
-    else:
-        for step in tqdm(range(args.steps), desc="gate"):
-            pick = random.Random(step).sample(range(len(hs)), 16)
-            x, y = torch.cat([X[i] for i in pick]), torch.cat([gts[i] for i in pick])
-            loss = F.binary_cross_entropy_with_logits(gate(x), y, pos_weight=torch.tensor(args.pos_weight))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        torch.save(gate.state_dict(), ckpt)
+    for step in tqdm(range(args.steps), desc="gate"):
+        pick = random.Random(step).sample(range(len(hs)), 16)
+        x, y = torch.cat([X[i] for i in pick]), torch.cat([gts[i] for i in pick])
+        loss = F.binary_cross_entropy_with_logits(gate(x), y, pos_weight=torch.tensor(args.pos_weight))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(gate.state_dict(), ckpt)
+    return gate
 
+
+def detector(model, rend, tok, args, gate: MessageGate, root: Path, out: Path) -> None:
+    """Detector statistics and free-form recall behind the fixed read for the gate, the linear gate and oracle
+    writes, on `--n-eval` held-out histories per distance (`results.json`)."""
     read, linear = _load_head(model, Path(args.read)), _load_head(model, Path(args.linear))
     eval_bank = make_bank(920_011, 600, tok)
     emem = Memo(root / "memo_eval_b600.pt")
@@ -147,6 +132,66 @@ def main() -> None:
             res[f"d{dist}_{name}"] = row
             print(f"d{dist} {name} {json.dumps(row)}", flush=True)
         (out / "results.json").write_text(json.dumps(res, indent=1))
+
+
+def final(model, rend, tok, args, gate: MessageGate, root: Path) -> None:
+    """The copy-history protocol's evaluation sets (held-out values and wordings, held-out relation types, the
+    hand-written probes; n = `--n-final`) at each distance: free-form replies behind the fixed read with this
+    gate's writes, own state vs another history's, the ceiling beside; written as a run directory under the
+    copy-history root (`gen_*.jsonl`, `final_d*.json`), so `python -m lab.openset_copyhistory --report` tables it.
+    Resumable set by set."""
+    read = _load_head(model, Path(args.read))
+    run = root / Path(args.out).name
+    run.mkdir(parents=True, exist_ok=True)
+    for dist in (int(x) for x in args.distances.split(",")):
+        if (run / f"final_d{dist}.json").exists():
+            continue
+        sets = eval_sets(model, rend, tok, args.n_final, (dist,), hand=True, root=root)
+        memo = Memo(root / "memo_eval_b600.pt")
+        cache, stats = {}, {}
+        for name, (hs, fs) in sets.items():
+            gts = features(model, rend, hs, memo)[1]
+            with torch.no_grad():
+                betas = [torch.sigmoid(gate(gate_inputs(h, memo))) for h in hs]
+            cache[name] = torch.stack([write(read, f, b) for f, b in zip(fs, betas)])
+            stats[name] = detector_stats(betas, gts)
+        row = {"distance": dist, "read": args.read, "gate": str(Path(args.out) / "gate.pt"), "detector": stats}
+        row |= generation_eval(model, tok, rend, read, sets, run, root, cache)
+        (run / f"final_d{dist}.json").write_text(json.dumps(row, indent=1))
+        tqdm.write(f"{run.name} {json.dumps(row)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="runs/copygate/mlp")
+    ap.add_argument("--read", default="runs/copyhead/r64_sentence", help="a copy head trained with oracle writes")
+    ap.add_argument("--linear", default="runs/copyhist/r64_sent", help="a copy-history run whose linear gate to compare")
+    ap.add_argument("--pool", type=int, default=600)
+    ap.add_argument("--bank", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pos-weight", type=float, default=5.0)
+    ap.add_argument("--no-role", action="store_true", help="the gate does not see the message's role")
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--distances", default="500,2000")
+    ap.add_argument("--skip-detector", action="store_true")
+    ap.add_argument("--final", action="store_true", help="then the copy-history evaluation sets (n = --n-final)")
+    ap.add_argument("--n-final", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_backbone()
+    model.requires_grad_(False)
+    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    root = Path(args.linear).parent
+    gate = train_gate(model, rend, tok, args, root, out)
+    if not args.skip_detector:
+        detector(model, rend, tok, args, gate, root, out)
+    if args.final:
+        final(model, rend, tok, args, gate, root)
 
 
 if __name__ == "__main__":

@@ -463,8 +463,9 @@ def report(root: Path) -> str:
             ex_sh = [float(e["hit"]) for e in exact if e["set"] == name and e["control"] == "shuffled"]
             diff = paired_diff_ci(own, sh)
             ratio = sum(own) / max(sum(ce), 1e-9)
-            lines.append(f"| {d.name} | {name} | {len(own)} | {sum(ex_own) / max(len(ex_own), 1):.2f} "
-                         f"| {sum(ex_sh) / max(len(ex_sh), 1):.2f} | {f(bootstrap_ci(own))} | {f(bootstrap_ci(sh))} "
+            m = lambda v: f"{sum(v) / len(v):.2f}" if v else "—"  # noqa: E731 (runs without the exact evaluation)
+            lines.append(f"| {d.name} | {name} | {len(own)} | {m(ex_own)} "
+                         f"| {m(ex_sh)} | {f(bootstrap_ci(own))} | {f(bootstrap_ci(sh))} "
                          f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] | {f(bootstrap_ci(ce))} | {ratio:.2f} |")
             by: dict[str, list[float]] = {}
             for r in rows:
