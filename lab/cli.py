@@ -178,20 +178,24 @@ def import_copy_head_cmd(adapter: str = typer.Option("default", help="adapter di
                          out: Path = typer.Option(..., help="the new adapter directory"),
                          backbone: str = typer.Option("default", help="with --adapter none: 'default' or a local "
                                                       "HF model dir (gives the shapes and the fingerprint)"),
-                         note: str = typer.Option("", help="why, kept in the adapter info")):
+                         note: str = typer.Option("", help="why, kept in the adapter info"),
+                         gate: Path | None = typer.Option(None, help="a lab message-gate checkpoint (lab.copy_gate "
+                                                          "--no-role: runs/copygate/<name>/gate.pt) to use as the "
+                                                          "channel's write gate instead of the run's linear one")):
     """Merge a lab copy-head checkpoint (lab.openset_copyhead / lab.openset_copyhistory) into a copy of an adapter
-    as its copy channel (config copy_rank from the run's meta.json); the source adapter is not changed."""
+    as its copy channel (config copy_rank from the run's meta.json; with --gate, copy_gate="message"); the source
+    adapter is not changed."""
     from lab.import_copy import import_copy_head
 
     if adapter == "none":
         from deltamem_agents.backbone import load_backbone
 
         model, _ = load_backbone(None if backbone == "default" else backbone)
-        typer.echo(str(import_copy_head(None, copy, out, model=model, note=note)))
+        typer.echo(str(import_copy_head(None, copy, out, model=model, note=note, gate=gate)))
         return
     from deltamem_agents.chat.loading import resolve_adapter
 
     src = resolve_adapter(adapter, None)
     if src is None:
         raise typer.BadParameter("no shipped adapter found; pass --adapter DIR or --adapter none")
-    typer.echo(str(import_copy_head(src, copy, out, note=note)))
+    typer.echo(str(import_copy_head(src, copy, out, note=note, gate=gate)))

@@ -13,6 +13,11 @@ parameters under `copy.`; the adapter's config gets `copy_rank = rank`.
   states are then exactly the frozen ones the lab head was trained on.
 
     python -m lab import-copy-head --adapter default --copy runs/copyhist/r64 --out runs/adapters/shipped+copy64
+
+With `gate=` (`--gate runs/copygate/<name>/gate.pt`, a `lab.copy_gate.MessageGate` state dict: `net.0.weight`
+[hidden, 3d], `net.0.bias`, `net.2.weight`, `net.2.bias`) the channel gets that message gate instead of the run's
+linear one: config copy_gate="message", copy_gate_hidden from the weight, `net.*` → `copy.mgate.*`, the run's
+`beta.*` dropped. Only a role-free gate (`lab.copy_gate --no-role`, input width 3d) fits the product.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import torch
 
 from deltamem_agents.core.config import DeltaMemConfig
-from deltamem_agents.core.copy import COPY_PARAMS
+from deltamem_agents.core.copy import copy_params
 from deltamem_agents.patching.adapter_io import WEIGHTS_NAME, read_adapter_config, save_adapter
 
 # the inert δ part of a copy-only adapter: one layer, rank 1, zero corrections, no token ever selected
@@ -43,7 +48,7 @@ def read_copy_run(run: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
     rank = json.loads(meta_file.read_text())["rank"]
     raw = load_file(str(ckpt))
     tensors = {f"copy.{k[2:]}": v.float().contiguous() for k, v in raw.items() if k.startswith("p.")}
-    want = {f"copy.{n}" for n in COPY_PARAMS}
+    want = {f"copy.{n}" for n in copy_params("token")}
     if set(tensors) != want:
         raise ValueError(f"{ckpt}: copy-head keys differ: missing {sorted(want - set(tensors))}, "
                          f"unexpected {sorted(set(tensors) - want)}")
@@ -56,9 +61,48 @@ def read_copy_run(run: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
     return rank, tensors
 
 
+_GATE_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
+
+
+def read_gate(path: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
+    """(gate_hidden, the message gate's tensors keyed as in the adapter file, `copy.mgate.<n>`) from a lab gate
+    checkpoint (keys under `net.`, or `mgate.`, or bare `0.weight` …); shapes against the backbone in
+    `_check_shapes`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such gate checkpoint (lab.copy_gate writes runs/copygate/<name>/gate.pt)")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a state dict")
+    for prefix in ("net.", "mgate.", ""):
+        got = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix) and k[len(prefix):] in _GATE_KEYS}
+        if len(got) == len(_GATE_KEYS):
+            break
+    else:
+        raise ValueError(f"{path}: a message gate needs net.0.weight, net.0.bias, net.2.weight, net.2.bias; "
+                         f"got {sorted(raw)}")
+    tensors = {f"copy.mgate.{k}": v.float().contiguous() for k, v in got.items()}
+    for k, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: {k} is not finite")
+    w = tensors["copy.mgate.0.weight"]
+    if w.dim() != 2:
+        raise ValueError(f"{path}: net.0.weight must be 2-D, got shape {tuple(w.shape)}")
+    return int(w.shape[0]), tensors
+
+
 def _check_shapes(tensors: dict[str, torch.Tensor], rank: int, hidden: int) -> None:
-    want = {"copy.wk.weight": (rank, hidden), "copy.wq.weight": (rank, hidden), "copy.beta.weight": (1, hidden),
-            "copy.beta.bias": (1,), "copy.gate.weight": (1, hidden), "copy.gate.bias": (1,), "copy.log_tau": ()}
+    want = {"copy.wk.weight": (rank, hidden), "copy.wq.weight": (rank, hidden), "copy.gate.weight": (1, hidden),
+            "copy.gate.bias": (1,), "copy.log_tau": ()}
+    if "copy.mgate.0.weight" in tensors:
+        gh, width = tensors["copy.mgate.0.weight"].shape
+        if width == 3 * hidden + 3:
+            raise ValueError(f"the message gate sees the message's role (input width 3·{hidden}+3 = {width}); the "
+                             f"product's gate does not: train it with `python -m lab.copy_gate --no-role`")
+        want |= {"copy.mgate.0.weight": (gh, 3 * hidden), "copy.mgate.0.bias": (gh,),
+                 "copy.mgate.2.weight": (1, gh), "copy.mgate.2.bias": (1,)}
+    else:
+        want |= {"copy.beta.weight": (1, hidden), "copy.beta.bias": (1,)}
     for k, shape in want.items():
         if tuple(tensors[k].shape) != shape:
             raise ValueError(f"copy tensor {k} has shape {tuple(tensors[k].shape)}; this backbone needs {shape} "
@@ -66,15 +110,23 @@ def _check_shapes(tensors: dict[str, torch.Tensor], rank: int, hidden: int) -> N
 
 
 def import_copy_head(adapter: str | Path | None, run: str | Path, out: str | Path, *, model: Any = None,
-                     note: str = "") -> Path:
+                     note: str = "", gate: str | Path | None = None) -> Path:
     """Write `out`: the adapter at `adapter` (None: an adapter with only the copy channel, for `model`) plus the
-    copy channel of the lab run `run`. Refuses an adapter that already has a copy channel."""
+    copy channel of the lab run `run` (with `gate`, a lab message-gate checkpoint, as its write gate). Refuses an
+    adapter that already has a copy channel."""
     from safetensors.torch import load_file
 
     from lab.surgery import write_derived_adapter
 
     rank, copy_t = read_copy_run(run)
     how = {"from_run": str(run), "copy_rank": rank, "note": note}
+    kind = {}  # the config's gate fields
+    if gate is not None:
+        gate_hidden, gate_t = read_gate(gate)
+        copy_t = {k: v for k, v in copy_t.items() if not k.startswith("copy.beta.")} | gate_t
+        assert set(copy_t) == {f"copy.{n}" for n in copy_params("message")}
+        kind = {"copy_gate": "message", "copy_gate_hidden": gate_hidden}
+        how |= {"gate_from": str(gate), **kind}
     if adapter is not None:
         meta = read_adapter_config(adapter)
         cfg: DeltaMemConfig = meta["config"]
@@ -83,14 +135,14 @@ def import_copy_head(adapter: str | Path | None, run: str | Path, out: str | Pat
         _check_shapes(copy_t, rank, int(meta["fingerprint"]["hidden_size"]))
         tensors = load_file(str(Path(adapter) / WEIGHTS_NAME))
         how["from_adapter"] = str(adapter)
-        return write_derived_adapter(out, {**tensors, **copy_t}, meta, cfg.replace(copy_rank=rank), "copy_channel",
-                                     how)
+        return write_derived_adapter(out, {**tensors, **copy_t}, meta, cfg.replace(copy_rank=rank, **kind),
+                                     "copy_channel", how)
     if model is None:
         raise ValueError("an adapter with only the copy channel needs the backbone (model=...) for its shapes")
     from deltamem_agents.patching import attach, detach
 
     _check_shapes(copy_t, rank, int(model.config.hidden_size))
-    ad = attach(model, DeltaMemConfig(**INERT_DELTA, copy_rank=rank))
+    ad = attach(model, DeltaMemConfig(**INERT_DELTA, copy_rank=rank, **kind))
     try:
         ad.load_state_dict({**ad.state_dict(), **copy_t}, strict=True)
         return save_adapter(ad, out, info={"copy_channel": how | {"delta_layers": "inert (copy channel only)"}})

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = 2  # 2: copy_rank (written only when > 0, so a config without a copy channel reads as version 1)
+# and copy_gate / copy_gate_hidden (written only with a message gate)
 
 GRANULARITIES = ("token", "message_mean")
 UPDATE_MODES = ("standard", "lambda_outside", "no_lambda")
 OUTPUT_INITS = ("zero", "random", "base_slice", "base_slice_fixed")
+COPY_GATES = ("token", "message")  # the copy channel's write gates (core/copy.py)
 DELTA_HEADS = ("q", "o")  # k/v corrections would enter the KV cache; the paper's released runs use q,o only
 
 
@@ -51,6 +53,11 @@ class DeltaMemConfig:
     # are token embeddings, read into the logits; r = copy_rank key dimensions, 0 = no copy channel (the spec).
     # docs/design.md, "The copy channel", has what it stores and costs
     copy_rank: int = 0
+    # the copy channel's write gate: "token" = a linear function of the hidden state before the token, "message"
+    # = an MLP (copy_gate_hidden wide) that also sees the token's own hidden state and its message's mean
+    # (core/copy.py). Written to the config file only for "message", so token-gate files read as before
+    copy_gate: str = "token"
+    copy_gate_hidden: int = 256
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:
@@ -84,6 +91,15 @@ class DeltaMemConfig:
             bad(f"task_alpha must be > 0, got {self.task_alpha!r}")
         if isinstance(self.copy_rank, bool) or not isinstance(self.copy_rank, int) or not 0 <= self.copy_rank <= 4096:
             bad(f"copy_rank must be an int in [0, 4096], got {self.copy_rank!r}")
+        if self.copy_gate not in COPY_GATES:
+            bad(f"copy_gate must be one of {COPY_GATES}, got {self.copy_gate!r}")
+        if self.copy_gate != "token" and not self.copy_rank:
+            bad(f"copy_gate={self.copy_gate!r} needs a copy channel (copy_rank > 0)")
+        if isinstance(self.copy_gate_hidden, bool) or not isinstance(self.copy_gate_hidden, int) \
+                or not 1 <= self.copy_gate_hidden <= 65536:
+            bad(f"copy_gate_hidden must be an int in [1, 65536], got {self.copy_gate_hidden!r}")
+        if self.copy_gate == "token" and self.copy_gate_hidden != 256:
+            bad("copy_gate_hidden applies to the message gate (copy_gate='message') only")
         if self.online_gain < 0 or self.base_slice_ref_width < 1:
             bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
         object.__setattr__(self, "delta_heads", heads)
@@ -115,6 +131,8 @@ class DeltaMemConfig:
         d = asdict(self)
         d["delta_heads"] = list(self.delta_heads)
         d["target_layers"] = list(self.target_layers)
+        if self.copy_gate == "token":  # the token gate's files keep their form, key for key
+            del d["copy_gate"], d["copy_gate_hidden"]
         if self.copy_rank:
             d["format_version"] = FORMAT_VERSION
         else:  # the version-1 form, key for key: older readers still load it

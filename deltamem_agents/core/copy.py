@@ -10,6 +10,14 @@ input of the LM head) and h_{t-1} the hidden state at the position before token 
     read at p:  q = norm(W_q h_p),  o = C q,  g = τ·softplus(w_g·h_p + b_g)
                 logits_p = lm_head(h_p) + g · Ê o                            (Ê: all unit-normalised embedding rows)
 
+The write gate β comes in two kinds (`DeltaMemConfig.copy_gate`). "token" is the linear gate above.
+"message" is an MLP that sees the message the token belongs to (`message_gate_inputs`)::
+
+    β_t = σ(MLP([h_{t-1}, h_t, mean_{s ∈ m(t)} h_{s-1}]))      (h_t := 0 for the last token of its message)
+
+with m(t) the valid positions of the call carrying t's message id: the message is whatever of it this call holds
+(a message fed in slices over several calls has the mean of each slice).
+
 Reads are causal and come *after* the write of the same position: the read at p sees tokens ≤ p (x_p is written
 with key h_{p-1}, which p's own hidden state follows).
 
@@ -38,41 +46,84 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CopyChannel", "COPY_PARAMS", "scan", "scan_naive", "scan_chunked", "shifted_keys", "last_valid",
-           "read_naive", "read_generic", "tied_logits", "embedding_norms", "values"]
+from .config import COPY_GATES as GATES  # the write gate's kinds (module docstring)
 
-# the parameter names of a CopyChannel (the adapter file's keys are these under "copy.")
-COPY_PARAMS = ("wk.weight", "wq.weight", "beta.weight", "beta.bias", "gate.weight", "gate.bias", "log_tau")
+__all__ = ["CopyChannel", "COPY_PARAMS", "GATES", "copy_params", "message_gate_inputs", "message_gate_inputs_naive",
+           "scan", "scan_naive", "scan_chunked", "shifted_keys", "last_valid", "read_naive", "read_generic",
+           "tied_logits", "embedding_norms", "values"]
+
+_SHARED = ("wk.weight", "wq.weight", "gate.weight", "gate.bias", "log_tau")
+_GATE_PARAMS = {"token": ("beta.weight", "beta.bias"),
+                "message": ("mgate.0.weight", "mgate.0.bias", "mgate.2.weight", "mgate.2.bias")}
+
+
+def copy_params(gate: str = "token") -> tuple[str, ...]:
+    """The parameter names of a CopyChannel with write gate `gate` (the adapter file's keys are these under
+    "copy.")."""
+    if gate not in GATES:
+        raise ValueError(f"copy gate must be one of {GATES}, got {gate!r}")
+    return _SHARED[:2] + _GATE_PARAMS[gate] + _SHARED[2:]
+
+
+COPY_PARAMS = copy_params("token")
 
 _NAIVE_MAX_T = 8
 _CHUNK = 32
 
 
 class CopyChannel(nn.Module):
-    """The copy channel's trained parameters: W_k, W_q [r, d], the write gate and the read gain (Linear(d, 1)
-    each) and log τ. Names match the lab's `CopyHead`, so its checkpoints map key for key."""
+    """The copy channel's trained parameters: W_k, W_q [r, d], the write gate (gate "token": `beta`, a
+    Linear(d, 1); gate "message": `mgate`, Linear(3d, gate_hidden) → GELU → Linear(gate_hidden, 1)), the read
+    gain (Linear(d, 1)) and log τ. Names match the lab's `CopyHead` (token gate) and `MessageGate` (`net` there,
+    `mgate` here), so their checkpoints map key for key."""
 
     def __init__(self, hidden: int, rank: int, *, beta_bias: float = -4.0, gate_bias: float = 0.0,
-                 tau: float = 10.0) -> None:
+                 tau: float = 10.0, gate: str = "token", gate_hidden: int = 256) -> None:
         super().__init__()
-        self.hidden, self.rank = hidden, rank
+        if gate not in GATES:
+            raise ValueError(f"copy gate must be one of {GATES}, got {gate!r}")
+        self.hidden, self.rank, self.gate_kind = hidden, rank, gate
         self.wk = nn.Linear(hidden, rank, bias=False)
         self.wq = nn.Linear(hidden, rank, bias=False)
-        self.beta = nn.Linear(hidden, 1)
+        if gate == "token":
+            self.beta = nn.Linear(hidden, 1)
+        else:
+            self.mgate = nn.Sequential(nn.Linear(3 * hidden, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, 1))
         self.gate = nn.Linear(hidden, 1)
         self.log_tau = nn.Parameter(torch.tensor(float(tau)).log())
         nn.init.normal_(self.wk.weight, std=hidden ** -0.5)
         with torch.no_grad():
             self.wq.weight.copy_(self.wk.weight)  # queries start in the keys' space
-            self.beta.weight.zero_()
-            self.beta.bias.fill_(beta_bias)
+            if gate == "token":
+                self.beta.weight.zero_()
+                self.beta.bias.fill_(beta_bias)
+            else:
+                self.mgate[2].bias.fill_(beta_bias)
             self.gate.weight.zero_()
             self.gate.bias.fill_(gate_bias)
 
+    def key(self, h: Tensor) -> Tensor:
+        """Write keys k̂ [..., r] from the key-source hidden states h[..., d] (fp32)."""
+        return F.normalize(self.wk(h.float()), dim=-1)
+
     def keys(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Write keys and gates from the key-source hidden states h[..., d]: (k̂ [..., r], β [...]) fp32."""
+        """Token gate only: write keys and gates from the key-source hidden states h[..., d]: (k̂ [..., r],
+        β [...]) fp32."""
+        if self.gate_kind != "token":
+            raise ValueError("a message gate needs the message: use key() and write_gates()")
         h = h.float()
         return F.normalize(self.wk(h), dim=-1), torch.sigmoid(self.beta(h)).squeeze(-1)
+
+    def write_gates(self, h_prev: Tensor, h: Tensor, mids: Tensor | None, valid: Tensor) -> Tensor:
+        """β [B, T] (fp32) for a call's positions: h_prev [B, T, d] the key-source hidden states (`shifted_keys`),
+        h [B, T, d] the positions' own, mids [B, T] message ids (None: one message per row), valid [B, T]. The token
+        gate reads h_prev only; the message gate `message_gate_inputs`."""
+        if self.gate_kind == "token":
+            return torch.sigmoid(self.beta(h_prev.float())).squeeze(-1)
+        if mids is None:
+            mids = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+        x = message_gate_inputs(h_prev.float(), h.float(), mids, valid)
+        return torch.sigmoid(self.mgate(x)).squeeze(-1)
 
     def query(self, h: Tensor) -> Tensor:
         """q̂ [..., r] from the reading positions' hidden states h[..., d] (fp32)."""
@@ -108,6 +159,52 @@ def last_valid(prev_h: Tensor, h: Tensor, valid: Tensor) -> Tensor:
     """The hidden state of each row's last valid position [B, d] (prev_h for a row with none)."""
     T = valid.shape[1]
     return shifted_keys(prev_h, F.pad(h, (0, 0, 0, 1)), F.pad(valid, (0, 1)))[:, T]
+
+
+def _next_valid(valid: Tensor) -> Tensor:
+    """For every position the index of the next valid position after it in its row, T when there is none."""
+    B, T = valid.shape
+    pos = torch.arange(T, device=valid.device).expand(B, T)
+    idx = torch.where(valid, pos, torch.full_like(pos, T))
+    after = F.pad(idx[:, 1:], (0, 1), value=T)  # the valid index at t+1, or T
+    return torch.flip(torch.cummin(torch.flip(after, [1]), dim=1).values, [1])
+
+
+def message_gate_inputs(h_prev: Tensor, h: Tensor, mids: Tensor, valid: Tensor) -> Tensor:
+    """The message gate's inputs [B, T, 3d]: per position t, [h_prev_t, h_t (zeros if t is the last valid position
+    of its message in this call), the mean of h_prev over the row's valid positions with t's message id].
+    h_prev, h [B, T, d], mids [B, T] long, valid [B, T] bool. Padding positions get zeros."""
+    B, T, d = h.shape
+    mids = mids.long()
+    nxt = _next_valid(valid)
+    nxt_mid = torch.gather(F.pad(mids, (0, 1)), 1, nxt)  # the next valid position's message id (T: padding)
+    last = (nxt == T) | (nxt_mid != mids)
+    h_next = torch.where(last[..., None], 0.0, h)
+    # group the valid positions by (row, message id); sum and count per group, gathered back to every position
+    lo, hi = (int(mids.min()), int(mids.max())) if mids.numel() else (0, 0)
+    key = torch.arange(B, device=mids.device)[:, None] * (hi - lo + 1) + (mids - lo)
+    groups, inv = torch.unique(torch.where(valid, key, -1), return_inverse=True)  # -1: padding's own group
+    sums = h_prev.new_zeros(len(groups), d).index_add_(0, inv.flatten(), h_prev.reshape(-1, d))
+    counts = h_prev.new_zeros(len(groups)).index_add_(0, inv.flatten(), h_prev.new_ones(B * T))
+    mean = (sums / counts[:, None])[inv]
+    out = torch.cat([h_prev, h_next, mean], dim=-1)
+    return torch.where(valid[..., None], out, 0.0)
+
+
+def message_gate_inputs_naive(h_prev: Tensor, h: Tensor, mids: Tensor, valid: Tensor) -> Tensor:
+    """Reference for `message_gate_inputs`: python loops over rows and positions."""
+    B, T, d = h.shape
+    out = h.new_zeros(B, T, 3 * d)
+    for b in range(B):
+        pos = [t for t in range(T) if bool(valid[b, t])]
+        for i, t in enumerate(pos):
+            m = int(mids[b, t])
+            is_last = i + 1 == len(pos) or int(mids[b, pos[i + 1]]) != m
+            same = [s for s in pos if int(mids[b, s]) == m]
+            out[b, t, :d] = h_prev[b, t]
+            out[b, t, d:2 * d] = 0.0 if is_last else h[b, t]
+            out[b, t, 2 * d:] = sum(h_prev[b, s] for s in same) / len(same)
+    return out
 
 
 def _check(C: Tensor, k: Tensor, v: Tensor, beta: Tensor, q: Tensor | None) -> None:

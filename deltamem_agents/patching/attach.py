@@ -38,7 +38,8 @@ class DeltaMemAdapter(nn.Module):
         self.hidden = hidden
         self.layers = nn.ModuleList(DeltaMemLayer(config, hidden, q_out, o_out) for _ in layer_ids)
         # the copy channel (core/copy.py), None without one; its parameters are saved under "copy."
-        self.copy = CopyChannel(hidden, config.copy_rank) if config.copy_rank else None
+        self.copy = CopyChannel(hidden, config.copy_rank, gate=config.copy_gate,
+                                gate_hidden=config.copy_gate_hidden) if config.copy_rank else None
 
     @property
     def copy_dims(self) -> tuple[int, int] | None:

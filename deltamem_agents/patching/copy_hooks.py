@@ -3,7 +3,9 @@
 Inside a δ-mem call (`forward_with_state`) of an adapter with a copy channel:
 - the final norm's forward hook sees h [B, T, d] (the LM head's input) and runs the call's writes: the tokens the
   δ layers write (valid, message id ≥ 0, `write=True`), each keyed by the hidden state of the valid position
-  before it ([prev_h, h_0 … h_{T-2}] with padding skipped); it records the new C and prev_h (the hidden state of
+  before it ([prev_h, h_0 … h_{T-2}] with padding skipped) and gated by `CopyChannel.write_gates` (the message
+  gate groups the call's positions by their message ids: a message split over calls is seen slice by slice);
+  it records the new C and prev_h (the hidden state of
   each row's last valid position; both unchanged by a `write=False` call);
 - the LM head wrapper adds the read to the logits of the positions it receives (HF slices by `logits_to_keep`
   first): the read at p sees the writes of tokens ≤ p. Only the last position (the decode case): C after the
@@ -46,6 +48,7 @@ class CopyCall:
     keep: Any = 0  # the call's logits_to_keep (int: the last that many positions, 0 = all; or an index tensor);
     # None: no LM head in this call (skip_lm_head), per-position reads only if `apply` asks for them
     detach: bool = False  # the trainer's truncated write pass: keys from detached hidden states
+    mids: Tensor | None = None  # [B, T] message ids (the message gate's grouping; None: one message per row)
     h: Tensor | None = None  # [B, T, d] fp32 final normed hidden states (set by the hook)
     C_out: Tensor | None = None
     prev_h_out: Tensor | None = None
@@ -63,8 +66,9 @@ class CopyCall:
         if self.written.device.type == "cpu" and not bool(self.written.any()):  # nothing to write (host check)
             self.C_out, self._scan_in = self.C_in, None
             return
-        k, beta = self.channel.keys(cp.shifted_keys(self.prev_h_in, hf, self.valid))
-        beta = beta * self.written
+        h_prev = cp.shifted_keys(self.prev_h_in, hf, self.valid)
+        k = self.channel.key(h_prev)
+        beta = self.channel.write_gates(h_prev, hf, self.mids, self.valid) * self.written
         v = cp.values(self.embedding, self.ids)
         self._scan_in = (k, v, beta)
         need_all = self.keep is not None and not (isinstance(self.keep, int) and self.keep == 1)
@@ -191,6 +195,6 @@ def remove(model: nn.Module, adapter: Any, spec: ArchSpec) -> None:
 
 
 def new_call(adapter: Any, model: nn.Module, ids: Tensor, valid: Tensor, written: Tensor, C: Tensor,
-             prev_h: Tensor, write: bool, keep: Any, detach: bool) -> CopyCall:
+             prev_h: Tensor, write: bool, keep: Any, detach: bool, mids: Tensor | None = None) -> CopyCall:
     return CopyCall(adapter.copy, model.get_input_embeddings().weight, ids, valid, written & write, C, prev_h,
-                    write, keep, detach)
+                    write, keep, detach, mids=mids)

@@ -8,7 +8,8 @@ token writes (TSW/MSW) write every labelled token, message writes (SSW) write ea
 closes. Without ids every valid token is written (token modes only). With a copy channel the same tokens are
 written into its state too (except with `copy_write=False`: the runtime's generated tokens, so that a reply never
 reads back its own tokens), and `out.copy` (a `patching.copy_hooks.CopyCall`) can add its read to logits computed
-later (`skip_lm_head=True`: `out.copy.apply(logits)`). `detach_inputs=True` is the
+later (`skip_lm_head=True`: `out.copy.apply(logits)`); a copy channel with a message gate also groups the call's
+positions by these ids (None: one message per row). `detach_inputs=True` is the
 trainer's truncated-gradient write pass: the new state keeps its graph to the δ-mem parameters, but
 neither the layer inputs nor the corrections carry gradients, so the backbone activations are not stored. Padding comes from the 2-D
 `attention_mask` (never from the 4-D mask, whose convention changed across transformers versions).
@@ -66,7 +67,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
         written = seg.written if copy_write else torch.zeros_like(seg.written)  # generated tokens: keys move, no writes
         call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, written, state.C, state.prev_h,
                                         write, None if skip_lm_head else kwargs.get("logits_to_keep", 0),
-                                        detach_inputs)
+                                        detach_inputs, message_ids)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
