@@ -85,3 +85,54 @@ def test_copy_only_adapter_and_bad_runs(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(FileNotFoundError):
         import_copy_head(base_dir, tmp_path / "broken", tmp_path / "x")
+
+
+def _lab_gate(path, width: int, hidden: int = 10, seed: int = 1):
+    """A gate checkpoint as lab.copy_gate saves it (`MessageGate.state_dict()`: the MLP under `net.`)."""
+    g = torch.Generator().manual_seed(seed)
+    t = {"net.0.weight": torch.randn(hidden, width, generator=g) * width ** -0.5,
+         "net.0.bias": torch.randn(hidden, generator=g) * 0.1,
+         "net.2.weight": torch.randn(1, hidden, generator=g), "net.2.bias": torch.tensor([-1.0])}
+    torch.save(t, path)
+    return t
+
+
+def test_import_with_a_message_gate_and_refuse_a_role_aware_one(tmp_path):
+    import torch.nn as nn
+
+    from deltamem_agents.core import copy as cp
+
+    model = tiny_llama(layers=2)
+    save_adapter(attach(model, DeltaMemConfig(rank=3)), tmp_path / "base")
+    detach(model)
+    _lab_run(tmp_path / "run", d=64)
+    gate = _lab_gate(tmp_path / "gate.pt", width=3 * 64)
+    out = import_copy_head(tmp_path / "base", tmp_path / "run", tmp_path / "gated", gate=tmp_path / "gate.pt")
+    meta = read_adapter_config(out)
+    assert meta["config"] == DeltaMemConfig(rank=3, copy_rank=RANK, copy_gate="message", copy_gate_hidden=10)
+    assert meta["info"]["copy_channel"]["gate_from"] == str(tmp_path / "gate.pt")
+    loaded = load_adapter(model, out)
+    assert {k for k in loaded.state_dict() if k.startswith("copy.")} == {f"copy.{n}" for n in
+                                                                        cp.copy_params("message")}
+    for k, v in gate.items():
+        assert torch.equal(loaded.state_dict()["copy.mgate." + k[4:]], v), k
+    # the product's gate is the lab's MLP (net: Linear, GELU, Linear) on the gate inputs
+    lab_net = nn.Sequential(nn.Linear(3 * 64, 10), nn.GELU(), nn.Linear(10, 1))
+    lab_net.load_state_dict({k[4:]: v for k, v in gate.items()})
+    x = torch.randn(2, 5, 3 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.copy.mgate(x), lab_net(x))
+        ids = torch.randint(0, 97, (1, 9))
+        o = forward_with_state(model, ids, None, message_ids=torch.zeros_like(ids))
+    assert o.state.C.abs().max() > 0
+    detach(model)
+    copy_only = import_copy_head(None, tmp_path / "run", tmp_path / "gated_only", model=model,
+                                 gate=tmp_path / "gate.pt")
+    assert read_adapter_config(copy_only)["config"].copy_gate == "message"
+    _lab_gate(tmp_path / "role.pt", width=3 * 64 + 3)
+    with pytest.raises(ValueError, match="--no-role"):
+        import_copy_head(tmp_path / "base", tmp_path / "run", tmp_path / "x", gate=tmp_path / "role.pt")
+    _lab_gate(tmp_path / "narrow.pt", width=3 * 32)
+    with pytest.raises(ValueError, match="hidden size 64"):
+        import_copy_head(tmp_path / "base", tmp_path / "run", tmp_path / "x", gate=tmp_path / "narrow.pt")
+    assert not (tmp_path / "x").exists()

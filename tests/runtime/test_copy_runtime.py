@@ -20,8 +20,7 @@ from tests.conftest import randomize_adapter
 ATOL = 2e-4
 
 
-@pytest.fixture(scope="module")
-def copy_model(one_thread):
+def _tiny_copy_model(**copy_cfg):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from deltamem_agents.backbone import load_tokenizer, resolve_model_dir
@@ -33,13 +32,21 @@ def copy_model(one_thread):
                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024,
                       tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg).eval()
-    adapter = attach(model, DeltaMemConfig(rank=3, num_state_heads=1, write_threshold=0.3, copy_rank=7))
+    adapter = attach(model, DeltaMemConfig(rank=3, num_state_heads=1, write_threshold=0.3, copy_rank=7, **copy_cfg))
     randomize_adapter(adapter, seed=4, scale=0.4)
     with torch.no_grad():
-        adapter.copy.beta.bias.fill_(1.0)
+        if adapter.copy.gate_kind == "token":
+            adapter.copy.beta.bias.fill_(1.0)
+        else:
+            adapter.copy.mgate[2].bias.fill_(1.0)
         adapter.copy.gate.bias.fill_(1.0)
         adapter.copy.log_tau.fill_(2.0)
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def copy_model(one_thread):
+    return _tiny_copy_model()
 
 
 def test_sessions_keep_their_own_copy_state_through_the_store(copy_model, tmp_path):
@@ -116,3 +123,19 @@ def test_a_reply_does_not_write_its_own_tokens_into_the_copy_memory(copy_model):
     assert not torch.allclose(as_input.state.C, prompt_only.state.C, atol=ATOL)  # written, they would change C
     torch.testing.assert_close(cur.state.S, as_input.state.S, atol=ATOL, rtol=1e-4)  # the δ layers wrote them
     torch.testing.assert_close(cur.state.prev_h, as_input.state.prev_h, atol=ATOL, rtol=1e-4)
+
+
+def test_sessions_with_the_message_gate(one_thread, tmp_path):
+    """A copy channel with the message gate through sessions and the SQLite store: it writes, sessions keep their
+    own copy memory, a restart reads it back."""
+    model, tok = _tiny_copy_model(copy_gate="message", copy_gate_hidden=8)
+    db = tmp_path / "s.db"
+    policy = WindowPolicy(budget=96, reserve=16)
+    bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
+    bot.chat("My sister is called Daphne.", session_id="a", max_new_tokens=3)
+    a = bot.state("a").clone()
+    assert a.C is not None and a.C.abs().max() > 0
+    bot.chat("My number is 4471.", session_id="b", max_new_tokens=3)
+    assert bot.state("a").equal(a) and not bot.state("b").equal(a)
+    again = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
+    assert again.state("a").equal(a) and again.state("b").equal(bot.state("b"))
