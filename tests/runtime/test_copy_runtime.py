@@ -49,6 +49,11 @@ def copy_model(one_thread):
     return _tiny_copy_model()
 
 
+@pytest.fixture(scope="module")
+def message_gate_model(one_thread):
+    return _tiny_copy_model(copy_gate="message", copy_gate_hidden=8)
+
+
 def test_sessions_keep_their_own_copy_state_through_the_store(copy_model, tmp_path):
     model, tok = copy_model
     db = tmp_path / "s.db"
@@ -81,8 +86,10 @@ def _cursor(engine: Engine, n: int, seed: int):
     return cur
 
 
-def test_batched_decoding_equals_alone(copy_model):
-    model, tok = copy_model
+@pytest.mark.parametrize("gate", ["token", "message"])
+def test_batched_decoding_equals_alone(gate, request):
+    """Batched decoding (left-padded prompts) equals decoding alone, with either write gate."""
+    model, tok = request.getfixturevalue("copy_model" if gate == "token" else "message_gate_model")
     V = model.config.vocab_size
     engine = Engine(model, tok, eos_ids=(V + 1,))
     hist, plens, steps = [0, 13, 1, 22], [3, 1, 11, 5], [6, 2, 5, 0]
@@ -125,10 +132,10 @@ def test_a_reply_does_not_write_its_own_tokens_into_the_copy_memory(copy_model):
     torch.testing.assert_close(cur.state.prev_h, as_input.state.prev_h, atol=ATOL, rtol=1e-4)
 
 
-def test_sessions_with_the_message_gate(one_thread, tmp_path):
+def test_sessions_with_the_message_gate(message_gate_model, tmp_path):
     """A copy channel with the message gate through sessions and the SQLite store: it writes, sessions keep their
     own copy memory, a restart reads it back."""
-    model, tok = _tiny_copy_model(copy_gate="message", copy_gate_hidden=8)
+    model, tok = message_gate_model
     db = tmp_path / "s.db"
     policy = WindowPolicy(budget=96, reserve=16)
     bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
