@@ -15,9 +15,11 @@ from deltamem_agents.core.copy import embedding_norms, tied_logits
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24, head=None,
-                   S: torch.Tensor | None = None, topk: int = 0) -> tuple[list[list[int]], list]:
+                   S: torch.Tensor | None = None, topk: int = 0, coverage: float = 0.0) -> tuple[list[list[int]], list]:
     """Greedy replies (token ids, without the end token) for each prompt; with `topk` > 0 also, per row and per
-    emitted position (the end token included), the top-k (log-probs, ids) of the distribution it was chosen from."""
+    emitted position (the end token included), the top-k (log-probs, ids) of the distribution it was chosen from.
+    `coverage` > 0: after a row emits token x, its (reply-local) state loses that share of x's value direction,
+    S ← (I − c·ê(x)ê(x)ᵀ) S, so a copied token is not read back again and again."""
     B, T = len(prompts), max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
@@ -35,6 +37,9 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
             u = F.softplus(head.gate(h)) * head.log_tau.exp() * torch.einsum("bdr,br->bd", S, q)
             logits = _logits_with_read(model, head, h, u)
         nxt = logits.argmax(-1)
+        if head is not None and coverage:
+            e = head.E[nxt]  # [B, d]
+            S = S - coverage * e[:, :, None] * torch.einsum("bd,bdr->br", e, S)[:, None, :]
         if topk:
             lp = logits.log_softmax(-1).topk(topk, dim=-1)
         for b in range(B):

@@ -302,7 +302,8 @@ def evaluate(model, head, sets, per: list | None = None, cache: dict | None = No
     return row
 
 
-def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, cache: dict, bs: int = 32) -> dict:
+def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, cache: dict, bs: int = 32,
+                    coverage: float = 0.0) -> dict:
     """Free-form greedy replies to the question alone (the fact nowhere in the prompt), with the history's state and
     with another history's (the previous one's, as in `evaluate`; states from its `cache`), and the ceiling: the
     backbone with the fact turn right before the question (cached in `root`, it does not depend on the head). One
@@ -316,7 +317,7 @@ def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, cache: 
             for ctl, S in (("own", cache[name]), ("shuffled", cache[name].roll(1, dims=0))):
                 for i in tqdm(range(0, len(hs), bs), desc=f"replies {name} {ctl}", leave=False):
                     replies, _ = generate_batch(model, [_question_prompt(rend, h) for h in hs[i:i + bs]], eos,
-                                                head=head, S=S[i:i + bs])
+                                                head=head, S=S[i:i + bs], coverage=coverage)
                     rows += [_gen_row(h, tok.decode(r, skip_special_tokens=True), ctl) for h, r in zip(hs[i:i + bs], replies)]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cpath = root / f"ceiling_{name}_n{len(hs)}.jsonl"
