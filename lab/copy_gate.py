@@ -141,7 +141,7 @@ def final(model, rend, tok, args, gate: MessageGate, root: Path) -> None:
     copy-history root (`gen_*.jsonl`, `final_d*.json`), so `python -m lab.openset_copyhistory --report` tables it.
     Resumable set by set."""
     read = _load_head(model, Path(args.read))
-    run = root / (Path(args.out).name + (f"_cov{args.coverage:g}" if args.coverage else ""))
+    run = root / ((args.name or Path(args.out).name) + (f"_cov{args.coverage:g}" if args.coverage else ""))
     run.mkdir(parents=True, exist_ok=True)
     for dist in (int(x) for x in args.distances.split(",")):
         if (run / f"final_d{dist}.json").exists():
@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--skip-detector", action="store_true")
     ap.add_argument("--final", action="store_true", help="then the copy-history evaluation sets (n = --n-final)")
     ap.add_argument("--n-final", type=int, default=200)
+    ap.add_argument("--name", default="", help="the --final run directory's name (default: --out's)")
     ap.add_argument("--coverage", type=float, default=0.0,
                     help="free-form replies: each emitted token's value direction leaves the reply-local state by "
                          "this share (lab.copy_generate); the run directory gets a _cov suffix")
