@@ -26,10 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from deltamem_agents.backbone import load_backbone
-from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 
 from .copy_generate import generate_batch
+from .openset_copyhead import frozen_backbone
 from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, generation_eval,
                                   history, make_bank, train_histories)
 
@@ -184,13 +183,8 @@ def main() -> None:
                          "this share (lab.copy_generate); the run directory gets a _cov suffix")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_backbone()
-    model.requires_grad_(False)
-    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    model, tok, rend = frozen_backbone(args.threads, out=out)
     root = Path(args.linear).parent
     gate = train_gate(model, rend, tok, args, root, out)
     if not args.skip_detector:

@@ -31,12 +31,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from deltamem_agents.backbone import load_backbone
 from deltamem_agents.core.copy import scan
-from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 
 from .copy_gate import MessageGate, gate_inputs
-from .openset_copyhead import ANSWERS, CopyHead, Feats
+from .openset_copyhead import ANSWERS, CopyHead, Feats, frozen_backbone
 from .openset_copyhistory import Memo, features, train_histories
 from .openset_readpath import load_ckpt, save_ckpt
 
@@ -93,13 +91,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/copyread/neg")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_backbone()
-    model.requires_grad_(False)
-    rend = ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+    model, tok, rend = frozen_backbone(args.threads, out=out)
     rank = json.loads((Path(args.init) / "meta.json").read_text())["rank"]
     head = CopyHead(model, rank)
     head.load_state_dict({k[2:]: v for k, v in load_file(str(Path(args.init) / "ckpt.safetensors")).items()

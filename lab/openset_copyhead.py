@@ -54,6 +54,18 @@ class Feats:
     read_tok: torch.Tensor  # [n_r] the labelled tokens
 
 
+def frozen_backbone(threads: int, seed: int = 0, out: Path | None = None) -> tuple:
+    """The copy experiments' set-up: threads and seed, the run directory made, the default backbone frozen and a
+    renderer with the default system prompt: (model, tokenizer, renderer)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_backbone()
+    model.requires_grad_(False)
+    return model, tok, ChatRenderer(tok, DEFAULT_SYSTEM_PROMPT)
+
+
 @torch.no_grad()
 def features(model, exs: list[Example], bs: int = 16) -> list[Feats]:
     out: list[Feats] = []
