@@ -65,9 +65,6 @@ class Column:
         lines = "\n".join(texts[i] for i in sorted(picked))
         return f"{DEFAULT_SYSTEM_PROMPT}\n\nRelevant earlier conversation:\n{lines}"
 
-    def chat(self, text: str, sid: str, max_new_tokens: int) -> Any:
-        return self.bot.chat(text, session_id=sid, system=self.system_for(sid, text), max_new_tokens=max_new_tokens)
-
 
 def _turns(pool: ThreadPoolExecutor, cols: list[Column], texts: dict[str, str], max_new_tokens: int
            ) -> dict[tuple[str, str], Any]:

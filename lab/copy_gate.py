@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from .copy_generate import generate_batch
 from .openset_copyhead import frozen_backbone
-from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, generation_eval,
-                                  history, make_bank, train_histories)
+from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, gate_targets,
+                                  generation_eval, history, make_bank, train_histories)
 
 ROLES = ("user", "assistant", "tool")
 
@@ -149,7 +149,7 @@ def final(model, rend, tok, args, gate: MessageGate, root: Path) -> None:
         memo = Memo(root / "memo_eval_b600.pt")
         cache, stats = {}, {}
         for name, (hs, fs) in sets.items():
-            gts = features(model, rend, hs, memo)[1]
+            gts = [gate_targets(rend, h, memo) for h in hs]  # messages memoised by eval_sets
             with torch.no_grad():
                 betas = [torch.sigmoid(gate(gate_inputs(h, memo))) for h in hs]
             cache[name] = torch.stack([write(read, f, b) for f, b in zip(fs, betas)])

@@ -137,21 +137,25 @@ def features(model, rend: ChatRenderer, hists: list[Hist], memo: Memo, answers: 
     value's tokens in the fact message)."""
     memo.fill(model, rend, [m for h in hists for m in h.messages])
     reads = _read_feats(model, [build(h.fact, rend, a) for h, a in zip(hists, answers or ["{v}"] * len(hists))])
-    feats, gates = [], []
+    feats = []
     for h, (rh, rt) in zip(hists, reads):
         parts = [memo.d[Memo.key(m)] for m in h.messages]
-        gt = []
-        for mi, m in enumerate(h.messages):
-            tgt = [0.0] * len(parts[mi][1])
-            if mi == h.fact_index:
-                text, _ids, spans = rend.message_block(m)
-                a = text.index(h.fact.statement) + h.fact.statement.index(h.fact.value)
-                for i in _overlap(spans, a, a + len(h.fact.value)):
-                    tgt[i] = 1.0
-            gt += tgt
         feats.append(Feats(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), rh, rt))
-        gates.append(torch.tensor(gt))
-    return feats, gates
+    return feats, [gate_targets(rend, h, memo) for h in hists]
+
+
+def gate_targets(rend: ChatRenderer, h: Hist, memo: Memo) -> torch.Tensor:
+    """1 on the value's tokens in the fact message, 0 on every other message token (messages already in `memo`)."""
+    gt: list[float] = []
+    for mi, m in enumerate(h.messages):
+        tgt = [0.0] * len(memo.d[Memo.key(m)][1])
+        if mi == h.fact_index:
+            text, _ids, spans = rend.message_block(m)
+            a = text.index(h.fact.statement) + h.fact.statement.index(h.fact.value)
+            for i in _overlap(spans, a, a + len(h.fact.value)):
+                tgt[i] = 1.0
+        gt += tgt
+    return torch.tensor(gt)
 
 
 @torch.no_grad()

@@ -106,14 +106,6 @@ class CopyChannel(nn.Module):
         """Write keys k̂ [..., r] from the key-source hidden states h[..., d] (fp32)."""
         return F.normalize(self.wk(h.float()), dim=-1)
 
-    def keys(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Token gate only: write keys and gates from the key-source hidden states h[..., d]: (k̂ [..., r],
-        β [...]) fp32."""
-        if self.gate_kind != "token":
-            raise ValueError("a message gate needs the message: use key() and write_gates()")
-        h = h.float()
-        return F.normalize(self.wk(h), dim=-1), torch.sigmoid(self.beta(h)).squeeze(-1)
-
     def write_gates(self, h_prev: Tensor, h: Tensor, mids: Tensor | None, valid: Tensor) -> Tensor:
         """β [B, T] (fp32) for a call's positions: h_prev [B, T, d] the key-source hidden states (`shifted_keys`),
         h [B, T, d] the positions' own, mids [B, T] message ids (None: one message per row), valid [B, T]. The token

@@ -72,17 +72,16 @@ def test_each_gate_kind_has_its_parameters_and_gates():
     assert set(msg.state_dict()) == set(cp.copy_params("message")) and not hasattr(msg, "beta")
     assert msg.mgate[0].weight.shape == (5, 3 * d) and float(msg.mgate[2].bias.detach()) == -3.0
     h_prev, h, mids, valid = _rows(2, 8, d, 5)
-    k, beta = tok.keys(h_prev)
+    beta = torch.sigmoid(tok.beta(h_prev)).squeeze(-1)
     torch.testing.assert_close(tok.write_gates(h_prev, h, mids, valid), beta)  # the token gate ignores the rest
-    torch.testing.assert_close(tok.key(h_prev), k)
+    torch.testing.assert_close(tok.key(h_prev), torch.nn.functional.normalize(tok.wk(h_prev), dim=-1))
+    torch.testing.assert_close(msg.key(h_prev), torch.nn.functional.normalize(msg.wk(h_prev), dim=-1))
     b = msg.write_gates(h_prev, h, mids, valid)
     want = torch.sigmoid(msg.mgate(cp.message_gate_inputs_naive(h_prev, h, mids, valid))).squeeze(-1)
     assert b.shape == (2, 8) and b.dtype == torch.float32
     torch.testing.assert_close(b, want)
     one = torch.zeros_like(mids)
     torch.testing.assert_close(msg.write_gates(h_prev, h, None, valid), msg.write_gates(h_prev, h, one, valid))
-    with pytest.raises(ValueError, match="write_gates"):
-        msg.keys(h_prev)
     with pytest.raises(ValueError, match="copy gate"):
         cp.CopyChannel(d, r, gate="mlp")
     with pytest.raises(ValueError, match="copy gate"):

@@ -60,7 +60,9 @@ def test_one_pass_tied_read_equals_lm_head_plus_read():
 
 
 def test_copy_read_state_of_write_groups_equals_a_naive_loop():
-    """lab.copy_read's state: write groups concatenated in order, given β, keys from W_k — the delta-rule loop."""
+    """lab.copy_read's state (the product's scan): write groups concatenated in order, given β, keys from W_k —
+    lab.copy_gate's per-token delta-rule loop."""
+    from lab.copy_gate import write
     from lab.copy_read import state
 
     model = tiny_llama()
@@ -74,11 +76,8 @@ def test_copy_read_state_of_write_groups_equals_a_naive_loop():
     rows = [[group(2), group(9)], [group(1)], [group(0), group(4)]]
     S = state(head, rows)
     for b, groups in enumerate(rows):
-        ref = torch.zeros(64, 3)
-        for kh, tok, beta in groups:
-            for t in range(len(tok)):
-                k = F.normalize(head.wk(kh[t]), dim=-1)
-                ref = ref + beta[t] * torch.outer(head.E[tok[t]] - ref @ k, k)
+        kh, tok, beta = (torch.cat([grp[i] for grp in groups]) for i in range(3))
+        ref = write(head, Feats(kh, tok, torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)), beta)
         torch.testing.assert_close(S[b], ref, atol=1e-5, rtol=1e-5)
     S.sum().backward()  # differentiable in W_k
     assert head.wk.weight.grad is not None and head.wk.weight.grad.abs().sum() > 0

@@ -54,8 +54,11 @@ def message_gate_model(one_thread):
     return _tiny_copy_model(copy_gate="message", copy_gate_hidden=8)
 
 
-def test_sessions_keep_their_own_copy_state_through_the_store(copy_model, tmp_path):
-    model, tok = copy_model
+@pytest.mark.parametrize("gate", ["token", "message"])
+def test_sessions_keep_their_own_copy_state_through_the_store(gate, request, tmp_path):
+    """With either write gate the copy channel writes through sessions and the SQLite store, sessions keep their own
+    copy memory, and a restart reads it back."""
+    model, tok = request.getfixturevalue("copy_model" if gate == "token" else "message_gate_model")
     db = tmp_path / "s.db"
     policy = WindowPolicy(budget=96, reserve=16)
     bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
@@ -131,18 +134,3 @@ def test_a_reply_does_not_write_its_own_tokens_into_the_copy_memory(copy_model):
     torch.testing.assert_close(cur.state.S, as_input.state.S, atol=ATOL, rtol=1e-4)  # the δ layers wrote them
     torch.testing.assert_close(cur.state.prev_h, as_input.state.prev_h, atol=ATOL, rtol=1e-4)
 
-
-def test_sessions_with_the_message_gate(message_gate_model, tmp_path):
-    """A copy channel with the message gate through sessions and the SQLite store: it writes, sessions keep their
-    own copy memory, a restart reads it back."""
-    model, tok = message_gate_model
-    db = tmp_path / "s.db"
-    policy = WindowPolicy(budget=96, reserve=16)
-    bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
-    bot.chat("My sister is called Daphne.", session_id="a", max_new_tokens=3)
-    a = bot.state("a").clone()
-    assert a.C is not None and a.C.abs().max() > 0
-    bot.chat("My number is 4471.", session_id="b", max_new_tokens=3)
-    assert bot.state("a").equal(a) and not bot.state("b").equal(a)
-    again = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
-    assert again.state("a").equal(a) and again.state("b").equal(bot.state("b"))
