@@ -6,9 +6,13 @@
 Defaults:
 - CUDA (when available): bf16 weights; `attn_implementation="flash_attention_2"` when the `flash_attn`
   package imports, else `"sdpa"`.
-- CPU: fp32 weights, unless the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16 on x86, BF16 on
-  Arm): without it bf16 matmuls are emulated and much slower (measured on a 2-core AVX2 EPYC: a training step
-  of 8 short episodes took 1.5-2.3 s in fp32 and 10-51 s in bf16). `"sdpa"` attention.
+- CPU: fp32 weights and `"sdpa"` attention, on every CPU, so a conversation gets the same replies on every machine
+  and the shipped adapter runs in the precision it was trained and measured in. bf16 is opt-in (`dtype="bfloat16"`):
+  on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm; `cpu_supports_bf16`) it
+  prefilled the default backbone 2-3x faster and decoded at about the same speed (2-core AVX512-BF16 EPYC, one
+  thread); bf16 logits of the default backbone differ from fp32 by up to ~0.5 nats, enough to flip close greedy
+  choices. Without native bf16 the matmuls are emulated and much slower (2-core AVX2 EPYC: a training step of 8
+  short episodes took 1.5-2.3 s in fp32 and 10-51 s in bf16).
 - The δ-state and the δ-mem parameters stay fp32 whatever the weights (docs/design.md, section 2; `attach` casts
   the adapter to fp32 and the wrappers add the corrections in the backbone's dtype).
 
@@ -99,7 +103,9 @@ def resolve_policy(device: Any = None, dtype: Any = None, attn_implementation: s
     on_cuda = torch.device(dev).type == "cuda"
     want = parse_dtype(dtype)
     if want is None:
-        want = torch.bfloat16 if on_cuda or cpu_supports_bf16() else torch.float32
+        want = torch.bfloat16 if on_cuda else torch.float32
+        if not on_cuda and cpu_supports_bf16():
+            logger.info("this CPU has native bf16: dtype='bfloat16' prefills faster (replies may differ from fp32)")
     if attn_implementation is None:
         half = want in (torch.bfloat16, torch.float16)  # FlashAttention-2 runs in half precision only
         attn = "flash_attention_2" if on_cuda and half and flash_attn_available() else "sdpa"

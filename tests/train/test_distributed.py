@@ -132,6 +132,6 @@ def test_bf16_default_follows_the_device_policy(monkeypatch):
     assert weight_dtype(None, torch.device("cpu")) == torch.float32  # emulated bf16 is several times slower
     assert weight_dtype(None, torch.device("cuda", 0)) == torch.bfloat16
     monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
-    assert weight_dtype(None, torch.device("cpu")) == torch.bfloat16
+    assert weight_dtype(None, torch.device("cpu")) == torch.float32  # bf16 on a CPU is opt-in, native or not
     assert weight_dtype(False, torch.device("cuda", 0)) == torch.float32  # the user's choice wins
     assert weight_dtype(True, torch.device("cpu")) == torch.bfloat16
