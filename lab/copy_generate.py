@@ -2,8 +2,8 @@
 
 Prompts are left-padded into one batch (explicit position ids, padding masked), so a batch of 32 replies costs about
 as many forwards as one. With a copy head and a state per row, every step's logits get the head's read
-(`lab.openset_copyhead.CopyHead`): lm_head(h) + τ·softplus(w_g·h + b_g)·Ê·(S·norm(W_q h)). Without a head it is the
-plain backbone, as the ceiling (the fact right before the question) needs.
+(`lab.openset_copyhead.CopyHead`): lm_head(h) + Ê·u, u = `head.scaled_read`(h, S·norm(W_q h)). Without a head it is
+the plain backbone, as the ceiling (the fact right before the question) needs.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
             logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
         else:
             q = F.normalize(head.wq(h), dim=-1)
-            u = F.softplus(head.gate(h)) * head.log_tau.exp() * torch.einsum("bdr,br->bd", S, q)
+            u = head.scaled_read(h, torch.einsum("bdr,br->bd", S, q))
             logits = _logits_with_read(model, head, h, u)
         nxt = logits.argmax(-1)
         if head is not None and coverage:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from deltamem_agents.core.copy import scan
 
 from .copy_gate import MessageGate, gate_inputs
-from .openset_copyhead import ANSWERS, CopyHead, Feats, frozen_backbone
+from .openset_copyhead import ANSWERS, CopyHead, Feats, MatchHead, frozen_backbone
 from .openset_copyhistory import Memo, features, train_histories
 from .openset_readpath import load_ckpt, save_ckpt
 
@@ -64,14 +64,34 @@ def state(head: CopyHead, writes: list[list[tuple]]) -> torch.Tensor:
     return scan(torch.zeros(B, head.d, head.rank), k, V, beta)[0]
 
 
-def read_logits(model, head: CopyHead, S: torch.Tensor, fs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(backbone logits, with the read, targets) at every labelled position of the batch."""
+def read_logits(model, head: CopyHead, S: torch.Tensor, fs) -> tuple[torch.Tensor, ...]:
+    """(backbone logits, with the read, targets, ‖o‖) at every labelled position of the batch."""
     h = torch.cat([f.read_h for f in fs])
     tgt = torch.cat([f.read_tok for f in fs])
     rows = torch.cat([torch.full((len(f.read_tok),), b) for b, f in enumerate(fs)])
     o = torch.einsum("ndr,nr->nd", S[rows], F.normalize(head.wq(h), dim=-1))
     base = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
-    return base, base + F.softplus(head.gate(h)) * head.log_tau.exp() * (o @ head.E.T), tgt
+    return base, base + head.scaled_read(h, o) @ head.E.T, tgt, o.norm(dim=-1).detach()
+
+
+@torch.no_grad()
+def match_separation(model, head: CopyHead, writes, fs, hs, n: int = 96, seed: int = 5) -> dict:
+    """How well ‖o‖ = ‖C q̂‖ tells a state holding the asked fact from one holding another history's only, at the
+    positions whose target is one of the value's written tokens: medians and the AUC (P(own > other))."""
+    rng = random.Random(seed)
+    own, neg = [], []
+    for i in rng.sample(range(len(hs)), n):
+        other = rng.choice([j for j in range(len(hs)) if hs[j].fact.relation != hs[i].fact.relation])
+        at = torch.isin(fs[i].read_tok, writes[i][1])
+        if not at.any():
+            continue
+        f = Feats(fs[i].key_h, fs[i].write_tok, fs[i].read_h[at], fs[i].read_tok[at])
+        for S_w, acc in ((writes[i], own), (writes[other], neg)):
+            acc.append(read_logits(model, head, state(head, [[S_w]]), [f])[3])
+    own_t, neg_t = torch.cat(own), torch.cat(neg)
+    auc = float((own_t[:, None] > neg_t[None, :]).float().mean())
+    return {"o_own_median": round(float(own_t.median()), 4), "o_other_median": round(float(neg_t.median()), 4),
+            "auc": round(auc, 4), "positions": len(own_t)}
 
 
 def main() -> None:
@@ -83,6 +103,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--neg-weight", type=float, default=1.0)
+    ap.add_argument("--gain", choices=("position", "match"), default="position",
+                    help="the read gain: of the reading position only, or also of the match ‖C q̂‖ (MatchHead)")
     ap.add_argument("--p-two", type=float, default=0.4, help="share of examples with a second fact in the state")
     ap.add_argument("--p-neg", type=float, default=0.3, help="share of examples whose state holds another fact only")
     ap.add_argument("--pool", type=int, default=600)
@@ -94,7 +116,7 @@ def main() -> None:
     out = Path(args.out)
     model, tok, rend = frozen_backbone(args.threads, out=out)
     rank = json.loads((Path(args.init) / "meta.json").read_text())["rank"]
-    head = CopyHead(model, rank)
+    head = (MatchHead if args.gain == "match" else CopyHead)(model, rank)
     head.load_state_dict({k[2:]: v for k, v in load_file(str(Path(args.init) / "ckpt.safetensors")).items()
                           if k.startswith("p.")}, strict=False)
     head.requires_grad_(True)
@@ -103,7 +125,8 @@ def main() -> None:
     gate.load_state_dict(torch.load(Path(args.gate) / "gate.pt", weights_only=True))
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     step = load_ckpt(out, head, opt)
-    (out / "meta.json").write_text(json.dumps({"rank": rank, "bytes": head.d * rank * 4, "args": vars(args)}, indent=1))
+    (out / "meta.json").write_text(json.dumps({"rank": rank, "bytes": head.d * rank * 4, "gain": args.gain,
+                                               "args": vars(args)}, indent=1))
 
     hs = train_histories(tok, 0, args.pool, args.bank, 40, 250)
     pool = out / "pool.pt"  # the gate's writes and the answers' read features, computed once per run
@@ -121,6 +144,10 @@ def main() -> None:
         torch.save((writes, reads), pool)
     fs = [Feats(torch.zeros(0), torch.zeros(0, dtype=torch.long), rh, rt) for rh, rt in reads]
     log = out / "log.jsonl"
+    if step == 0:
+        sep = match_separation(model, head, writes, fs, hs)
+        tqdm.write(f"before training: {json.dumps(sep)}")
+        (out / "separation_init.json").write_text(json.dumps(sep))
     t0 = time.time()
     bar = tqdm(total=args.steps, initial=step, desc="copy read")
     while step < args.steps:
@@ -138,7 +165,7 @@ def main() -> None:
                 groups.append(g if rng.random() < 0.5 else g[::-1])
                 neg.append(False)
         S = state(head, groups)
-        base, logits, tgt = read_logits(model, head, S, [fs[i] for i in pick])
+        base, logits, tgt, onorm = read_logits(model, head, S, [fs[i] for i in pick])
         rows = torch.cat([torch.full((len(fs[i].read_tok),), b) for b, i in enumerate(pick)])
         is_neg = torch.tensor(neg)[rows]
         ce = F.cross_entropy(logits[~is_neg], tgt[~is_neg]) if (~is_neg).any() else torch.zeros(())
@@ -152,12 +179,16 @@ def main() -> None:
         step += 1
         bar.update(1)
         bar.set_postfix(ce=f"{ce.item():.3f}", kl=f"{kl.item():.3f}")
-        with log.open("a") as f:
+        with log.open("a") as f:  # ‖o‖ at answer positions: states holding the answer vs not
             f.write(json.dumps({"step": step, "s": round(time.time() - t0), "ce": round(ce.item(), 4),
-                                "kl": round(kl.item(), 4)}) + "\n")
+                                "kl": round(kl.item(), 4), "o_own": round(float(onorm[~is_neg].mean()), 4),
+                                "o_neg": round(float(onorm[is_neg].mean()), 4) if is_neg.any() else None}) + "\n")
         if step % args.ckpt_every == 0 or step == args.steps:
             save_ckpt(out, step, head, opt)
     bar.close()
+    sep = match_separation(model, head, writes, fs, hs)
+    tqdm.write(f"after training: {json.dumps(sep)}")
+    (out / "separation_final.json").write_text(json.dumps(sep))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,11 @@ class CopyHead(CopyChannel):
         self.register_buffer("E", F.normalize(emb, dim=-1), persistent=False)
         self.d = emb.shape[1]
 
+    def scaled_read(self, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """u = g·o [..., d] for reading positions h [..., d] and read-outs o = C q̂ [..., d]; Ê u is added to the
+        logits."""
+        return self.gain(h) * o
+
     def write(self, feats: list[Feats]) -> torch.Tensor:
         """The states after writing each example's tokens in order: [B, d, r] (fp32)."""
         B, n = len(feats), max(len(f.write_tok) for f in feats)
@@ -145,9 +150,31 @@ class CopyHead(CopyChannel):
         rows = torch.cat([torch.full((len(f.read_tok),), b) for b, f in enumerate(feats)])
         q = F.normalize(self.wq(h), dim=-1)
         o = torch.einsum("ndr,nr->nd", S[rows], q)
-        g = F.softplus(self.gate(h)) * self.log_tau.exp()
         base = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
-        return base + g * (o @ self.E.T), tgt, rows
+        return base + self.scaled_read(h, o) @ self.E.T, tgt, rows
+
+
+class MatchHead(CopyHead):
+    """A CopyHead whose read gain also depends on how well the query matched the written keys:
+    u = g(h) · σ(a·‖o‖ + c) · o. With unit keys and values, ‖o‖ = ‖C q̂‖ is about the cosine between the query and
+    the keys written (weighted by β), so a state that holds no key like the query can be read as silence without
+    lowering the gain where one matches. a, c are trained with the rest (`match`, two scalars)."""
+
+    def __init__(self, model, rank: int, match: tuple[float, float] = (8.0, -2.0), **kw) -> None:
+        super().__init__(model, rank, **kw)
+        self.match = torch.nn.Parameter(torch.tensor(match))
+
+    def match_gate(self, o: torch.Tensor) -> torch.Tensor:
+        """σ(a·‖o‖ + c) [..., 1]."""
+        return torch.sigmoid(self.match[0] * o.norm(dim=-1, keepdim=True) + self.match[1])
+
+    def scaled_read(self, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return self.gain(h) * self.match_gate(o) * o
+
+
+def head_for(model, meta: dict) -> CopyHead:
+    """The lab head a run's meta.json describes (`gain`: "position", the default, or "match")."""
+    return (MatchHead if meta.get("gain") == "match" else CopyHead)(model, meta["rank"])
 
 
 def recall(model, head: CopyHead, feats: list[Feats], control: str, bs: int = 32,
@@ -180,8 +207,7 @@ def generate(model, head: CopyHead, S: torch.Tensor, prompt: list[int], eos: int
     ids: list[int] = []
     for _ in range(max_new):
         q = F.normalize(head.wq(h), dim=-1)
-        g = F.softplus(head.gate(h)) * head.log_tau.exp()
-        logits = model.lm_head(h) + g * ((S @ q[0]) @ head.E.T)
+        logits = model.lm_head(h) + head.scaled_read(h, (S @ q[0])[None]) @ head.E.T
         nxt = int(logits.argmax(-1))
         if nxt == eos:
             break

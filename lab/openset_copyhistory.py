@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from deltamem_agents.runtime.render import DEFAULT_SYSTEM_PROMPT, ChatRenderer
 from deltamem_agents.runtime.replay import IGNORE
 
 from .copy_generate import generate_batch
-from .openset_copyhead import ANSWERS, CopyHead, Feats
+from .openset_copyhead import ANSWERS, CopyHead, Feats, head_for
 from .openset_readpath import _overlap, _pad, build, load_ckpt, save_ckpt
 
 _ACKS = ("Noted.", "Got it, thanks.", "Okay, I'll keep that in mind.", "Thanks for letting me know.")
@@ -239,8 +240,7 @@ def distill_loss(model, head: CopyHead, S: torch.Tensor, items: list) -> torch.T
     idx = torch.cat([t[2] for t in items])
     q = F.normalize(head.wq(h), dim=-1)
     o = torch.einsum("ndr,nr->nd", S[rows], q)
-    g = F.softplus(head.gate(h)) * head.log_tau.exp()
-    logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float() + g * (o @ head.E.T)
+    logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float() + head.scaled_read(h, o) @ head.E.T
     lp_s = logits.log_softmax(-1).gather(-1, idx)
     return (lp_t.exp() * (lp_t - lp_s)).sum(-1).mean()
 
@@ -335,7 +335,24 @@ def generation_eval(model, tok, rend, head, sets, out: Path, root: Path, cache: 
         for ctl in ("own", "shuffled", "ceiling"):
             hit = [r["hit"] for r in rows if r["control"] == ctl]
             res[f"gen_{name}_{ctl}"] = round(sum(hit) / len(hit), 4)
+        leak = leaks(rows)
+        res[f"gen_{name}_leak"] = round(sum(leak) / len(leak), 4)
     return res
+
+
+def leaks(rows: list[dict]) -> list[float]:
+    """Per reply with another history's state (`generation_eval` rolls states by one: row i reads row i−1's), 1 if it
+    contains a word (≥ 4 characters) of the value that state holds and not of its own value: the read pasting a
+    fact that does not answer the question."""
+    def words(v: str) -> set[str]:
+        return {w for w in re.findall(r"\w+", v.lower()) if len(w) >= 4}
+
+    own = [r for r in rows if r["control"] == "own"]
+    out = []
+    for i, r in enumerate(r for r in rows if r["control"] == "shuffled"):
+        other = words(own[i - 1]["value"]) - words(r["value"])
+        out.append(float(any(w in r["reply"].lower() for w in other)))
+    return out
 
 
 def _gen_row(h: Hist, reply: str, control: str) -> dict:
@@ -408,7 +425,7 @@ def train(args) -> None:
 
 
 def _load_head(model, run: Path) -> CopyHead:
-    head = CopyHead(model, json.loads((run / "meta.json").read_text())["rank"])
+    head = head_for(model, json.loads((run / "meta.json").read_text()))
     t = load_file(str(run / "ckpt.safetensors"))
     head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("p.")}, strict=False)
     return head
@@ -448,12 +465,13 @@ def evaluate_runs(args) -> None:
 def report(root: Path) -> str:
     """Per run and evaluation set: exact bare-value recall (own / another's state), free-form replies containing the
     value (own / another's state, the memory difference with a paired interval), the ceiling (the backbone with the
-    fact right before the question, same histories) and own / ceiling; then free-form recall by kind."""
+    fact right before the question, same histories), own / ceiling and the leak (`leaks`: replies with another
+    history's state that paste a word of its value); then free-form recall by kind."""
     from deltamem_agents.bench.stats import bootstrap_ci, paired_diff_ci
 
     f = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"  # noqa: E731
     lines = ["| run | set | n | exact own | exact another's | free-form own | free-form another's "
-             "| memory (own − another) | ceiling | own / ceiling |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| memory (own − another) | ceiling | own / ceiling | leak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     kinds = []
     for d in sorted(p for p in root.iterdir() if list(p.glob("gen_*.jsonl"))):
         exact = [json.loads(x) for e in sorted(d.glob("final_examples_d*.jsonl")) for x in e.read_text().splitlines()]
@@ -471,7 +489,8 @@ def report(root: Path) -> str:
             m = lambda v: f"{sum(v) / len(v):.2f}" if v else "—"  # noqa: E731 (runs without the exact evaluation)
             lines.append(f"| {d.name} | {name} | {len(own)} | {m(ex_own)} "
                          f"| {m(ex_sh)} | {f(bootstrap_ci(own))} | {f(bootstrap_ci(sh))} "
-                         f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] | {f(bootstrap_ci(ce))} | {ratio:.2f} |")
+                         f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] | {f(bootstrap_ci(ce))} | {ratio:.2f} "
+                         f"| {f(bootstrap_ci(leaks(rows)))} |")
             by: dict[str, list[float]] = {}
             for r in rows:
                 if r["control"] == "own":
