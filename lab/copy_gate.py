@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .copy_generate import generate_batch
 from .openset_copyhead import frozen_backbone
+from .wide_facts import mixed_histories
 from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, gate_targets,
                                   generation_eval, history, make_bank, train_histories)
 
@@ -86,7 +87,8 @@ def train_gate(model, rend, tok, args, root: Path, out: Path) -> MessageGate:
     if ckpt.exists():
         gate.load_state_dict(torch.load(ckpt, weights_only=True))
         return gate
-    hs = train_histories(tok, 0, args.pool, args.bank, 40, 250)  # lab.openset_copyhistory's defaults
+    hs = (mixed_histories(tok, 0, args.pool, args.bank, 40, 250) if args.facts == "mixed"
+          else train_histories(tok, 0, args.pool, args.bank, 40, 250))  # lab.openset_copyhistory's defaults
     memo = Memo(root / f"memo_train_s0_b{args.bank}.pt")
     gts = [g for i in range(0, len(hs), 64) for g in features(model, rend, hs[i:i + 64], memo)[1]]
     X = [gate_inputs(h, memo) for h in hs]
@@ -151,10 +153,11 @@ def final(model, rend, tok, args, gate: MessageGate, root: Path) -> None:
         for name, (hs, fs) in sets.items():
             gts = [gate_targets(rend, h, memo) for h in hs]  # messages memoised by eval_sets
             with torch.no_grad():
-                betas = [torch.sigmoid(gate(gate_inputs(h, memo))) for h in hs]
+                betas = gts if args.oracle else [torch.sigmoid(gate(gate_inputs(h, memo))) for h in hs]
             cache[name] = torch.stack([write(read, f, b) for f, b in zip(fs, betas)])
             stats[name] = detector_stats(betas, gts)
-        row = {"distance": dist, "read": args.read, "gate": str(Path(args.out) / "gate.pt"), "detector": stats}
+        row = {"distance": dist, "read": args.read, "gate": "oracle" if args.oracle else str(Path(args.out) / "gate.pt"),
+               "detector": stats}
         row["coverage"] = args.coverage
         row |= generation_eval(model, tok, rend, read, sets, run, root, cache, coverage=args.coverage)
         (run / f"final_d{dist}.json").write_text(json.dumps(row, indent=1))
@@ -172,11 +175,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--pos-weight", type=float, default=5.0)
     ap.add_argument("--no-role", action="store_true", help="the gate does not see the message's role")
+    ap.add_argument("--facts", choices=("generator", "mixed"), default="generator",
+                    help="training facts: the generator's, or half of them from lab.wide_facts' bank")
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--distances", default="500,2000")
     ap.add_argument("--skip-detector", action="store_true")
     ap.add_argument("--final", action="store_true", help="then the copy-history evaluation sets (n = --n-final)")
     ap.add_argument("--n-final", type=int, default=200)
+    ap.add_argument("--oracle", action="store_true",
+                    help="--final with oracle writes (the value's tokens, β = 1) instead of the gate's: the read alone")
     ap.add_argument("--name", default="", help="the --final run directory's name (default: --out's)")
     ap.add_argument("--coverage", type=float, default=0.0,
                     help="free-form replies: each emitted token's value direction leaves the reply-local state by "

@@ -37,6 +37,7 @@ from .copy_gate import MessageGate, gate_inputs
 from .openset_copyhead import ANSWERS, CopyHead, Feats, MatchHead, frozen_backbone
 from .openset_copyhistory import Memo, features, train_histories
 from .openset_readpath import load_ckpt, save_ckpt
+from .wide_facts import mixed_histories
 
 
 def sparse_writes(gate: MessageGate, hists, memo: Memo, feats) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -103,6 +104,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--neg-weight", type=float, default=1.0)
+    ap.add_argument("--facts", choices=("generator", "mixed"), default="generator",
+                    help="training facts: the generator's, or half of them from lab.wide_facts' bank")
     ap.add_argument("--gain", choices=("position", "match"), default="position",
                     help="the read gain: of the reading position only, or also of the match ‖C q̂‖ (MatchHead)")
     ap.add_argument("--p-two", type=float, default=0.4, help="share of examples with a second fact in the state")
@@ -128,7 +131,8 @@ def main() -> None:
     (out / "meta.json").write_text(json.dumps({"rank": rank, "bytes": head.d * rank * 4, "gain": args.gain,
                                                "args": vars(args)}, indent=1))
 
-    hs = train_histories(tok, 0, args.pool, args.bank, 40, 250)
+    hs = (mixed_histories(tok, 0, args.pool, args.bank, 40, 250) if args.facts == "mixed"
+          else train_histories(tok, 0, args.pool, args.bank, 40, 250))
     pool = out / "pool.pt"  # the gate's writes and the answers' read features, computed once per run
     if pool.exists():
         writes, reads = torch.load(pool, weights_only=True)
