@@ -11,16 +11,20 @@ them. Every column uses the same frozen backbone, the same session runtime and t
 
 Printed: each answer, whether it contains the user's own value (✓) or the other user's (✗ other), the δ-state's
 size and the wall time. The two users' turns run from two threads and each column decodes them together in one
-batch (runtime/batched.py; batched turns give the tokens of turns decoded alone, as its tests check); columns share
-the model lock, so one forward runs at a time. The two users' conversations differ only in their values, so a memory that answers from
-priors or from the wording gives both users the same answer: only answers that follow each user's own values
-count as remembered. A column counts as memory only where it beats the buffer; docs/results.md has the
+batch (runtime/batched.py; batched turns give the tokens of turns decoded alone, as its tests check). The columns
+share only the frozen weights (each has its own sessions, KV caches and δ-states; a δ-mem call's context is per
+thread), so they run as two parallel streams of one plain and one δ-mem column each, one torch thread per stream,
+instead of all waiting on the model lock. The two users' conversations differ only in their values, so a memory that
+answers from priors or from the wording gives both users the same answer: only answers that follow each user's own
+values count as remembered. A column counts as memory only where it beats the buffer; docs/results.md has the
 controlled measurements. The shipped adapter was trained on colour / food / sport / drink facts only; the
 sister's name is an untrained kind, shown as such.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,6 +44,7 @@ CHITCHAT = [
     "Give me a tip for learning a new language.", "Why is the sky blue?",
 ]
 RAG_K = 3
+BATCH_WAIT_MS = 5000.0  # a column's batch waits for both users' turns (they always come), whatever the load
 
 
 class Column:
@@ -87,7 +92,32 @@ def _retriever() -> Any:
         return None
 
 
+def _streams(cols: list[Column]) -> None:
+    """Give the columns' batchers one lock per stream (column i in stream i mod n) instead of the model lock.
+
+    Each stream runs one forward at a time on one torch thread, so n streams use n cores without oversubscribing
+    them. Every column still decodes the same batches (both users' turns, see BATCH_WAIT_MS), and a forward's
+    numbers do not depend on what runs beside it, so the replies are those of the columns run one after another
+    (on the default backbone also the same as at torch's default thread count)."""
+    n = max(1, min(2, len(cols), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    locks = [threading.RLock() for _ in range(n)]
+    for i, c in enumerate(cols):
+        if c.bot.batcher is not None:
+            c.bot.batcher.lock = locks[i % n]
+
+
 def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 24) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # parallelism comes from the columns' streams (see `_streams`)
+    try:
+        _run(adapter, budget, max_new_tokens)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(adapter: str, budget: int, max_new_tokens: int) -> None:
     from .chat.model import DeltaMemChat
     from .runtime.store import MemoryBackend, SessionStore
     from .runtime.window import WindowPolicy
@@ -96,7 +126,7 @@ def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 
     policy = WindowPolicy(budget=budget, reserve=48)
     rag_tokens = budget // 3
     rag_policy = WindowPolicy(budget=budget - rag_tokens, reserve=48)
-    batch = dict(max_batch=len(USERS), batch_wait_ms=50.0)  # the users' turns of a column decode together
+    batch = dict(max_batch=len(USERS), batch_wait_ms=BATCH_WAIT_MS)  # a column's users' turns decode together
     new = lambda model, tok, pol, mem: DeltaMemChat(model, tok, store=SessionStore(MemoryBackend()),  # noqa: E731
                                                     policy=pol, use_memory=mem, **batch)
     mem = DeltaMemChat.from_default(adapter=adapter, store=SessionStore(MemoryBackend()), policy=policy, **batch)
@@ -118,6 +148,7 @@ def run_demo(adapter: str = "default", budget: int = 192, max_new_tokens: int = 
     if retriever is not None:
         cols.insert(1, Column("RAG", new(mem.model, mem.tokenizer, rag_policy, False), retriever, rag_tokens))
         cols.append(Column(f"{label} + RAG", new(mem.model, mem.tokenizer, rag_policy, True), retriever, rag_tokens))
+    _streams(cols)
     print(f"loaded the default backbone + adapter in {time.perf_counter() - t0:.1f} s; visible budget {budget} "
           f"tokens for every column (RAG: {budget - rag_tokens} window + {rag_tokens} retrieved)")
     print("\n-- first visit: each user shares facts (same words, own values), then chats about other things --")
