@@ -72,9 +72,9 @@ def detector_stats(beta: list[torch.Tensor], gts: list[torch.Tensor]) -> dict:
 @torch.no_grad()
 def write(read, f, beta: torch.Tensor) -> torch.Tensor:
     """The read head's state after writing the history's tokens with strengths `beta` (keys and values its own)."""
-    K = F.normalize(read.wk(f.key_h), dim=-1)
+    K = read.keys(f.key_h, f.key_prev)
     V = read.E[f.write_tok]
-    S = torch.zeros(read.d, read.rank)
+    S = torch.zeros(read.d, read.key_dims)
     for t in torch.nonzero(beta > 1e-4).squeeze(1).tolist():
         S += beta[t] * torch.outer(V[t] - S @ K[t], K[t])
     return S

@@ -26,6 +26,7 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past, h = out.past_key_values, out.last_hidden_state[:, -1].float()
+    cur = torch.tensor([p[-1] for p in prompts])  # the token at the reading position (token queries)
     done = [False] * B
     res: list[list[int]] = [[] for _ in range(B)]
     dist: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
@@ -33,10 +34,11 @@ def generate_batch(model, prompts: list[list[int]], eos: int, max_new: int = 24,
         if head is None:
             logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
         else:
-            q = F.normalize(head.wq(h), dim=-1)
+            q = head.queries(h, cur)
             u = head.scaled_read(h, torch.einsum("bdr,br->bd", S, q))
             logits = _logits_with_read(model, head, h, u)
         nxt = logits.argmax(-1)
+        cur = nxt
         if head is not None and coverage:
             e = head.E[nxt]  # [B, d]
             S = S - coverage * e[:, :, None] * torch.einsum("bd,bdr->br", e, S)[:, None, :]

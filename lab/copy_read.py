@@ -41,36 +41,38 @@ from .wide_facts import mixed_histories
 
 
 def sparse_writes(gate: MessageGate, hists, memo: Memo, feats) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per history: (key-source hidden states, token ids, β) of the tokens the gate writes with β > 0.01."""
+    """Per history: (key-source hidden states, token ids, β, the tokens before them) of the tokens the gate writes
+    with β > 0.01."""
     out = []
     with torch.no_grad():
         for h, f in zip(hists, feats):
             beta = torch.sigmoid(gate(gate_inputs(h, memo)))
             keep = beta > 0.01
-            out.append((f.key_h[keep], f.write_tok[keep], beta[keep]))
+            out.append((f.key_h[keep], f.write_tok[keep], beta[keep], f.key_prev[keep]))
     return out
 
 
 def state(head: CopyHead, writes: list[list[tuple]]) -> torch.Tensor:
     """C [B, d, r] after each row's list of write groups, in order (differentiable in W_k)."""
-    rows = [(torch.cat([w[0] for w in g]), torch.cat([w[1] for w in g]), torch.cat([w[2] for w in g])) for g in writes]
+    rows = [tuple(torch.cat([w[i] for w in g]) for i in range(4)) for g in writes]
     B, T = len(rows), max(1, max(len(r[1]) for r in rows))
     H = torch.zeros(B, T, head.d)
     V = torch.zeros(B, T, head.d)
     beta = torch.zeros(B, T)
-    for b, (kh, tok, bt) in enumerate(rows):
+    prev = torch.zeros(B, T, dtype=torch.long)
+    for b, (kh, tok, bt, pv) in enumerate(rows):
         n = len(tok)
-        H[b, :n], V[b, :n], beta[b, :n] = kh, head.E[tok], bt
-    k = F.normalize(head.wk(H), dim=-1)
-    return scan(torch.zeros(B, head.d, head.rank), k, V, beta)[0]
+        H[b, :n], V[b, :n], beta[b, :n], prev[b, :n] = kh, head.E[tok], bt, pv
+    return scan(torch.zeros(B, head.d, head.key_dims), head.keys(H, prev), V, beta)[0]
 
 
 def read_logits(model, head: CopyHead, S: torch.Tensor, fs) -> tuple[torch.Tensor, ...]:
     """(backbone logits, with the read, targets, ‖o‖) at every labelled position of the batch."""
     h = torch.cat([f.read_h for f in fs])
     tgt = torch.cat([f.read_tok for f in fs])
+    cur = torch.cat([f.read_cur for f in fs])
     rows = torch.cat([torch.full((len(f.read_tok),), b) for b, f in enumerate(fs)])
-    o = torch.einsum("ndr,nr->nd", S[rows], F.normalize(head.wq(h), dim=-1))
+    o = torch.einsum("ndr,nr->nd", S[rows], head.queries(h, cur))
     base = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
     return base, base + head.scaled_read(h, o) @ head.E.T, tgt, o.norm(dim=-1).detach()
 
@@ -86,7 +88,7 @@ def match_separation(model, head: CopyHead, writes, fs, hs, n: int = 96, seed: i
         at = torch.isin(fs[i].read_tok, writes[i][1])
         if not at.any():
             continue
-        f = Feats(fs[i].key_h, fs[i].write_tok, fs[i].read_h[at], fs[i].read_tok[at])
+        f = Feats(fs[i].key_h, fs[i].write_tok, fs[i].read_h[at], fs[i].read_tok[at], read_cur=fs[i].read_cur[at])
         for S_w, acc in ((writes[i], own), (writes[other], neg)):
             acc.append(read_logits(model, head, state(head, [[S_w]]), [f])[3])
     own_t, neg_t = torch.cat(own), torch.cat(neg)
@@ -106,6 +108,8 @@ def main() -> None:
     ap.add_argument("--neg-weight", type=float, default=1.0)
     ap.add_argument("--facts", choices=("generator", "mixed"), default="generator",
                     help="training facts: the generator's, or half of them from lab.wide_facts' bank")
+    ap.add_argument("--tok-rank", type=int, default=0,
+                    help="token keys: key dimensions for the token before a written one (and at a reading position)")
     ap.add_argument("--gain", choices=("position", "match"), default="position",
                     help="the read gain: of the reading position only, or also of the match ‖C q̂‖ (MatchHead)")
     ap.add_argument("--p-two", type=float, default=0.4, help="share of examples with a second fact in the state")
@@ -119,7 +123,7 @@ def main() -> None:
     out = Path(args.out)
     model, tok, rend = frozen_backbone(args.threads, out=out)
     rank = json.loads((Path(args.init) / "meta.json").read_text())["rank"]
-    head = (MatchHead if args.gain == "match" else CopyHead)(model, rank)
+    head = (MatchHead if args.gain == "match" else CopyHead)(model, rank, tok_rank=args.tok_rank)
     head.load_state_dict({k[2:]: v for k, v in load_file(str(Path(args.init) / "ckpt.safetensors")).items()
                           if k.startswith("p.")}, strict=False)
     head.requires_grad_(True)
@@ -128,7 +132,8 @@ def main() -> None:
     gate.load_state_dict(torch.load(Path(args.gate) / "gate.pt", weights_only=True))
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     step = load_ckpt(out, head, opt)
-    (out / "meta.json").write_text(json.dumps({"rank": rank, "bytes": head.d * rank * 4, "gain": args.gain,
+    (out / "meta.json").write_text(json.dumps({"rank": rank, "tok_rank": args.tok_rank, "bytes": head.d * head.key_dims * 4,
+                                               "gain": args.gain,
                                                "args": vars(args)}, indent=1))
 
     hs = (mixed_histories(tok, 0, args.pool, args.bank, 40, 250) if args.facts == "mixed"
@@ -144,9 +149,9 @@ def main() -> None:
         for i in tqdm(range(0, len(hs), 64), desc="training features"):
             fb = features(model, rend, hs[i:i + 64], memo, answers[i:i + 64])[0]
             writes += sparse_writes(gate, hs[i:i + 64], memo, fb)
-            reads += [(f.read_h, f.read_tok) for f in fb]
+            reads += [(f.read_h, f.read_tok, f.read_cur) for f in fb]
         torch.save((writes, reads), pool)
-    fs = [Feats(torch.zeros(0), torch.zeros(0, dtype=torch.long), rh, rt) for rh, rt in reads]
+    fs = [Feats(torch.zeros(0), torch.zeros(0, dtype=torch.long), rh, rt, read_cur=rc) for rh, rt, rc in reads]
     log = out / "log.jsonl"
     if step == 0:
         sep = match_separation(model, head, writes, fs, hs)

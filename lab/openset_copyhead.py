@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class Feats:
     write_tok: torch.Tensor  # [n_w] the written token ids
     read_h: torch.Tensor    # [n_r, d] hidden states at the positions predicting labelled tokens
     read_tok: torch.Tensor  # [n_r] the labelled tokens
+    key_prev: torch.Tensor | None = None  # [n_w] the token before each written one (token keys)
+    read_cur: torch.Tensor | None = None  # [n_r] the token at each reading position (token queries)
 
 
 def frozen_backbone(threads: int, seed: int = 0, out: Path | None = None) -> tuple:
@@ -107,11 +110,39 @@ class CopyHead(CopyChannel):
     """The product's copy-channel parameters (`core.copy.CopyChannel`, same initialisation) with the lab's batched
     write and read over precomputed features."""
 
-    def __init__(self, model, rank: int, beta_bias: float = 1.0, gate_bias: float = 0.0, tau: float = 10.0):
+    def __init__(self, model, rank: int, beta_bias: float = 1.0, gate_bias: float = 0.0, tau: float = 10.0,
+                 tok_rank: int = 0):
         emb = model.get_input_embeddings().weight.detach().float()
         super().__init__(emb.shape[1], rank, beta_bias=beta_bias, gate_bias=gate_bias, tau=tau)
         self.register_buffer("E", F.normalize(emb, dim=-1), persistent=False)
         self.d = emb.shape[1]
+        self.tok_rank = tok_rank
+        if tok_rank:  # token keys: `keys` / `queries`
+            self.wt = torch.nn.Linear(self.d, tok_rank, bias=False)
+            torch.nn.init.normal_(self.wt.weight, std=self.d ** -0.5)
+            self.mix = torch.nn.Parameter(torch.tensor(math.pi / 4))
+
+    @property
+    def key_dims(self) -> int:
+        """Columns of the state C [d, key_dims]."""
+        return self.rank + self.tok_rank
+
+    def _with_tokens(self, k: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        if not self.tok_rank:
+            return k
+        t = F.normalize(self.wt(self.E[ids]), dim=-1)
+        return torch.cat([k * torch.cos(self.mix), t * torch.sin(self.mix)], dim=-1)
+
+    def keys(self, h: torch.Tensor, prev_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit write keys [..., key_dims]: norm(W_k h_{t-1}); with token keys
+        [cos α · norm(W_k h_{t-1}), sin α · norm(W_t ê(x_{t-1}))], x_{t-1} the token before the written one, so a
+        value's tokens are told apart by what precedes them (digits, ids)."""
+        return self._with_tokens(F.normalize(self.wk(h), dim=-1), prev_ids)
+
+    def queries(self, h: torch.Tensor, cur_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit queries [..., key_dims] at reading positions: as `keys` with W_q and the token at the position (the one
+        that precedes the token being predicted; W_t is shared, so the same token matches exactly)."""
+        return self._with_tokens(F.normalize(self.wq(h), dim=-1), cur_ids)
 
     def scaled_read(self, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """u = g·o [..., d] for reading positions h [..., d] and read-outs o = C q̂ [..., d]; Ê u is added to the
@@ -156,9 +187,9 @@ class CopyHead(CopyChannel):
 
 class MatchHead(CopyHead):
     """A CopyHead whose read gain also depends on how well the query matched the written keys:
-    u = g(h) · σ(a·‖o‖ + c) · o. With unit keys and values, ‖o‖ = ‖C q̂‖ is about the cosine between the query and
-    the keys written (weighted by β), so a state that holds no key like the query can be read as silence without
-    lowering the gain where one matches. a, c are trained with the rest (`match`, two scalars)."""
+    u = g(h) · σ(a·‖o‖ + c) · o. With unit keys and values, ‖o‖ = ‖C q̂‖ is about the cosine between the query
+    and the keys written (weighted by β), so a state that holds no key like the query can be read as silence
+    without lowering the gain where one matches. a, c are trained with the rest (`match`, two scalars)."""
 
     def __init__(self, model, rank: int, match: tuple[float, float] = (8.0, -2.0), **kw) -> None:
         super().__init__(model, rank, **kw)
@@ -173,8 +204,8 @@ class MatchHead(CopyHead):
 
 
 def head_for(model, meta: dict) -> CopyHead:
-    """The lab head a run's meta.json describes (`gain`: "position", the default, or "match")."""
-    return (MatchHead if meta.get("gain") == "match" else CopyHead)(model, meta["rank"])
+    """The lab head a run's meta.json describes (`gain`: "position", the default, or "match"; `tok_rank`)."""
+    return (MatchHead if meta.get("gain") == "match" else CopyHead)(model, meta["rank"], tok_rank=meta.get("tok_rank", 0))
 
 
 def recall(model, head: CopyHead, feats: list[Feats], control: str, bs: int = 32,

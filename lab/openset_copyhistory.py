@@ -139,9 +139,11 @@ def features(model, rend: ChatRenderer, hists: list[Hist], memo: Memo, answers: 
     memo.fill(model, rend, [m for h in hists for m in h.messages])
     reads = _read_feats(model, [build(h.fact, rend, a) for h, a in zip(hists, answers or ["{v}"] * len(hists))])
     feats = []
-    for h, (rh, rt) in zip(hists, reads):
+    before = torch.tensor(rend.system_ids[-1:])  # each message is read alone after the system prompt
+    for h, (rh, rt, rc) in zip(hists, reads):
         parts = [memo.d[Memo.key(m)] for m in h.messages]
-        feats.append(Feats(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), rh, rt))
+        prev = torch.cat([torch.cat([before, p[1][:-1]]) for p in parts])
+        feats.append(Feats(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), rh, rt, prev, rc))
     return feats, [gate_targets(rend, h, memo) for h in hists]
 
 
@@ -168,7 +170,8 @@ def _read_feats(model, exs, bs: int = 16):
                         attention_mask=_pad([[1] * len(e.read_ids) for e in batch], 0), use_cache=False).last_hidden_state
         for b, e in enumerate(batch):
             rpos = [t for t in range(len(e.labels) - 1) if e.labels[t + 1] != IGNORE]
-            out.append((r[b, rpos].float().clone(), torch.tensor([e.labels[t + 1] for t in rpos])))
+            out.append((r[b, rpos].float().clone(), torch.tensor([e.labels[t + 1] for t in rpos]),
+                        torch.tensor([e.read_ids[t] for t in rpos])))
     return out
 
 

@@ -1,5 +1,6 @@
 """The copy read path of the open-set experiment: its batched write equals a per-example delta-rule loop, and a
 written token is read back as the argmax when queried with its key."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -59,28 +60,33 @@ def test_one_pass_tied_read_equals_lm_head_plus_read():
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_copy_read_state_of_write_groups_equals_a_naive_loop():
-    """lab.copy_read's state (the product's scan): write groups concatenated in order, given β, keys from W_k —
-    lab.copy_gate's per-token delta-rule loop."""
+@pytest.mark.parametrize("tok_rank", [0, 2])
+def test_copy_read_state_of_write_groups_equals_a_naive_loop(tok_rank):
+    """lab.copy_read's state (the product's scan): write groups concatenated in order, given β, keys from W_k (and,
+    with token keys, from the token before each written one) — lab.copy_gate's per-token delta-rule loop."""
     from lab.copy_gate import write
     from lab.copy_read import state
 
     model = tiny_llama()
     torch.manual_seed(2)
-    head = CopyHead(model, rank=3)
+    head = CopyHead(model, rank=3, tok_rank=tok_rank)
     g = torch.Generator().manual_seed(7)
 
     def group(n):
-        return (torch.randn(n, 64, generator=g), torch.randint(0, 97, (n,), generator=g), torch.rand(n, generator=g))
+        return (torch.randn(n, 64, generator=g), torch.randint(0, 97, (n,), generator=g), torch.rand(n, generator=g),
+                torch.randint(0, 97, (n,), generator=g))
 
     rows = [[group(2), group(9)], [group(1)], [group(0), group(4)]]
     S = state(head, rows)
+    assert S.shape[-1] == 3 + tok_rank
     for b, groups in enumerate(rows):
-        kh, tok, beta = (torch.cat([grp[i] for grp in groups]) for i in range(3))
-        ref = write(head, Feats(kh, tok, torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)), beta)
+        kh, tok, beta, prev = (torch.cat([grp[i] for grp in groups]) for i in range(4))
+        ref = write(head, Feats(kh, tok, torch.zeros(0, 64), torch.zeros(0, dtype=torch.long), key_prev=prev), beta)
         torch.testing.assert_close(S[b], ref, atol=1e-5, rtol=1e-5)
-    S.sum().backward()  # differentiable in W_k
+    S.sum().backward()  # differentiable in W_k (and W_t)
     assert head.wk.weight.grad is not None and head.wk.weight.grad.abs().sum() > 0
+    if tok_rank:
+        assert head.wt.weight.grad.abs().sum() > 0
 
 
 def test_coverage_removes_an_emitted_tokens_value_direction():
@@ -97,3 +103,19 @@ def test_coverage_removes_an_emitted_tokens_value_direction():
         rep_cov, _ = generate_batch(model, [[1, 2, 3]], eos=0, max_new=3, head=head, S=S, coverage=1.0)
     assert rep[0] == [42, 42, 42]
     assert rep_cov[0][0] == 42 and 42 not in rep_cov[0][1:]
+
+
+def test_token_keys_match_the_same_preceding_token_exactly():
+    """Token keys: the key part from the token before a written one and the query part from the token at a reading
+    position share W_t, so the same token gives cosine 1 there whatever the hidden states."""
+    model = tiny_llama()
+    head = CopyHead(model, rank=3, tok_rank=4)
+    with torch.no_grad():
+        head.mix.fill_(torch.pi / 2)  # the token part only
+    ids = torch.tensor([5, 17, 5])
+    k = head.keys(torch.randn(3, 64), ids)
+    q = head.queries(torch.randn(3, 64), ids)
+    assert k.shape == (3, 7)
+    same = ids[:, None] == ids[None]  # pairs (0, 0), (0, 2), (2, 0), (1, 1), (2, 2)
+    torch.testing.assert_close((k @ q.T)[same], torch.ones(int(same.sum())), atol=1e-5, rtol=0)
+    assert (k @ q.T)[~same].abs().max() < 0.999
