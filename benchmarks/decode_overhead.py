@@ -1,0 +1,121 @@
+"""The shipped adapter's decode overhead, side by side: the runtime's Engine with and without δ-mem, one token each
+in turn (so load on the machine hits both arms alike), after the same prompt.
+
+    .venv/bin/python benchmarks/decode_overhead.py --threads 1 --prompt 512 --tokens 64 [--reference] [--profile]
+
+Arms: `plain` (the default backbone loaded without δ-mem), `shipped` (the shipped adapter, fast path) and, with
+--reference, `shipped-ref` (the reference δ-mem step). Reported per arm: median wall and thread-CPU ms per token,
+and the overhead vs plain; the shipped arms' greedy tokens are checked against each other. --profile adds a
+torch.profiler op count per decoded token for plain and shipped. A quicker companion to
+`bench_speed.py --ratios` (which also covers TSW/SSW, HF generate, prefill and 2,048-token prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from deltamem_agents.backbone import load_backbone
+from deltamem_agents.chat.loading import load_model
+from deltamem_agents.core import fastpath
+from deltamem_agents.runtime.decode import Engine
+
+try:
+    from speed_ratios import prompt_ids
+except ImportError:  # run as a module from the repository root
+    from benchmarks.speed_ratios import prompt_ids
+
+
+class Arm:
+    def __init__(self, name: str, model: Any, tok: Any, with_state: bool, reference: bool = False) -> None:
+        self.name, self.model, self.with_state, self.reference = name, model, with_state, reference
+        self.engine = Engine(model, tok)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.tokens: list[int] = []
+
+    def _run(self, fn: Any) -> Any:
+        old = fastpath.set_enabled(not self.reference)
+        try:
+            return fn()
+        finally:
+            fastpath.set_enabled(old)
+
+    def start(self, ids: list[int], mids: list[int]) -> None:
+        self.cur = self.engine.new_cursor(self.model.deltamem.zero_state(1) if self.with_state else None)
+        self.mid = mids[-1] + 1
+        self.logits = self._run(lambda: self.engine.forward(self.cur, ids, mids))
+
+    def step(self, eos: list[int]) -> None:
+        t, c = time.perf_counter(), time.thread_time()
+        logits = self.logits.clone()
+        logits[eos] = float("-inf")
+        tok = int(torch.argmax(logits))
+        self.logits = self._run(lambda: self.engine.forward(self.cur, [tok], [self.mid], generated=True))
+        self.wall.append(time.perf_counter() - t)
+        self.cpu.append(time.thread_time() - c)
+        self.tokens.append(tok)
+
+
+def op_count(arm: Arm, eos: list[int], n: int = 8) -> tuple[int, float]:
+    """(aten ops per decoded token including nested ones, their self CPU ms per token)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            arm.step(eos)
+    ka = prof.key_averages()
+    return sum(e.count for e in ka) // n, sum(e.self_cpu_time_total for e in ka) / 1000 / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1, help="prompt + tokens, this many times")
+    ap.add_argument("--reference", action="store_true", help="add the reference δ-mem step as a third arm")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler op counts per token")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    shipped, tok = load_model(device="cpu")
+    plain, _ = load_backbone(device="cpu")
+    arms = [Arm("plain", plain, tok, False), Arm("shipped", shipped, tok, True)]
+    if a.reference:
+        arms.append(Arm("shipped-ref", shipped, tok, True, reference=True))
+    eos = [int(tok.eos_token_id)] + [int(i) for i in tok.convert_tokens_to_ids(["<|im_end|>"]) if i is not None]
+    ids, mids = prompt_ids(tok, a.prompt)
+    same = True
+    for _ in range(a.repeats):
+        for arm in arms:
+            arm.start(ids, mids)
+            arm.tokens = []
+        for _ in range(a.tokens):
+            for arm in arms:
+                arm.step(eos)
+        same &= all(arm.tokens == arms[1].tokens for arm in arms[2:])
+    base_w, base_c = statistics.median(arms[0].wall), statistics.median(arms[0].cpu)
+    print(f"threads {a.threads}, prompt {a.prompt}, {a.tokens} tokens x {a.repeats}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| arm | wall ms/token | CPU ms/token | overhead wall | overhead CPU |")
+    print("|---|---:|---:|---:|---:|")
+    for arm in arms:
+        w, c = statistics.median(arm.wall), statistics.median(arm.cpu)
+        ow = "—" if arm is arms[0] else f"{100 * (w / base_w - 1):+.1f}%"
+        oc = "—" if arm is arms[0] else f"{100 * (c / base_c - 1):+.1f}%"
+        print(f"| {arm.name} | {1000 * w:.1f} | {1000 * c:.1f} | {ow} | {oc} |")
+    if a.reference:
+        print(f"shipped fast vs reference greedy tokens identical: {same}")
+    if a.profile:
+        for arm in arms[:2]:
+            ops, ms = op_count(arm, eos)
+            print(f"{arm.name}: {ops} aten ops per token (nested included), {ms:.1f} ms self CPU per token")
+
+
+if __name__ == "__main__":
+    main()
