@@ -2,11 +2,13 @@
 in turn (so load on the machine hits both arms alike), after the same prompt.
 
     .venv/bin/python benchmarks/decode_overhead.py --threads 1 --prompt 512 --tokens 64 [--reference] [--profile]
+        [--prefill-repeats 5]
 
 Arms: `plain` (the default backbone loaded without δ-mem), `shipped` (the shipped adapter, fast path) and, with
 --reference, `shipped-ref` (the reference δ-mem step). Reported per arm: median wall and thread-CPU ms per token,
 and the overhead vs plain; the shipped arms' greedy tokens are checked against each other. --profile adds a
-torch.profiler op count per decoded token for plain and shipped. A quicker companion to
+torch.profiler op count per decoded token for plain and shipped; --prefill-repeats N times the prompt's prefill
+(the history write) N times per arm, interleaved, and reports the median thread-CPU time. A quicker companion to
 `bench_speed.py --ratios` (which also covers TSW/SSW, HF generate, prefill and 2,048-token prompts).
 """
 
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="prompt + tokens, this many times")
     ap.add_argument("--reference", action="store_true", help="add the reference δ-mem step as a third arm")
     ap.add_argument("--profile", action="store_true", help="torch.profiler op counts per token")
+    ap.add_argument("--prefill-repeats", type=int, default=0, help="also time the prefill, interleaved")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     shipped, tok = load_model(device="cpu")
@@ -90,6 +93,12 @@ def main() -> None:
         arms.append(Arm("shipped-ref", shipped, tok, True, reference=True))
     eos = [int(tok.eos_token_id)] + [int(i) for i in tok.convert_tokens_to_ids(["<|im_end|>"]) if i is not None]
     ids, mids = prompt_ids(tok, a.prompt)
+    pre: dict[str, list[float]] = {arm.name: [] for arm in arms}
+    for _ in range(a.prefill_repeats):
+        for arm in arms:
+            c = time.thread_time()
+            arm.start(ids, mids)
+            pre[arm.name].append(time.thread_time() - c)
     same = True
     for _ in range(a.repeats):
         for arm in arms:
@@ -109,6 +118,12 @@ def main() -> None:
         ow = "—" if arm is arms[0] else f"{100 * (w / base_w - 1):+.1f}%"
         oc = "—" if arm is arms[0] else f"{100 * (c / base_c - 1):+.1f}%"
         print(f"| {arm.name} | {1000 * w:.1f} | {1000 * c:.1f} | {ow} | {oc} |")
+    if a.prefill_repeats:
+        base_p = statistics.median(pre[arms[0].name])
+        for arm in arms:
+            p = statistics.median(pre[arm.name])
+            ov = "" if arm is arms[0] else f", {100 * (p / base_p - 1):+.1f}% vs plain"
+            print(f"prefill {arm.name}: {1000 * p:.0f} ms CPU (median of {a.prefill_repeats}){ov}")
     if a.reference:
         print(f"shipped fast vs reference greedy tokens identical: {same}")
     if a.profile:
