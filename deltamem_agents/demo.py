@@ -99,7 +99,8 @@ def _streams(cols: list[Column]) -> None:
     them. Every column still decodes the same batches (both users' turns, see BATCH_WAIT_MS), and a forward's
     numbers do not depend on what runs beside it, so the replies are those of the columns run one after another
     (on the default backbone also the same as at torch's default thread count)."""
-    n = max(1, min(2, len(cols), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(2, len(cols), cpus))
     locks = [threading.RLock() for _ in range(n)]
     for i, c in enumerate(cols):
         if c.bot.batcher is not None:
