@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--neg-weight", type=float, default=1.0)
     ap.add_argument("--facts", choices=("generator", "mixed"), default="generator",
                     help="training facts: the generator's, or half of them from lab.wide_facts' bank")
+    ap.add_argument("--answers", choices=sorted(ANSWERS), default="sentence",
+                    help="training answers (lab.openset_copyhead.ANSWERS); 'lead': the value opens every answer")
     ap.add_argument("--tok-rank", type=int, default=0,
                     help="token keys: key dimensions for the token before a written one (and at a reading position)")
     ap.add_argument("--gain", choices=("position", "match"), default="position",
@@ -144,7 +146,7 @@ def main() -> None:
     else:
         memo = Memo(Path(args.root) / f"memo_train_s0_b{args.bank}.pt")
         arng = random.Random(3)
-        answers = [arng.choice(ANSWERS["sentence"]) for _ in hs]
+        answers = [arng.choice(ANSWERS[args.answers]) for _ in hs]
         writes, reads = [], []
         for i in tqdm(range(0, len(hs), 64), desc="training features"):
             fb = features(model, rend, hs[i:i + 64], memo, answers[i:i + 64])[0]

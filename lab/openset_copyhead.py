@@ -89,7 +89,9 @@ def features(model, exs: list[Example], bs: int = 16) -> list[Feats]:
 
 ANSWERS = {"bare": ("{v}",),
            "sentence": ("{v}.", "It's {v}.", "That is {v}.", "You told me: {v}.", "{v}, as you mentioned.",
-                        "I believe it is {v}.", "You said {v}.")}
+                        "I believe it is {v}.", "You said {v}."),
+           "lead": ("{v}.", "{v}, as you mentioned.", "{v}, you told me.", "{v}. That's what you said.",
+                    "{v}, I believe.")}
 
 
 def train_pool(model, rend, n: int, seed: int, path: Path, answers: str = "bare") -> list[Feats]:
