@@ -112,6 +112,8 @@ def main() -> None:
                     help="training answers (lab.openset_copyhead.ANSWERS); 'lead': the value opens every answer")
     ap.add_argument("--tok-rank", type=int, default=0,
                     help="token keys: key dimensions for the token before a written one (and at a reading position)")
+    ap.add_argument("--neg-first", action="store_true",
+                    help="the negatives' KL only at the reply's first position, not at every answer position")
     ap.add_argument("--gain", choices=("position", "match"), default="position",
                     help="the read gain: of the reading position only, or also of the match ‖C q̂‖ (MatchHead)")
     ap.add_argument("--p-two", type=float, default=0.4, help="share of examples with a second fact in the state")
@@ -180,8 +182,11 @@ def main() -> None:
         rows = torch.cat([torch.full((len(fs[i].read_tok),), b) for b, i in enumerate(pick)])
         is_neg = torch.tensor(neg)[rows]
         ce = F.cross_entropy(logits[~is_neg], tgt[~is_neg]) if (~is_neg).any() else torch.zeros(())
-        kl = (F.kl_div(logits[is_neg].log_softmax(-1), base[is_neg].log_softmax(-1), log_target=True,
-                       reduction="batchmean") if is_neg.any() else torch.zeros(()))
+        silent = is_neg
+        if args.neg_first:  # only the reply's first position (where the read decides whether to answer at all)
+            silent = is_neg & torch.cat([torch.arange(len(fs[i].read_tok)) == 0 for i in pick])
+        kl = (F.kl_div(logits[silent].log_softmax(-1), base[silent].log_softmax(-1), log_target=True,
+                       reduction="batchmean") if silent.any() else torch.zeros(()))
         loss = ce + args.neg_weight * kl
         opt.zero_grad()
         loss.backward()
