@@ -45,7 +45,13 @@ def read_copy_run(run: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
     meta_file, ckpt = run / "meta.json", run / "ckpt.safetensors"
     if not meta_file.is_file() or not ckpt.is_file():
         raise FileNotFoundError(f"{run} is not a copy-head run directory (meta.json + ckpt.safetensors)")
-    rank = json.loads(meta_file.read_text())["rank"]
+    meta = json.loads(meta_file.read_text())
+    rank = meta["rank"]
+    lab_only = [f for f, on in (("token keys (tok_rank)", meta.get("tok_rank", 0)),
+                                ("a match-dependent read gain", meta.get("gain", "position") == "match")) if on]
+    if lab_only:
+        raise ValueError(f"{run}: this read uses {' and '.join(lab_only)}, which the product's copy channel does not "
+                         "have yet (lab only, research log §19)")
     raw = load_file(str(ckpt))
     tensors = {f"copy.{k[2:]}": v.float().contiguous() for k, v in raw.items() if k.startswith("p.")}
     want = {f"copy.{n}" for n in copy_params("token")}

@@ -85,6 +85,13 @@ def test_copy_only_adapter_and_bad_runs(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(FileNotFoundError):
         import_copy_head(base_dir, tmp_path / "broken", tmp_path / "x")
+    for name, extra in (("tok", {"tok_rank": 4}), ("match", {"gain": "match"})):  # lab-only reads: a clear refusal
+        _lab_run(tmp_path / name, d=64)
+        meta = json.loads((tmp_path / name / "meta.json").read_text()) | extra
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="does not have yet"):
+            import_copy_head(base_dir, tmp_path / name, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def _lab_gate(path, width: int, hidden: int = 10, seed: int = 1):
