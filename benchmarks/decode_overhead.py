@@ -28,49 +28,26 @@ from deltamem_agents.core import fastpath
 from deltamem_agents.runtime.decode import Engine
 
 try:
-    from speed_ratios import prompt_ids
+    from speed_ratios import EngineArm, prompt_ids
 except ImportError:  # run as a module from the repository root
-    from benchmarks.speed_ratios import prompt_ids
+    from benchmarks.speed_ratios import EngineArm, prompt_ids
 
 
-class Arm:
-    def __init__(self, name: str, model: Any, tok: Any, with_state: bool, reference: bool = False) -> None:
-        self.name, self.model, self.with_state, self.reference = name, model, with_state, reference
-        self.engine = Engine(model, tok)
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self.tokens: list[int] = []
-
-    def _run(self, fn: Any) -> Any:
-        old = fastpath.set_enabled(not self.reference)
-        try:
-            return fn()
-        finally:
-            fastpath.set_enabled(old)
-
-    def start(self, ids: list[int], mids: list[int]) -> None:
-        self.cur = self.engine.new_cursor(self.model.deltamem.zero_state(1) if self.with_state else None)
-        self.mid = mids[-1] + 1
-        self.logits = self._run(lambda: self.engine.forward(self.cur, ids, mids))
-
-    def step(self, eos: list[int]) -> None:
-        t, c = time.perf_counter(), time.thread_time()
-        logits = self.logits.clone()
-        logits[eos] = float("-inf")
-        tok = int(torch.argmax(logits))
-        self.logits = self._run(lambda: self.engine.forward(self.cur, [tok], [self.mid], generated=True))
-        self.wall.append(time.perf_counter() - t)
-        self.cpu.append(time.thread_time() - c)
-        self.tokens.append(tok)
+def make_arm(name: str, model: Any, tok: Any, with_state: bool, reference: bool = False) -> EngineArm:
+    """speed_ratios' arm (Engine, fast path or reference δ-mem step, wall and thread-CPU per token), named."""
+    a = EngineArm(Engine(model, tok), (lambda: model.deltamem.zero_state(1)) if with_state else (lambda: None),
+                  reference)
+    a.name = name
+    return a
 
 
-def op_count(arm: Arm, eos: list[int], n: int = 8) -> tuple[int, float]:
+def op_count(arm: EngineArm, eos: list[int], n: int = 8) -> tuple[int, float]:
     """(aten ops per decoded token including nested ones, their self CPU ms per token)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n):
-            arm.step(eos)
+            arm.step(eos, generated=True)
     ka = prof.key_averages()
     return sum(e.count for e in ka) // n, sum(e.self_cpu_time_total for e in ka) / 1000 / n
 
@@ -88,9 +65,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     shipped, tok = load_model(device="cpu")
     plain, _ = load_backbone(device="cpu")
-    arms = [Arm("plain", plain, tok, False), Arm("shipped", shipped, tok, True)]
+    arms = [make_arm("plain", plain, tok, False), make_arm("shipped", shipped, tok, True)]
     if a.reference:
-        arms.append(Arm("shipped-ref", shipped, tok, True, reference=True))
+        arms.append(make_arm("shipped-ref", shipped, tok, True, reference=True))
     eos = [int(tok.eos_token_id)] + [int(i) for i in tok.convert_tokens_to_ids(["<|im_end|>"]) if i is not None]
     ids, mids = prompt_ids(tok, a.prompt)
     pre: dict[str, list[float]] = {arm.name: [] for arm in arms}
@@ -103,18 +80,17 @@ def main() -> None:
     for _ in range(a.repeats):
         for arm in arms:
             arm.start(ids, mids)
-            arm.tokens = []
         for _ in range(a.tokens):
             for arm in arms:
-                arm.step(eos)
+                arm.step(eos, generated=True)
         same &= all(arm.tokens == arms[1].tokens for arm in arms[2:])
-    base_w, base_c = statistics.median(arms[0].wall), statistics.median(arms[0].cpu)
+    base_w, base_c = statistics.median(arms[0].per_token), statistics.median(arms[0].cpu)
     print(f"threads {a.threads}, prompt {a.prompt}, {a.tokens} tokens x {a.repeats}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| arm | wall ms/token | CPU ms/token | overhead wall | overhead CPU |")
     print("|---|---:|---:|---:|---:|")
     for arm in arms:
-        w, c = statistics.median(arm.wall), statistics.median(arm.cpu)
+        w, c = statistics.median(arm.per_token), statistics.median(arm.cpu)
         ow = "—" if arm is arms[0] else f"{100 * (w / base_w - 1):+.1f}%"
         oc = "—" if arm is arms[0] else f"{100 * (c / base_c - 1):+.1f}%"
         print(f"| {arm.name} | {1000 * w:.1f} | {1000 * c:.1f} | {ow} | {oc} |")

@@ -85,7 +85,8 @@ class EngineArm:
     def __init__(self, engine: Engine, state_fn: Any, reference: bool) -> None:
         self.engine, self.state_fn, self.reference = engine, state_fn, reference
         self.prefill: list[float] = []
-        self.per_token: list[float] = []
+        self.per_token: list[float] = []  # wall seconds per decoded token
+        self.cpu: list[float] = []  # this thread's CPU seconds per decoded token
         self.tokens: list[int] = []
 
     def _run(self, fn: Any) -> Any:
@@ -103,13 +104,15 @@ class EngineArm:
         self.prefill.append(time.perf_counter() - t)
         self.tokens = []
 
-    def step(self, eos: list[int]) -> None:
-        t = time.perf_counter()
+    def step(self, eos: list[int], generated: bool = False) -> None:
+        """Decode one greedy token (never an end token); `generated` marks it as the reply's own (runtime/decode.py)."""
+        t, c = time.perf_counter(), time.thread_time()
         logits = self.logits.clone()
         logits[eos] = float("-inf")
         tok = int(torch.argmax(logits))
-        self.logits = self._run(lambda: self.engine.forward(self.cur, [tok], [self.mid]))
+        self.logits = self._run(lambda: self.engine.forward(self.cur, [tok], [self.mid], generated=generated))
         self.per_token.append(time.perf_counter() - t)
+        self.cpu.append(time.thread_time() - c)
         self.tokens.append(tok)
 
 

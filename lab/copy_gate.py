@@ -26,12 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
 from .copy_generate import generate_batch
 from .openset_copyhead import frozen_backbone
-from .wide_facts import mixed_histories
 from .openset_copyhistory import (Hist, Memo, _load_head, _question_prompt, eval_sets, features, gate_targets,
                                   generation_eval, history, make_bank, train_histories)
+from .wide_facts import mixed_histories
 
 ROLES = ("user", "assistant", "tool")
 

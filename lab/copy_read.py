@@ -40,7 +40,7 @@ from .openset_readpath import load_ckpt, save_ckpt
 from .wide_facts import mixed_histories
 
 
-def sparse_writes(gate: MessageGate, hists, memo: Memo, feats) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def sparse_writes(gate: MessageGate, hists, memo: Memo, feats) -> list[tuple[torch.Tensor, ...]]:
     """Per history: (key-source hidden states, token ids, β, the tokens before them) of the tokens the gate writes
     with β > 0.01."""
     out = []
@@ -136,9 +136,9 @@ def main() -> None:
     gate.load_state_dict(torch.load(Path(args.gate) / "gate.pt", weights_only=True))
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     step = load_ckpt(out, head, opt)
-    (out / "meta.json").write_text(json.dumps({"rank": rank, "tok_rank": args.tok_rank, "bytes": head.d * head.key_dims * 4,
-                                               "gain": args.gain,
-                                               "args": vars(args)}, indent=1))
+    meta = {"rank": rank, "tok_rank": args.tok_rank, "bytes": head.d * head.key_dims * 4, "gain": args.gain,
+            "args": vars(args)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     hs = (mixed_histories(tok, 0, args.pool, args.bank, 40, 250) if args.facts == "mixed"
           else train_histories(tok, 0, args.pool, args.bank, 40, 250))
