@@ -2,8 +2,9 @@
 
 A run directory holds `ckpt.safetensors` (the head's parameters under `p.`: `p.wk.weight`, `p.wq.weight`,
 `p.beta.weight`, `p.beta.bias`, `p.gate.weight`, `p.gate.bias`, `p.log_tau`, plus optimiser state that is
-ignored) and `meta.json` (`rank`). The product's copy channel (deltamem_agents/core/copy.py) has the same
-parameters under `copy.`; the adapter's config gets `copy_rank = rank`.
+ignored) and `meta.json` (`rank`; with token keys `tok_rank` and the tensors `p.wt.weight`, `p.mix`). The product's
+copy channel (deltamem_agents/core/copy.py) has the same parameters under `copy.`; the adapter's config gets
+`copy_rank = rank` and `copy_tok_rank = tok_rank`. A read with a match-dependent gain (`--gain match`) is lab only.
 
 - `import_copy_head(adapter_dir, run, out)`: a copy of the adapter directory with the copy channel added (the
   δ layers, their config and the backbone fingerprint unchanged).
@@ -37,8 +38,9 @@ INERT_DELTA = dict(rank=1, target_layers=(0,), output_init="zero", write_thresho
                    state_update_mode="no_lambda")
 
 
-def read_copy_run(run: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
-    """(rank, the copy channel's tensors keyed as in the adapter file, `copy.<name>`) from a lab run directory."""
+def read_copy_run(run: str | Path) -> tuple[int, int, dict[str, torch.Tensor]]:
+    """(rank, tok_rank, the copy channel's tensors keyed as in the adapter file, `copy.<name>`) from a lab run
+    directory."""
     from safetensors.torch import load_file
 
     run = Path(run)
@@ -46,25 +48,30 @@ def read_copy_run(run: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
     if not meta_file.is_file() or not ckpt.is_file():
         raise FileNotFoundError(f"{run} is not a copy-head run directory (meta.json + ckpt.safetensors)")
     meta = json.loads(meta_file.read_text())
-    rank = meta["rank"]
-    lab_only = [f for f, on in (("token keys (tok_rank)", meta.get("tok_rank", 0)),
-                                ("a match-dependent read gain", meta.get("gain", "position") == "match")) if on]
-    if lab_only:
-        raise ValueError(f"{run}: this read uses {' and '.join(lab_only)}, which the product's copy channel does not "
-                         "have yet (lab only, research log §19)")
+    rank, tok_rank = meta["rank"], meta.get("tok_rank", 0)
+    if meta.get("gain", "position") == "match":
+        raise ValueError(f"{run}: this read uses a match-dependent read gain, which the product's copy channel does "
+                         "not have yet (lab only, research log §19)")
+    if isinstance(tok_rank, bool) or not isinstance(tok_rank, int) or tok_rank < 0:
+        raise ValueError(f"{run}: meta.json tok_rank must be a non-negative int, got {tok_rank!r}")
     raw = load_file(str(ckpt))
     tensors = {f"copy.{k[2:]}": v.float().contiguous() for k, v in raw.items() if k.startswith("p.")}
-    want = {f"copy.{n}" for n in copy_params("token")}
+    want = {f"copy.{n}" for n in copy_params("token", tokens=bool(tok_rank))}
     if set(tensors) != want:
         raise ValueError(f"{ckpt}: copy-head keys differ: missing {sorted(want - set(tensors))}, "
                          f"unexpected {sorted(set(tensors) - want)}")
     tensors["copy.log_tau"] = tensors["copy.log_tau"].reshape(())
+    if tok_rank:
+        tensors["copy.mix"] = tensors["copy.mix"].reshape(())
+        if tuple(tensors["copy.wt.weight"].shape[:1]) != (tok_rank,):
+            raise ValueError(f"{run}: meta.json tok_rank {tok_rank} does not match W_t "
+                             f"{tuple(tensors['copy.wt.weight'].shape)}")
     if not isinstance(rank, int) or tuple(tensors["copy.wk.weight"].shape[:1]) != (rank,):
         raise ValueError(f"{run}: meta.json rank {rank!r} does not match W_k {tuple(tensors['copy.wk.weight'].shape)}")
     for k, t in tensors.items():
         if not torch.isfinite(t).all():
             raise ValueError(f"{ckpt}: {k} is not finite")
-    return rank, tensors
+    return rank, tok_rank, tensors
 
 
 _GATE_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
@@ -100,6 +107,8 @@ def read_gate(path: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
 def _check_shapes(tensors: dict[str, torch.Tensor], rank: int, hidden: int) -> None:
     want = {"copy.wk.weight": (rank, hidden), "copy.wq.weight": (rank, hidden), "copy.gate.weight": (1, hidden),
             "copy.gate.bias": (1,), "copy.log_tau": ()}
+    if "copy.wt.weight" in tensors:
+        want |= {"copy.wt.weight": (tensors["copy.wt.weight"].shape[0], hidden), "copy.mix": ()}
     if "copy.mgate.0.weight" in tensors:
         gh, width = tensors["copy.mgate.0.weight"].shape
         if width == 3 * hidden + 3:
@@ -124,15 +133,18 @@ def import_copy_head(adapter: str | Path | None, run: str | Path, out: str | Pat
 
     from lab.surgery import write_derived_adapter
 
-    rank, copy_t = read_copy_run(run)
+    rank, tok_rank, copy_t = read_copy_run(run)
     how = {"from_run": str(run), "copy_rank": rank, "note": note}
-    kind = {}  # the config's gate fields
+    kind: dict[str, Any] = {"copy_tok_rank": tok_rank} if tok_rank else {}  # the config's token-key and gate fields
+    if tok_rank:
+        how["copy_tok_rank"] = tok_rank
     if gate is not None:
         gate_hidden, gate_t = read_gate(gate)
         copy_t = {k: v for k, v in copy_t.items() if not k.startswith("copy.beta.")} | gate_t
-        assert set(copy_t) == {f"copy.{n}" for n in copy_params("message")}
-        kind = {"copy_gate": "message", "copy_gate_hidden": gate_hidden}
-        how |= {"gate_from": str(gate), **kind}
+        assert set(copy_t) == {f"copy.{n}" for n in copy_params("message", tokens=bool(tok_rank))}
+        gate_kind = {"copy_gate": "message", "copy_gate_hidden": gate_hidden}
+        kind |= gate_kind
+        how |= {"gate_from": str(gate), **gate_kind}
     if adapter is not None:
         meta = read_adapter_config(adapter)
         cfg: DeltaMemConfig = meta["config"]

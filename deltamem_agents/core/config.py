@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FORMAT_VERSION = 2  # 2: copy_rank (written only when > 0, so a config without a copy channel reads as version 1)
-# and copy_gate / copy_gate_hidden (written only with a message gate)
+FORMAT_VERSION = 3  # 2: copy_rank (written only when > 0, so a config without a copy channel reads as version 1)
+# and copy_gate / copy_gate_hidden (written only with a message gate); 3: copy_tok_rank (written only when > 0, so a
+# copy channel without token keys reads as version 2)
 
 GRANULARITIES = ("token", "message_mean")
 UPDATE_MODES = ("standard", "lambda_outside", "no_lambda")
@@ -58,6 +59,10 @@ class DeltaMemConfig:
     # (core/copy.py). Written to the config file only for "message", so token-gate files read as before
     copy_gate: str = "token"
     copy_gate_hidden: int = 256
+    # token keys for the copy channel: copy_tok_rank more key dimensions from the embedding of the token *before*
+    # the written one (queries: of the token at the reading position), so the tokens of a number or an id are told
+    # apart by what precedes them; 0 = keys from hidden states only (core/copy.py)
+    copy_tok_rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes, not used by the math
 
     def __post_init__(self) -> None:
@@ -100,6 +105,11 @@ class DeltaMemConfig:
             bad(f"copy_gate_hidden must be an int in [1, 65536], got {self.copy_gate_hidden!r}")
         if self.copy_gate == "token" and self.copy_gate_hidden != 256:
             bad("copy_gate_hidden applies to the message gate (copy_gate='message') only")
+        if isinstance(self.copy_tok_rank, bool) or not isinstance(self.copy_tok_rank, int) \
+                or not 0 <= self.copy_tok_rank <= 4096:
+            bad(f"copy_tok_rank must be an int in [0, 4096], got {self.copy_tok_rank!r}")
+        if self.copy_tok_rank and not self.copy_rank:
+            bad("copy_tok_rank needs a copy channel (copy_rank > 0)")
         if self.online_gain < 0 or self.base_slice_ref_width < 1:
             bad("online_gain must be >= 0 and base_slice_ref_width >= 1")
         object.__setattr__(self, "delta_heads", heads)
@@ -133,10 +143,13 @@ class DeltaMemConfig:
         d["target_layers"] = list(self.target_layers)
         if self.copy_gate == "token":  # the token gate's files keep their form, key for key
             del d["copy_gate"], d["copy_gate_hidden"]
-        if self.copy_rank:
+        if self.copy_tok_rank:
             d["format_version"] = FORMAT_VERSION
+        elif self.copy_rank:  # the version-2 form: readers without token keys still load it
+            del d["copy_tok_rank"]
+            d["format_version"] = 2
         else:  # the version-1 form, key for key: older readers still load it
-            del d["copy_rank"]
+            del d["copy_rank"], d["copy_tok_rank"]
             d["format_version"] = 1
         return d
 

@@ -10,6 +10,17 @@ input of the LM head) and h_{t-1} the hidden state at the position before token 
     read at p:  q = norm(W_q h_p),  o = C q,  g = τ·softplus(w_g·h_p + b_g)
                 logits_p = lm_head(h_p) + g · Ê o                            (Ê: all unit-normalised embedding rows)
 
+With token keys (`DeltaMemConfig.copy_tok_rank` = r_t > 0) each key and query gets r_t more dimensions from a
+token: the one before the written token, and the one at the reading position (the token that precedes the one being
+predicted), through a shared W_t [r_t, d], mixed by a trained angle α::
+
+    write x_t:  k = [cos α · norm(W_k h_{t-1}),  sin α · norm(W_t ê(x_{t-1}))]
+    read at p:  q = [cos α · norm(W_q h_p),      sin α · norm(W_t ê(x_p))]
+
+so the tokens of a value (the digits of a number, the pieces of an id) are told apart by what precedes them, as an
+induction head does; C is then [d, r + r_t]. A position with no token before it (the session's first) gets a zero
+token part, as its hidden-state part is zero (the state's prev_h starts at zero): its write changes nothing.
+
 The write gate β comes in two kinds (`DeltaMemConfig.copy_gate`). "token" is the linear gate above.
 "message" is an MLP that sees the message the token belongs to (`message_gate_inputs`)::
 
@@ -50,19 +61,22 @@ from .config import COPY_GATES as GATES  # the write gate's kinds (module docstr
 
 __all__ = ["CopyChannel", "COPY_PARAMS", "GATES", "copy_params", "message_gate_inputs", "message_gate_inputs_naive",
            "scan", "scan_naive", "scan_chunked", "shifted_keys", "last_valid", "read_naive", "read_generic",
-           "tied_logits", "embedding_norms", "values"]
+           "tied_logits", "embedding_norms", "values", "shifted_ids", "last_valid_id"]
 
 _SHARED = ("wk.weight", "wq.weight", "gate.weight", "gate.bias", "log_tau")
 _GATE_PARAMS = {"token": ("beta.weight", "beta.bias"),
                 "message": ("mgate.0.weight", "mgate.0.bias", "mgate.2.weight", "mgate.2.bias")}
 
 
-def copy_params(gate: str = "token") -> tuple[str, ...]:
-    """The parameter names of a CopyChannel with write gate `gate` (the adapter file's keys are these under
-    "copy.")."""
+_TOKEN_PARAMS = ("wt.weight", "mix")
+
+
+def copy_params(gate: str = "token", tokens: bool = False) -> tuple[str, ...]:
+    """The parameter names of a CopyChannel with write gate `gate` and, with `tokens`, token keys (the adapter
+    file's keys are these under "copy.")."""
     if gate not in GATES:
         raise ValueError(f"copy gate must be one of {GATES}, got {gate!r}")
-    return _SHARED[:2] + _GATE_PARAMS[gate] + _SHARED[2:]
+    return _SHARED[:2] + _GATE_PARAMS[gate] + _SHARED[2:] + (_TOKEN_PARAMS if tokens else ())
 
 
 COPY_PARAMS = copy_params("token")
@@ -74,15 +88,16 @@ _CHUNK = 32
 class CopyChannel(nn.Module):
     """The copy channel's trained parameters: W_k, W_q [r, d], the write gate (gate "token": `beta`, a
     Linear(d, 1); gate "message": `mgate`, Linear(3d, gate_hidden) → GELU → Linear(gate_hidden, 1)), the read
-    gain (Linear(d, 1)) and log τ. Names match the lab's `CopyHead` (token gate) and `MessageGate` (`net` there,
-    `mgate` here), so their checkpoints map key for key."""
+    gain (Linear(d, 1)), log τ and, with token keys (tok_rank > 0), W_t [r_t, d] and the mixing angle α (`mix`).
+    Names match the lab's `CopyHead` (token gate) and `MessageGate` (`net` there, `mgate` here), so their
+    checkpoints map key for key."""
 
     def __init__(self, hidden: int, rank: int, *, beta_bias: float = -4.0, gate_bias: float = 0.0,
-                 tau: float = 10.0, gate: str = "token", gate_hidden: int = 256) -> None:
+                 tau: float = 10.0, gate: str = "token", gate_hidden: int = 256, tok_rank: int = 0) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"copy gate must be one of {GATES}, got {gate!r}")
-        self.hidden, self.rank, self.gate_kind = hidden, rank, gate
+        self.hidden, self.rank, self.gate_kind, self.tok_rank = hidden, rank, gate, tok_rank
         self.wk = nn.Linear(hidden, rank, bias=False)
         self.wq = nn.Linear(hidden, rank, bias=False)
         if gate == "token":
@@ -101,10 +116,30 @@ class CopyChannel(nn.Module):
                 self.mgate[2].bias.fill_(beta_bias)
             self.gate.weight.zero_()
             self.gate.bias.fill_(gate_bias)
+        if tok_rank:  # token keys (module docstring); created last, so the other parameters start as without them
+            self.wt = nn.Linear(hidden, tok_rank, bias=False)
+            nn.init.normal_(self.wt.weight, std=hidden ** -0.5)
+            self.mix = nn.Parameter(torch.tensor(math.pi / 4))
 
-    def key(self, h: Tensor) -> Tensor:
-        """Write keys k̂ [..., r] from the key-source hidden states h[..., d] (fp32)."""
-        return F.normalize(self.wk(h.float()), dim=-1)
+    @property
+    def key_dims(self) -> int:
+        """Columns of the state C: r, plus r_t with token keys."""
+        return self.rank + self.tok_rank
+
+    def _token_keyed(self, k: Tensor, ids: Tensor | None, embedding: Tensor | None) -> Tensor:
+        """[cos α · k, sin α · norm(W_t ê(ids))] with token keys (a zero token part where ids < 0); k otherwise."""
+        if not self.tok_rank:
+            return k
+        if ids is None or embedding is None:
+            raise ValueError("a copy channel with token keys needs the token ids and the embedding")
+        t = F.normalize(self.wt(values(embedding, ids.clamp_min(0))), dim=-1)
+        t = torch.where((ids >= 0)[..., None], t, 0.0)
+        return torch.cat([k * torch.cos(self.mix), t * torch.sin(self.mix)], dim=-1)
+
+    def key(self, h: Tensor, prev_ids: Tensor | None = None, embedding: Tensor | None = None) -> Tensor:
+        """Write keys [..., key_dims] from the key-source hidden states h[..., d] (fp32); with token keys also the
+        ids of the tokens before the written ones (`shifted_ids`, -1 = none) and the embedding matrix."""
+        return self._token_keyed(F.normalize(self.wk(h.float()), dim=-1), prev_ids, embedding)
 
     def write_gates(self, h_prev: Tensor, h: Tensor, mids: Tensor | None, valid: Tensor) -> Tensor:
         """β [B, T] (fp32) for a call's positions: h_prev [B, T, d] the key-source hidden states (`shifted_keys`),
@@ -117,17 +152,18 @@ class CopyChannel(nn.Module):
         x = message_gate_inputs(h_prev.float(), h.float(), mids, valid)
         return torch.sigmoid(self.mgate(x)).squeeze(-1)
 
-    def query(self, h: Tensor) -> Tensor:
-        """q̂ [..., r] from the reading positions' hidden states h[..., d] (fp32)."""
-        return F.normalize(self.wq(h.float()), dim=-1)
+    def query(self, h: Tensor, ids: Tensor | None = None, embedding: Tensor | None = None) -> Tensor:
+        """q̂ [..., key_dims] from the reading positions' hidden states h[..., d] (fp32); with token keys also the
+        ids of the tokens at those positions and the embedding matrix."""
+        return self._token_keyed(F.normalize(self.wq(h.float()), dim=-1), ids, embedding)
 
     def gain(self, h: Tensor) -> Tensor:
         """g = τ·softplus(w_g·h + b_g): [..., 1] (fp32)."""
         return F.softplus(self.gate(h.float())) * self.log_tau.exp()
 
     def state_bytes(self) -> int:
-        """Extra bytes per session: C [d, r] and prev_h [d], fp32."""
-        return 4 * self.hidden * (self.rank + 1)
+        """Extra bytes per session: C [d, key_dims] and prev_h [d], fp32, and with token keys prev_id (int64)."""
+        return 4 * self.hidden * (self.key_dims + 1) + (8 if self.tok_rank else 0)
 
 
 def values(embedding: Tensor, ids: Tensor) -> Tensor:
@@ -135,22 +171,39 @@ def values(embedding: Tensor, ids: Tensor) -> Tensor:
     return F.normalize(F.embedding(ids, embedding).float(), dim=-1)
 
 
+def _before(valid: Tensor) -> Tensor:
+    """For every position t the index + 1 of the last valid position before t in its row (0 = none): [B, T]."""
+    B, T = valid.shape
+    pos = torch.arange(T, device=valid.device).expand(B, T)
+    last = torch.cummax(torch.where(valid, pos, torch.full_like(pos, -1)), dim=1).values  # last valid ≤ t
+    return F.pad(last, (1, 0), value=-1)[:, :T] + 1  # last valid < t, shifted so that 0 = the carried value
+
+
 def shifted_keys(prev_h: Tensor, h: Tensor, valid: Tensor) -> Tensor:
     """For every position t the hidden state of the last valid position before t in this call, or `prev_h` when
     there is none (the carried state of the previous call): prev_h [B, d], h [B, T, d], valid [B, T] -> [B, T, d].
     Padding anywhere in a row (left-padded batches) is skipped."""
     B, T = valid.shape
-    pos = torch.arange(T, device=valid.device).expand(B, T)
-    last = torch.cummax(torch.where(valid, pos, torch.full_like(pos, -1)), dim=1).values  # last valid ≤ t
-    before = F.pad(last, (1, 0), value=-1)[:, :T]  # last valid < t, -1 = none
     src = torch.cat([prev_h[:, None].to(h.dtype), h], dim=1)  # index 0 = prev_h
-    return src.gather(1, (before + 1)[..., None].expand(B, T, h.shape[-1]))
+    return src.gather(1, _before(valid)[..., None].expand(B, T, h.shape[-1]))
+
+
+def shifted_ids(prev_id: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
+    """`shifted_keys` for token ids: for every position the id of the last valid token before it in this call, or
+    `prev_id` [B] (the carried last token, -1 = none) when there is none: ids [B, T] -> [B, T] (long)."""
+    return torch.cat([prev_id.long()[:, None], ids.long()], dim=1).gather(1, _before(valid))
 
 
 def last_valid(prev_h: Tensor, h: Tensor, valid: Tensor) -> Tensor:
     """The hidden state of each row's last valid position [B, d] (prev_h for a row with none)."""
     T = valid.shape[1]
     return shifted_keys(prev_h, F.pad(h, (0, 0, 0, 1)), F.pad(valid, (0, 1)))[:, T]
+
+
+def last_valid_id(prev_id: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
+    """The id of each row's last valid token [B] (prev_id for a row with none)."""
+    T = valid.shape[1]
+    return shifted_ids(prev_id, F.pad(ids.long(), (0, 1)), F.pad(valid, (0, 1)))[:, T]
 
 
 def _next_valid(valid: Tensor) -> Tensor:

@@ -38,13 +38,13 @@ class DeltaMemAdapter(nn.Module):
         self.hidden = hidden
         self.layers = nn.ModuleList(DeltaMemLayer(config, hidden, q_out, o_out) for _ in layer_ids)
         # the copy channel (core/copy.py), None without one; its parameters are saved under "copy."
-        self.copy = CopyChannel(hidden, config.copy_rank, gate=config.copy_gate,
-                                gate_hidden=config.copy_gate_hidden) if config.copy_rank else None
+        self.copy = CopyChannel(hidden, config.copy_rank, gate=config.copy_gate, gate_hidden=config.copy_gate_hidden,
+                                tok_rank=config.copy_tok_rank) if config.copy_rank else None
 
     @property
-    def copy_dims(self) -> tuple[int, int] | None:
-        """(d, r) of the copy channel's state, None without one."""
-        return (self.hidden, self.config.copy_rank) if self.copy is not None else None
+    def copy_dims(self) -> tuple[int, int, bool] | None:
+        """(d, key dimensions, token keys) of the copy channel's state, None without one."""
+        return (self.hidden, self.copy.key_dims, bool(self.copy.tok_rank)) if self.copy is not None else None
 
     def state_bytes(self) -> int:
         """Bytes of one session's δ-state (fp32 tensors, the copy channel's included)."""

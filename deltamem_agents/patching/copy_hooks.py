@@ -5,11 +5,12 @@ Inside a δ-mem call (`forward_with_state`) of an adapter with a copy channel:
   δ layers write (valid, message id ≥ 0, `write=True`), each keyed by the hidden state of the valid position
   before it ([prev_h, h_0 … h_{T-2}] with padding skipped) and gated by `CopyChannel.write_gates` (the message
   gate groups the call's positions by their message ids: a message split over calls is seen slice by slice);
-  it records the new C and prev_h (the hidden state of
-  each row's last valid position; both unchanged by a `write=False` call);
+  it records the new C and prev_h (the hidden state of each row's last valid position; both unchanged by a
+  `write=False` call). With token keys each write key also carries the token before the written one ([prev_id,
+  x_0 … x_{T-2}], padding skipped) and the call records prev_id, the last valid token;
 - the LM head wrapper adds the read to the logits of the positions it receives (HF slices by `logits_to_keep`
-  first): the read at p sees the writes of tokens ≤ p. Only the last position (the decode case): C after the
-  call's writes; other positions: per-position reads from the same scan.
+  first): the read at p sees the writes of tokens ≤ p (with token keys its query also carries x_p). Only the last
+  position (the decode case): C after the call's writes; other positions: per-position reads from the same scan.
 Outside a call, under `disabled()`, or in a call of another model, the hook does nothing and the wrapper is the
 LM head unchanged. A call with `skip_lm_head=True` (the trainer) keeps everything needed: `CopyCall.apply` adds
 the read to logits computed later from the same hidden states.
@@ -49,9 +50,11 @@ class CopyCall:
     # None: no LM head in this call (skip_lm_head), per-position reads only if `apply` asks for them
     detach: bool = False  # the trainer's truncated write pass: keys from detached hidden states
     mids: Tensor | None = None  # [B, T] message ids (the message gate's grouping; None: one message per row)
+    prev_id_in: Tensor | None = None  # [B] the last token before this call (token keys only; -1 = none)
     h: Tensor | None = None  # [B, T, d] fp32 final normed hidden states (set by the hook)
     C_out: Tensor | None = None
     prev_h_out: Tensor | None = None
+    prev_id_out: Tensor | None = None
     _scan_in: tuple[Tensor, Tensor, Tensor] | None = None  # (k̂, v, β) of this call's writes
     _reads: Tensor | None = None  # [B, T, d] per-position reads, computed when needed
 
@@ -61,20 +64,29 @@ class CopyCall:
         self.h, self._reads = hf, None
         if not self.write:
             self.C_out, self.prev_h_out, self._scan_in = self.C_in, self.prev_h_in, None
+            self.prev_id_out = self.prev_id_in
             return
         self.prev_h_out = cp.last_valid(self.prev_h_in, hf, self.valid)
+        if self.prev_id_in is not None:
+            self.prev_id_out = cp.last_valid_id(self.prev_id_in, self.ids, self.valid)
         if self.written.device.type == "cpu" and not bool(self.written.any()):  # nothing to write (host check)
             self.C_out, self._scan_in = self.C_in, None
             return
         h_prev = cp.shifted_keys(self.prev_h_in, hf, self.valid)
-        k = self.channel.key(h_prev)
+        prev_ids = None if self.prev_id_in is None else cp.shifted_ids(self.prev_id_in, self.ids, self.valid)
+        k = self.channel.key(h_prev, prev_ids, self.embedding)
         beta = self.channel.write_gates(h_prev, hf, self.mids, self.valid) * self.written
         v = cp.values(self.embedding, self.ids)
         self._scan_in = (k, v, beta)
         need_all = self.keep is not None and not (isinstance(self.keep, int) and self.keep == 1)
-        self.C_out, self._reads = cp.scan(self.C_in, k, v, beta, self.channel.query(hf) if need_all else None)
+        self.C_out, self._reads = cp.scan(self.C_in, k, v, beta, self.query(slice(None)) if need_all else None)
 
     # --- reads ----------------------------------------------------------------------------------------------
+    def query(self, pos: Tensor | slice) -> Tensor:
+        """q̂ at positions `pos` [B, K, key_dims] (fp32), from their hidden states and, with token keys, their ids."""
+        assert self.h is not None
+        return self.channel.query(self.h[:, pos], self.ids[:, pos], self.embedding)
+
     def positions(self, K: int) -> Tensor | slice:
         """Which of the call's positions the K rows the LM head received are."""
         if isinstance(self.keep, Tensor):
@@ -87,14 +99,13 @@ class CopyCall:
     def reads(self, pos: Tensor | slice) -> Tensor:
         """o = C_p q̂_p at positions `pos` [B, K, d] (fp32), each after the writes of tokens ≤ p."""
         assert self.h is not None and self.C_out is not None
-        hp = self.h[:, pos]
         if self.last_only(pos):
-            return torch.einsum("bdr,bkr->bkd", self.C_out, self.channel.query(hp))
+            return torch.einsum("bdr,bkr->bkd", self.C_out, self.query(pos))
         if self._reads is None:
             if self._scan_in is None:  # nothing written: every position reads the carried state
-                return torch.einsum("bdr,bkr->bkd", self.C_in.float(), self.channel.query(hp))
+                return torch.einsum("bdr,bkr->bkd", self.C_in.float(), self.query(pos))
             k, v, beta = self._scan_in
-            self._reads = cp.scan(self.C_in, k, v, beta, self.channel.query(self.h))[1]
+            self._reads = cp.scan(self.C_in, k, v, beta, self.query(slice(None)))[1]
         return self._reads[:, pos]
 
     def last_only(self, pos: Tensor | slice) -> bool:
@@ -195,6 +206,9 @@ def remove(model: nn.Module, adapter: Any, spec: ArchSpec) -> None:
 
 
 def new_call(adapter: Any, model: nn.Module, ids: Tensor, valid: Tensor, written: Tensor, C: Tensor,
-             prev_h: Tensor, write: bool, keep: Any, detach: bool, mids: Tensor | None = None) -> CopyCall:
+             prev_h: Tensor, write: bool, keep: Any, detach: bool, mids: Tensor | None = None,
+             prev_id: Tensor | None = None) -> CopyCall:
+    if adapter.copy.tok_rank and prev_id is None:
+        raise ValueError("a copy channel with token keys needs the state's prev_id")
     return CopyCall(adapter.copy, model.get_input_embeddings().weight, ids, valid, written & write, C, prev_h,
-                    write, keep, detach, mids=mids)
+                    write, keep, detach, mids=mids, prev_id_in=prev_id if adapter.copy.tok_rank else None)

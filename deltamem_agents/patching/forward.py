@@ -67,7 +67,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
         written = seg.written if copy_write else torch.zeros_like(seg.written)  # generated tokens: keys move, no writes
         call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, written, state.C, state.prev_h,
                                         write, None if skip_lm_head else kwargs.get("logits_to_keep", 0),
-                                        detach_inputs, message_ids)
+                                        detach_inputs, message_ids, state.prev_id)
     net = model.get_decoder() if skip_lm_head else model
     with activate(call):
         outputs = net(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -87,6 +87,7 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
             pend_id=seg.pend_id_out if (message_mode and seg.pend_id_out is not None) else state.pend_id,
             C=cc.C_out if cc is not None else None,
             prev_h=cc.prev_h_out if cc is not None else None,
+            prev_id=cc.prev_id_out if cc is not None else None,
         )
     else:
         new = state

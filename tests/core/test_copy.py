@@ -136,3 +136,70 @@ def test_state_copy_tensors_stack_select_and_serialise():
     bad.C[0, 0, 0] = float("nan")
     with pytest.raises(InvalidStateError, match="NaN"):
         DeltaState.from_bytes(bad.to_bytes())
+
+
+def test_shifted_ids_follow_shifted_keys():
+    """Token ids shift exactly as hidden states do (the last valid token before each position, padding skipped,
+    the carried id first); the last valid id of a row with nothing valid is the carried one."""
+    g = torch.Generator().manual_seed(3)
+    valid = torch.rand(4, 11, generator=g) > 0.35
+    valid[3] = False
+    ids = torch.randint(0, 1000, (4, 11), generator=g)
+    prev = torch.tensor([7, -1, 12, 5])
+    got = cp.shifted_ids(prev, ids, valid)
+    want = cp.shifted_keys(prev.double()[:, None], ids.double()[..., None], valid)[..., 0].long()
+    assert torch.equal(got, want)
+    for b in range(4):  # the rule, spelled out
+        last = int(prev[b])
+        for t in range(11):
+            assert int(got[b, t]) == last
+            if valid[b, t]:
+                last = int(ids[b, t])
+        assert int(cp.last_valid_id(prev, ids, valid)[b]) == last
+
+
+def test_config_copy_tok_rank_is_validated_and_versioned():
+    d = DeltaMemConfig(copy_rank=64, copy_tok_rank=32).to_dict()
+    assert d["copy_tok_rank"] == 32 and d["format_version"] == 3
+    assert DeltaMemConfig.from_dict(d) == DeltaMemConfig(copy_rank=64, copy_tok_rank=32)
+    assert "copy_tok_rank" not in DeltaMemConfig(copy_rank=64).to_dict()  # the version-2 form, key for key
+    with pytest.raises(ValueError, match="copy_tok_rank needs a copy channel"):
+        DeltaMemConfig(copy_tok_rank=8)
+    for bad in (-1, 2.0, True, 5000):
+        with pytest.raises(ValueError, match="copy_tok_rank"):
+            DeltaMemConfig(copy_rank=4, copy_tok_rank=bad)
+
+
+def test_state_prev_id_stacks_selects_and_serialises():
+    a = DeltaState.zeros(2, 1, 1, 3, 0, copy=(5, 6, True))
+    assert a.prev_id.tolist() == [-1] and a.prev_id.dtype == torch.long
+    b = a.clone()
+    b.C.normal_()
+    b.prev_id.fill_(41)
+    assert b.copy_nbytes() == 4 * (5 * 6 + 5) + 8 and not a.equal(b)
+    both = DeltaState.stack([a, b])
+    assert both.prev_id.tolist() == [-1, 41] and both.select(1).equal(b)
+    blob = b.to_bytes()
+    assert b'"format_version":"3"' in blob
+    back, _ = DeltaState.from_bytes(blob)
+    assert back.equal(b) and back.prev_id.tolist() == [41]
+    back.check_compatible(2, 1, 3, 0, copy=(5, 6, True))
+    with pytest.raises(InvalidStateError, match="no token keys"):
+        back.check_compatible(2, 1, 3, 0, copy=(5, 6))
+    no_ids = DeltaState.zeros(2, 1, 1, 3, 0, copy=(5, 6))
+    assert b'"format_version":"2"' in no_ids.to_bytes()  # without token keys: the version-2 format
+    assert no_ids.with_copy(5, 6, tokens=True).prev_id.tolist() == [-1]
+    with pytest.raises(InvalidStateError, match="prev_id"):
+        DeltaState.stack([a, no_ids])
+    from safetensors.torch import save
+
+    def blob_with(**t):
+        base = {k: getattr(b, k) for k in ("S", "pend_sum", "pend_count", "pend_id")}
+        return save({**base, **t}, metadata={"format": "deltamem-state", "format_version": "3"})
+
+    with pytest.raises(InvalidStateError, match="prev_id without"):
+        DeltaState.from_bytes(blob_with(prev_id=b.prev_id))
+    with pytest.raises(InvalidStateError, match="int64"):
+        DeltaState.from_bytes(blob_with(C=b.C, prev_h=b.prev_h, prev_id=b.prev_id.float()))
+    with pytest.raises(InvalidStateError, match="prev_id has shape"):
+        DeltaState.from_bytes(blob_with(C=b.C, prev_h=b.prev_h, prev_id=torch.tensor([1, 2])))

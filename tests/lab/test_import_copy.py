@@ -85,12 +85,16 @@ def test_copy_only_adapter_and_bad_runs(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(FileNotFoundError):
         import_copy_head(base_dir, tmp_path / "broken", tmp_path / "x")
-    for name, extra in (("tok", {"tok_rank": 4}), ("match", {"gain": "match"})):  # lab-only reads: a clear refusal
-        _lab_run(tmp_path / name, d=64)
-        meta = json.loads((tmp_path / name / "meta.json").read_text()) | extra
-        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
-        with pytest.raises(ValueError, match="does not have yet"):
-            import_copy_head(base_dir, tmp_path / name, tmp_path / "x")
+    _lab_run(tmp_path / "match", d=64)  # a lab-only read: a clear refusal
+    meta = json.loads((tmp_path / "match" / "meta.json").read_text()) | {"gain": "match"}
+    (tmp_path / "match" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not have yet"):
+        import_copy_head(base_dir, tmp_path / "match", tmp_path / "x")
+    _lab_run(tmp_path / "tok", d=64)  # token keys announced in meta.json, W_t missing
+    meta = json.loads((tmp_path / "tok" / "meta.json").read_text()) | {"tok_rank": 4}
+    (tmp_path / "tok" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="missing.*copy.wt.weight"):
+        import_copy_head(base_dir, tmp_path / "tok", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -143,3 +147,33 @@ def test_import_with_a_message_gate_and_refuse_a_role_aware_one(tmp_path):
     with pytest.raises(ValueError, match="hidden size 64"):
         import_copy_head(tmp_path / "base", tmp_path / "run", tmp_path / "x", gate=tmp_path / "narrow.pt")
     assert not (tmp_path / "x").exists()
+
+
+def test_token_keys_are_imported(tmp_path):
+    """A run with token keys (`copy_read --tok-rank`): W_t and α carried, config copy_tok_rank set, and the product's
+    read equals the lab's formula q = [cos α·norm(W_q h_p), sin α·norm(W_t ê(x_p))]."""
+    model = tiny_llama(layers=2)
+    save_adapter(attach(model, DeltaMemConfig(rank=2, output_init="zero")), tmp_path / "base")
+    detach(model)
+    lab = _lab_run(tmp_path / "run", d=64)
+    g = torch.Generator().manual_seed(9)
+    lab |= {"p.wt.weight": torch.randn(4, 64, generator=g) * 0.125, "p.mix": torch.tensor(0.6)}
+    save_file(lab, str(tmp_path / "run" / "ckpt.safetensors"))
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text()) | {"tok_rank": 4}
+    (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
+    out = import_copy_head(tmp_path / "base", tmp_path / "run", tmp_path / "merged")
+    assert read_adapter_config(out)["config"] == DeltaMemConfig(rank=2, output_init="zero", copy_rank=RANK,
+                                                                copy_tok_rank=4)
+    load_adapter(model, out)
+    ids = torch.randint(0, 97, (1, 10), generator=g)
+    with torch.no_grad():
+        o = forward_with_state(model, ids, None, message_ids=torch.zeros_like(ids))
+        h, E = o.copy.h[0, -1], model.get_input_embeddings().weight
+        En, a = F.normalize(E, dim=-1), lab["p.mix"]
+        q = torch.cat([F.normalize(h @ lab["p.wq.weight"].T, dim=-1) * torch.cos(a),
+                       F.normalize(En[ids[0, -1]] @ lab["p.wt.weight"].T, dim=-1) * torch.sin(a)])
+        gain = F.softplus(h @ lab["p.gate.weight"][0] + lab["p.gate.bias"]) * lab["p.log_tau"].exp()
+        want = model.lm_head.base(h) + gain * ((o.state.C[0] @ q) @ En.T)
+    assert o.state.C.shape == (1, 64, RANK + 4) and o.state.C.abs().max() > 0
+    torch.testing.assert_close(o.outputs.logits[0, -1], want, rtol=1e-5, atol=1e-5)
+    detach(model)

@@ -54,11 +54,19 @@ def message_gate_model(one_thread):
     return _tiny_copy_model(copy_gate="message", copy_gate_hidden=8)
 
 
-@pytest.mark.parametrize("gate", ["token", "message"])
+@pytest.fixture(scope="module")
+def token_key_model(one_thread):
+    return _tiny_copy_model(copy_gate="message", copy_gate_hidden=8, copy_tok_rank=5)
+
+
+_FIXTURES = {"token": "copy_model", "message": "message_gate_model", "message+token keys": "token_key_model"}
+
+
+@pytest.mark.parametrize("gate", list(_FIXTURES))
 def test_sessions_keep_their_own_copy_state_through_the_store(gate, request, tmp_path):
-    """With either write gate the copy channel writes through sessions and the SQLite store, sessions keep their own
+    """With either write gate (and with token keys) the copy channel writes through sessions and the SQLite store, sessions keep their own
     copy memory, and a restart reads it back."""
-    model, tok = request.getfixturevalue("copy_model" if gate == "token" else "message_gate_model")
+    model, tok = request.getfixturevalue(_FIXTURES[gate])
     db = tmp_path / "s.db"
     policy = WindowPolicy(budget=96, reserve=16)
     bot = DeltaMemChat(model, tok, store=SessionStore(SQLiteBackend(db)), policy=policy)
@@ -89,10 +97,10 @@ def _cursor(engine: Engine, n: int, seed: int):
     return cur
 
 
-@pytest.mark.parametrize("gate", ["token", "message"])
+@pytest.mark.parametrize("gate", list(_FIXTURES))
 def test_batched_decoding_equals_alone(gate, request):
-    """Batched decoding (left-padded prompts) equals decoding alone, with either write gate."""
-    model, tok = request.getfixturevalue("copy_model" if gate == "token" else "message_gate_model")
+    """Batched decoding (left-padded prompts) equals decoding alone, with either write gate and with token keys."""
+    model, tok = request.getfixturevalue(_FIXTURES[gate])
     V = model.config.vocab_size
     engine = Engine(model, tok, eos_ids=(V + 1,))
     hist, plens, steps = [0, 13, 1, 22], [3, 1, 11, 5], [6, 2, 5, 0]
