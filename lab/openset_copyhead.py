@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -115,36 +114,19 @@ class CopyHead(CopyChannel):
     def __init__(self, model, rank: int, beta_bias: float = 1.0, gate_bias: float = 0.0, tau: float = 10.0,
                  tok_rank: int = 0):
         emb = model.get_input_embeddings().weight.detach().float()
-        super().__init__(emb.shape[1], rank, beta_bias=beta_bias, gate_bias=gate_bias, tau=tau)
+        super().__init__(emb.shape[1], rank, beta_bias=beta_bias, gate_bias=gate_bias, tau=tau, tok_rank=tok_rank)
         self.register_buffer("E", F.normalize(emb, dim=-1), persistent=False)
         self.d = emb.shape[1]
-        self.tok_rank = tok_rank
-        if tok_rank:  # token keys: `keys` / `queries`
-            self.wt = torch.nn.Linear(self.d, tok_rank, bias=False)
-            torch.nn.init.normal_(self.wt.weight, std=self.d ** -0.5)
-            self.mix = torch.nn.Parameter(torch.tensor(math.pi / 4))
-
-    @property
-    def key_dims(self) -> int:
-        """Columns of the state C [d, key_dims]."""
-        return self.rank + self.tok_rank
-
-    def _with_tokens(self, k: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-        if not self.tok_rank:
-            return k
-        t = F.normalize(self.wt(self.E[ids]), dim=-1)
-        return torch.cat([k * torch.cos(self.mix), t * torch.sin(self.mix)], dim=-1)
 
     def keys(self, h: torch.Tensor, prev_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit write keys [..., key_dims]: norm(W_k h_{t-1}); with token keys
-        [cos α · norm(W_k h_{t-1}), sin α · norm(W_t ê(x_{t-1}))], x_{t-1} the token before the written one, so a
-        value's tokens are told apart by what precedes them (digits, ids)."""
-        return self._with_tokens(F.normalize(self.wk(h), dim=-1), prev_ids)
+        """Unit write keys [..., key_dims]: the product's `CopyChannel.key` (with token keys
+        [cos α · norm(W_k h_{t-1}), sin α · norm(W_t ê(x_{t-1}))], x_{t-1} the token before the written one)."""
+        return self.key(h, prev_ids, self.E)
 
     def queries(self, h: torch.Tensor, cur_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit queries [..., key_dims] at reading positions: as `keys` with W_q and the token at the position (the one
-        that precedes the token being predicted; W_t is shared, so the same token matches exactly)."""
-        return self._with_tokens(F.normalize(self.wq(h), dim=-1), cur_ids)
+        """Unit queries [..., key_dims] at reading positions: `CopyChannel.query`, with the token at the position
+        (the one that precedes the token being predicted; W_t is shared, so the same token matches exactly)."""
+        return self.query(h, cur_ids, self.E)
 
     def scaled_read(self, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """u = g·o [..., d] for reading positions h [..., d] and read-outs o = C q̂ [..., d]; Ê u is added to the
