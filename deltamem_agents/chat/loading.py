@@ -56,8 +56,8 @@ def load_model(model: str | Path | None = None, adapter: str | Path | None = "de
 
     ``model``: None/"default" (the offline SmolLM2-135M-Instruct) or a local model dir; ``dtype`` (a
     `torch.dtype` or its name, "bfloat16") and ``device`` left None follow the device policy
-    (`patching.device.resolve_policy`: CUDA with bf16 weights when available, else CPU in fp32, or bf16 on a
-    CPU with native bf16 arithmetic)."""
+    (`patching.device.resolve_policy`: CUDA with bf16 weights when available, else CPU in fp32; bf16 on the CPU
+    is opt-in, `dtype="bfloat16"`)."""
     from ..backbone import load_backbone, resolve_model_dir
     from ..patching.device import resolve_policy
 
