@@ -14,7 +14,9 @@ copy channel's writes and reads are the product's functions (`core.copy`), diffe
   (`CopyChannel.write_gates`, positions grouped by message id within a pass), values ê(x);
 - written: the tokens the runtime writes (message id ≥ 0), except the answer's (generated tokens are not written);
 - loss: CE on the answer's tokens (logits = lm_head(h) + g·Ê o, reads after the write of the same position) plus
-  `--gate-weight` × the gate's BCE (1 on the value's tokens of the fact message, 0 on every other written token).
+  `--gate-weight` × the gate's BCE (1 on the value's tokens of the fact message, 0 on every other written token);
+  with `--p-neg`, that share of examples instead holds another history's state (all its passes, then this
+  history's read pass) and pays `--neg-weight` × KL(backbone ‖ backbone + read) at the answer positions.
 
 The starting point is an adapter with a copy channel (`--init`, e.g. one made by `lab import-copy-head`); the
 result is the same adapter with the trained channel (`<out>/adapter`). Features are computed once (`<out>/pool.pt`)
@@ -136,6 +138,20 @@ def episode_loss(channel: cp.CopyChannel, E: torch.Tensor, norms: torch.Tensor, 
     return ce, bce
 
 
+def negative_loss(channel: cp.CopyChannel, E: torch.Tensor, norms: torch.Tensor, lm_head, other: dict, ex: dict
+                  ) -> torch.Tensor:
+    """KL(backbone ‖ backbone + read) at `ex`'s answer positions when the state holds `other`'s history (all its
+    passes, then `ex`'s read pass): the read should add nothing when the state does not hold the asked fact."""
+    last = ex["passes"][-1]
+    _, reads, _ = run_passes(channel, E, other["passes"] + [last])
+    labels = last["labels"]
+    rpos = (labels[1:] != IGNORE).nonzero().flatten()
+    hp = last["h"].float()[rpos]
+    base = lm_head(hp)
+    with_read = base + cp.read_generic(E, norms, channel.gain(hp) * reads[rpos])
+    return F.kl_div(with_read.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="batchmean")
+
+
 @torch.no_grad()
 def gate_stats(channel: cp.CopyChannel, data: list[dict]) -> dict:
     """The gate on the runtime's features: share of value tokens written (β > 0.5), other tokens per 1,000."""
@@ -169,6 +185,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--gate-weight", type=float, default=1.0)
+    ap.add_argument("--p-neg", type=float, default=0.0,
+                    help="share of examples whose state holds another history only (KL to the backbone)")
+    ap.add_argument("--neg-weight", type=float, default=1.0)
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -215,19 +234,25 @@ def main() -> None:
     t0 = time.time()
     with tqdm(total=args.steps, initial=step, desc="copy in context") as bar:
         while step < args.steps:
-            pick = random.Random(step).sample(range(len(data)), args.batch)
-            ces, bces = zip(*(episode_loss(ch, E, norms, lm_head, data[i]) for i in pick))
+            rng = random.Random(step)
+            pick = rng.sample(range(len(data)), args.batch)
+            neg = [i for i in pick if rng.random() < args.p_neg]
+            pos = [i for i in pick if i not in neg] or pick[:1]
+            ces, bces = zip(*(episode_loss(ch, E, norms, lm_head, data[i]) for i in pos))
             ce, bce = torch.stack(ces).mean(), torch.stack(bces).mean()
-            loss = ce + args.gate_weight * bce
+            kl = torch.stack([negative_loss(ch, E, norms, lm_head, data[(i + 1) % len(data)], data[i])
+                              for i in neg]).mean() if neg else torch.zeros(())
+            loss = ce + args.gate_weight * bce + args.neg_weight * kl
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(ce=f"{float(ce):.3f}", bce=f"{float(bce):.3f}")
+            bar.set_postfix(ce=f"{float(ce):.3f}", bce=f"{float(bce):.3f}", kl=f"{float(kl):.3f}")
             with log.open("a") as f:
                 f.write(json.dumps({"step": step, "ce": round(float(ce), 4), "bce": round(float(bce), 4),
+                                    "kl": round(float(kl), 4),
                                     "s": round(time.time() - t0, 1)}) + "\n")
             if step % args.ckpt_every == 0 or step == args.steps:
                 torch.save({"channel": ch.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)

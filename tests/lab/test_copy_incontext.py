@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from deltamem_agents.core import copy as cp
 from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach, forward_with_state
-from lab.copy_incontext import episode_loss, run_passes
+from lab.copy_incontext import episode_loss, negative_loss, run_passes
 from tests.conftest import randomize_adapter
 from tests.patching.test_copy_channel import _model
 
@@ -46,3 +46,13 @@ def test_run_passes_equals_the_product_over_a_session(one_thread):
     (ce + bce).backward()
     for p in (adapter.copy.mgate[0].weight, adapter.copy.wk.weight, adapter.copy.wt.weight, adapter.copy.mix):
         assert p.grad is not None and p.grad.abs().sum() > 0
+    # another history's state: the KL to the backbone is positive and reaches the read; with a zero state it is 0
+    adapter.zero_grad(set_to_none=True)
+    head = lambda x: F.linear(x, E.detach())  # noqa: E731
+    kl = negative_loss(adapter.copy, E.detach(), cp.embedding_norms(E), head, {"passes": passes[:1]}, {"passes": passes})
+    kl.backward()
+    assert float(kl) > 0 and adapter.copy.wq.weight.grad.abs().sum() > 0
+    silent = {"passes": [dict(passes[0], written=torch.zeros_like(passes[0]["written"]))]}
+    last = dict(passes[-1], written=torch.zeros_like(passes[-1]["written"]))
+    with torch.no_grad():
+        assert float(negative_loss(adapter.copy, E, cp.embedding_norms(E), head, silent, {"passes": [last]})) < 1e-6
