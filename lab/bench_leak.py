@@ -69,8 +69,8 @@ def render(tab: list[dict]) -> str:
         c = t["ceiling"]
         share = f"{t['own'][0] / c:.2f}" if c else "—"
         lw = "—" if t["leak_word"] is None else f"{t['leak_word']:.2f} / {t['leak_whole']:.2f}"
-        lines.append(f"| {t['task']} | {t['cell']} | {t['n']} | {t['own'][0]:.2f} [{t['own'][1]:.2f}, {t['own'][2]:.2f}] "
-                     f"| {t['other']:.2f} | {'—' if c is None else f'{c:.2f}'} | {share} "
+        own = f"{t['own'][0]:.2f} [{t['own'][1]:.2f}, {t['own'][2]:.2f}]"
+        lines.append(f"| {t['task']} | {t['cell']} | {t['n']} | {own} | {t['other']:.2f} | {'—' if c is None else f'{c:.2f}'} | {share} "
                      f"| {t['memory'][0]:+.2f} [{t['memory'][1]:+.2f}, {t['memory'][2]:+.2f}] | {lw} |")
     return "\n".join(lines)
 

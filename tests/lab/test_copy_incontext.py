@@ -49,7 +49,8 @@ def test_run_passes_equals_the_product_over_a_session(one_thread):
     # another history's state: the KL to the backbone is positive and reaches the read; with a zero state it is 0
     adapter.zero_grad(set_to_none=True)
     head = lambda x: F.linear(x, E.detach())  # noqa: E731
-    kl = negative_loss(adapter.copy, E.detach(), cp.embedding_norms(E), head, {"passes": passes[:1]}, {"passes": passes})
+    kl = negative_loss(adapter.copy, E.detach(), cp.embedding_norms(E), head, {"passes": passes[:1]},
+                       {"passes": passes})
     kl.backward()
     assert float(kl) > 0 and adapter.copy.wq.weight.grad.abs().sum() > 0
     silent = {"passes": [dict(passes[0], written=torch.zeros_like(passes[0]["written"]))]}
