@@ -162,19 +162,25 @@ def test_tied_fast_read_equals_the_reference(tied):
     torch.testing.assert_close(outs[False][1].outputs.logits[:, -1:], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_padding_neither_writes_nor_moves_prev_h(untied):
-    """A left-padded row (padding in the prompt too) gives the state and last logits of the row alone."""
-    model, adapter = untied
-    ids, mids = _ids(1, 17, seed=3)
-    pad = 4
+def alone_and_padded(model, ids, mids, pad: int):
+    """One row's call alone and the same row left-padded by `pad` (padding in the prompt too), last logits only."""
+    T = ids.shape[1]
     with torch.no_grad():
         alone = forward_with_state(model, ids, None, message_ids=mids, logits_to_keep=1)
         x = torch.cat([torch.full((1, pad), 3), ids], 1)
         m = torch.cat([torch.zeros(1, pad, dtype=torch.long), mids], 1)
         mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(ids)], 1)
-        pos = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.arange(17)[None]], 1)
+        pos = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.arange(T)[None]], 1)
         padded = forward_with_state(model, x, None, message_ids=m, attention_mask=mask, position_ids=pos,
                                     logits_to_keep=1)
+    return alone, padded
+
+
+def test_padding_neither_writes_nor_moves_prev_h(untied):
+    """A left-padded row (padding in the prompt too) gives the state and last logits of the row alone."""
+    model, adapter = untied
+    ids, mids = _ids(1, 17, seed=3)
+    alone, padded = alone_and_padded(model, ids, mids, 4)
     torch.testing.assert_close(padded.state.C, alone.state.C, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(padded.state.prev_h, alone.state.prev_h, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(padded.outputs.logits, alone.outputs.logits, rtol=1e-4, atol=1e-4)

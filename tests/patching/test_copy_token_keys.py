@@ -16,7 +16,7 @@ from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach, forward_with_state
 from deltamem_agents.patching.adapter_io import load_adapter, save_adapter
 from tests.conftest import randomize_adapter
-from tests.patching.test_copy_channel import V, _ids, _model, _split
+from tests.patching.test_copy_channel import V, _ids, _model, _split, alone_and_padded
 
 R, RT = 5, 3
 
@@ -88,16 +88,8 @@ def test_split_calls_equal_one_call(tok_model):
 def test_padding_neither_writes_nor_moves_prev_id(tok_model):
     model, _ = tok_model
     ids, mids = _ids(1, 13, seed=9)
-    pad = 3
-    with torch.no_grad():
-        alone = forward_with_state(model, ids, None, message_ids=mids, logits_to_keep=1)
-        x = torch.cat([torch.full((1, pad), 3), ids], 1)
-        m = torch.cat([torch.zeros(1, pad, dtype=torch.long), mids], 1)
-        mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(ids)], 1)
-        pos = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.arange(13)[None]], 1)
-        padded = forward_with_state(model, x, None, message_ids=m, attention_mask=mask, position_ids=pos,
-                                    logits_to_keep=1)
-        # a padded-only call (a row with nothing this step) keeps its last token
+    alone, padded = alone_and_padded(model, ids, mids, 3)
+    with torch.no_grad():  # a padded-only call (a row with nothing this step) keeps its last token
         idle = forward_with_state(model, torch.full((1, 2), 3), alone.state, message_ids=torch.zeros(1, 2).long(),
                                   attention_mask=torch.zeros(1, 2, dtype=torch.long), logits_to_keep=1)
     torch.testing.assert_close(padded.state.C, alone.state.C, rtol=1e-4, atol=1e-5)
