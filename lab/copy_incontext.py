@@ -73,7 +73,7 @@ def pool(model, tok, rend: ChatRenderer, args) -> list[dict]:
         answer_mid = len(h.messages) + 1
         st = adapter.zero_state(1)
         passes = []
-        for i, (ids, mids) in enumerate(p.write_passes + [(p.read_ids, p.read_mids)]):
+        for ids, mids in p.write_passes + [(p.read_ids, p.read_mids)]:
             x = torch.tensor([ids])
             o = forward_with_state(model, x, st, message_ids=torch.tensor([mids]), logits_to_keep=1)
             st = o.state

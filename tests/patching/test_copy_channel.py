@@ -122,16 +122,23 @@ def test_a_written_token_is_read_back(one_thread):
     """β large, W_q = W_k: after writing token x at a position keyed like the reading one, x's logit rises."""
     model = _model(seed=7)
     adapter = attach(model, DeltaMemConfig(rank=3, output_init="zero", copy_rank=8))
-    ids = torch.tensor([[5, 17, 42, 9, 17]])
     with torch.no_grad():
         adapter.copy.wq.weight.copy_(adapter.copy.wk.weight)
+    # the last position (token 17) reads with the key that wrote 42 (the token after the first 17)
+    gain = read_back_gain(model, adapter, [5, 17, 42, 9, 17])
+    assert int(gain.argmax()) == 42 and gain[42] > 1.0
+
+
+def read_back_gain(model, adapter, ids: list[int]):
+    """With a strong write gate and read gain: the last position's logits after writing `ids` minus without
+    writing them."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
         adapter.copy.beta.bias.fill_(20.0)
         adapter.copy.gate.bias.fill_(2.0)
-        before = forward_with_state(model, ids, None, message_ids=torch.full_like(ids, -1)).outputs.logits
-        out = forward_with_state(model, ids, None, message_ids=torch.zeros_like(ids))
-    # the last position (token 17) reads with the key that wrote 42 (the token after the first 17)
-    gain = out.outputs.logits[0, -1] - before[0, -1]
-    assert int(gain.argmax()) == 42 and gain[42] > 1.0
+        before = forward_with_state(model, x, None, message_ids=torch.full_like(x, -1)).outputs.logits
+        out = forward_with_state(model, x, None, message_ids=torch.zeros_like(x))
+    return out.outputs.logits[0, -1] - before[0, -1]
 
 
 def test_tied_fast_read_equals_the_reference(tied):

@@ -16,7 +16,7 @@ from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach, forward_with_state
 from deltamem_agents.patching.adapter_io import load_adapter, save_adapter
 from tests.conftest import randomize_adapter
-from tests.patching.test_copy_channel import V, _ids, _model, _split, alone_and_padded
+from tests.patching.test_copy_channel import V, _ids, _model, _split, alone_and_padded, read_back_gain
 
 R, RT = 5, 3
 
@@ -102,14 +102,9 @@ def test_a_token_is_read_back_by_the_token_before_it(one_thread):
     """With α = π/2 the keys are the token part alone: after "… 17 42 …" a position holding 17 reads 42."""
     model = _model(seed=7)
     adapter = attach(model, DeltaMemConfig(rank=3, output_init="zero", copy_rank=4, copy_tok_rank=8))
-    ids = torch.tensor([[5, 17, 42, 9, 33, 17]])
     with torch.no_grad():
         adapter.copy.mix.fill_(math.pi / 2)
-        adapter.copy.beta.bias.fill_(20.0)
-        adapter.copy.gate.bias.fill_(2.0)
-        before = forward_with_state(model, ids, None, message_ids=torch.full_like(ids, -1)).outputs.logits
-        out = forward_with_state(model, ids, None, message_ids=torch.zeros_like(ids))
-    gain = out.outputs.logits[0, -1] - before[0, -1]
+    gain = read_back_gain(model, adapter, [5, 17, 42, 9, 33, 17])
     assert int(gain.argmax()) == 42 and gain[42] > 1.0
 
 
