@@ -1,11 +1,12 @@
 """The shipped adapter's decode overhead, side by side: the runtime's Engine with and without δ-mem, one token each
 in turn (so load on the machine hits both arms alike), after the same prompt.
 
-    .venv/bin/python benchmarks/decode_overhead.py --threads 1 --prompt 512 --tokens 64 [--reference] [--profile]
-        [--prefill-repeats 5]
+    .venv/bin/python benchmarks/decode_overhead.py --threads 1 --prompt 512 --tokens 64 [--eager] [--reference]
+        [--profile] [--prefill-repeats 5]
 
-Arms: `plain` (the default backbone loaded without δ-mem), `shipped` (the shipped adapter, fast path) and, with
---reference, `shipped-ref` (the reference δ-mem step). Reported per arm: median wall and thread-CPU ms per token,
+Arms: `plain` (the default backbone loaded without δ-mem), `shipped` (the shipped adapter, fast path with the
+compiled decode step when it is available), with --eager `shipped-eager` (the fast path's eager ops) and with
+--reference `shipped-ref` (the reference δ-mem step). Reported per arm: median wall and thread-CPU ms per token,
 and the overhead vs plain; the shipped arms' greedy tokens are checked against each other. --profile adds a
 torch.profiler op count per decoded token for plain and shipped; --prefill-repeats N times the prompt's prefill
 (the history write) N times per arm, interleaved, and reports the median thread-CPU time. A quicker companion to
@@ -33,10 +34,11 @@ except ImportError:  # run as a module from the repository root
     from benchmarks.speed_ratios import EngineArm, prompt_ids
 
 
-def make_arm(name: str, model: Any, tok: Any, with_state: bool, reference: bool = False) -> EngineArm:
+def make_arm(name: str, model: Any, tok: Any, with_state: bool, reference: bool = False,
+             compiled: bool | None = None) -> EngineArm:
     """speed_ratios' arm (Engine, fast path or reference δ-mem step, wall and thread-CPU per token), named."""
     a = EngineArm(Engine(model, tok), (lambda: model.deltamem.zero_state(1)) if with_state else (lambda: None),
-                  reference)
+                  reference, compiled)
     a.name = name
     return a
 
@@ -58,7 +60,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="prompt + tokens, this many times")
-    ap.add_argument("--reference", action="store_true", help="add the reference δ-mem step as a third arm")
+    ap.add_argument("--reference", action="store_true", help="add the reference δ-mem step as an arm")
+    ap.add_argument("--eager", action="store_true", help="add the eager fast path (no compiled step) as an arm")
     ap.add_argument("--profile", action="store_true", help="torch.profiler op counts per token")
     ap.add_argument("--prefill-repeats", type=int, default=0, help="also time the prefill, interleaved")
     a = ap.parse_args()
@@ -66,6 +69,8 @@ def main() -> None:
     shipped, tok = load_model(device="cpu")
     plain, _ = load_backbone(device="cpu")
     arms = [make_arm("plain", plain, tok, False), make_arm("shipped", shipped, tok, True)]
+    if a.eager:
+        arms.append(make_arm("shipped-eager", shipped, tok, True, compiled=False))
     if a.reference:
         arms.append(make_arm("shipped-ref", shipped, tok, True, reference=True))
     eos = [int(tok.eos_token_id)] + [int(i) for i in tok.convert_tokens_to_ids(["<|im_end|>"]) if i is not None]
@@ -100,8 +105,8 @@ def main() -> None:
             p = statistics.median(pre[arm.name])
             ov = "" if arm is arms[0] else f", {100 * (p / base_p - 1):+.1f}% vs plain"
             print(f"prefill {arm.name}: {1000 * p:.0f} ms CPU (median of {a.prefill_repeats}){ov}")
-    if a.reference:
-        print(f"shipped fast vs reference greedy tokens identical: {same}")
+    if len(arms) > 2:
+        print(f"greedy tokens identical across the shipped arms: {same}")
     if a.profile:
         for arm in arms[:2]:
             ops, ms = op_count(arm, eos)

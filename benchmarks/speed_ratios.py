@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from deltamem_agents.chat.loading import load_model
-from deltamem_agents.core import fastpath
+from deltamem_agents.core import fastpath, native
 from deltamem_agents.core.config import ssw, tsw
 from deltamem_agents.patching import attach
 from deltamem_agents.runtime.decode import Engine
@@ -82,8 +82,10 @@ def hf_arm(model: Any, ids: list[int], new: int, eos: int) -> tuple[float, list[
 
 
 class EngineArm:
-    def __init__(self, engine: Engine, state_fn: Any, reference: bool) -> None:
-        self.engine, self.state_fn, self.reference = engine, state_fn, reference
+    def __init__(self, engine: Engine, state_fn: Any, reference: bool, compiled: bool | None = None) -> None:
+        """`reference`: the reference δ-mem step; `compiled=False`: the eager fast path instead of the compiled
+        decode step (core/native.py)."""
+        self.engine, self.state_fn, self.reference, self.compiled = engine, state_fn, reference, compiled
         self.prefill: list[float] = []
         self.per_token: list[float] = []  # wall seconds per decoded token
         self.cpu: list[float] = []  # this thread's CPU seconds per decoded token
@@ -91,10 +93,13 @@ class EngineArm:
 
     def _run(self, fn: Any) -> Any:
         old = fastpath.set_enabled(not self.reference)
+        old_native = native.set_enabled(self.compiled) if self.compiled is not None else None
         try:
             return fn()
         finally:
             fastpath.set_enabled(old)
+            if old_native is not None:
+                native.set_enabled(old_native)
 
     def start(self, ids: list[int], mids: list[int]) -> None:
         self.cur = self.engine.new_cursor(self.state_fn())

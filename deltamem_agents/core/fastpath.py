@@ -17,6 +17,7 @@ masked update, so decoding never waits on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .segments import Segments
 
 _ENABLED = True
+_VERSION = attrgetter("_version")
 
 
 def set_enabled(flag: bool) -> bool:
@@ -49,6 +51,7 @@ class FusedWeights:
     bias: Tensor  # [3R+G]: (0, 0, 0, beta_bias) − proj·input_center (the centring folded in)
     corr: Tensor | None  # [q_out + o_out, R]: (α/r)·B_q then (α/r)·B_o (the present ones)
     q_out: int  # rows of `corr` that belong to δq (0 without a q head)
+    native: tuple | None = None  # the compiled decode step's constant arguments (core/native.py), pointing here
 
 
 def fused_weights(layer: DeltaMemLayer) -> FusedWeights:
@@ -56,10 +59,10 @@ def fused_weights(layer: DeltaMemLayer) -> FusedWeights:
     cached = layer.__dict__.get("_fused")
     if cached is not None:
         params, key, fw = cached
-        if all(p._version == v and p.data_ptr() == ptr for p, (v, ptr) in zip(params, key)):
+        if list(map(_VERSION, params)) + list(map(Tensor.data_ptr, params)) == key:
             return fw
     params = list(layer.parameters()) + [b for b in layer.buffers()]
-    key = [(p._version, p.data_ptr()) for p in params]
+    key = list(map(_VERSION, params)) + list(map(Tensor.data_ptr, params))
     with torch.no_grad():
         proj = torch.cat([layer.memory_q_proj, layer.memory_k_proj, layer.memory_v_proj, layer.beta_proj]).float()
         R = layer.memory_q_proj.shape[0]

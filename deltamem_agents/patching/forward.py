@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import fastpath
+from ..core import fastpath, native
 from ..core.segments import Segments
 from ..core.state import DeltaState
 from . import copy_hooks
@@ -63,6 +63,11 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
                        detach_inputs=detach_inputs, capture_gates=capture_gates, fast=fast,
                        zero_slots=zero_slots(state) if fast and T == 1 else None)
+    if (fast and B == 1 and T == 1 and not message_mode and native.state_usable(state.S) and native.available()):
+        call.native, call.native_write = True, write and bool(seg.written[0, 0])
+        call.S_next = torch.empty_like(state.S)
+        call.native_S, call.native_S_next = state.S.data_ptr(), call.S_next.data_ptr()
+        call.native_stride = state.S[0].numel() * state.S.element_size()
     if adapter.copy is not None:
         written = seg.written if copy_write else torch.zeros_like(seg.written)  # generated tokens: keys move, no writes
         call.copy = copy_hooks.new_call(adapter, model, input_ids, seg.valid, written, state.C, state.prev_h,
@@ -80,9 +85,9 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     if cc is not None and cc.C_out is None:
         raise RuntimeError("the copy channel's final-norm hook did not run; is the model patched correctly?")
     if write:
-        new = DeltaState(
-            S=torch.stack([call.S_out[i] for i in range(n)]),
-            pend_sum=torch.stack([call.sum_out[i] for i in range(n)]),
+        new = DeltaState(  # token writes with the compiled step: S_next is the new S, the pending sums unchanged
+            S=call.S_next if call.native else torch.stack([call.S_out[i] for i in range(n)]),
+            pend_sum=state.pend_sum if call.native else torch.stack([call.sum_out[i] for i in range(n)]),
             pend_count=seg.pend_count_out(state.pend_count) if message_mode else state.pend_count,
             pend_id=seg.pend_id_out if (message_mode and seg.pend_id_out is not None) else state.pend_id,
             C=cc.C_out if cc is not None else None,

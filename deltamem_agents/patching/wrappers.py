@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import fastpath
+from ..core import fastpath, native
 from .context import CallContext, current
 
 
@@ -73,9 +73,17 @@ class DeltaQProj(_Wrapped):
         slot = self.slot
         zero = call.zero_slots is not None and call.zero_slots[slot]
         fw = fastpath.fused_weights(layer)
+        if call.native and native.usable(x, out):  # one compiled call; the new S goes straight into call.S_next
+            off = slot * call.native_stride
+            call.reads[slot] = native.step_ptr(layer, fw, x, out, call.native_S + off, call.native_S_next + off,
+                                               call.native_write, zero)
+            call.S_out[slot] = None
+            return _add(out, layer.task_q(x), False)
         st = fastpath.step(layer, x, call.state.S[slot], call.state.pend_sum[slot], call.seg, call.write, zero, fw)
         call.S_out[slot] = st.S
         call.sum_out[slot] = st.pend_sum
+        if call.native:  # a layer of a compiled-step call that could not take it (e.g. a bf16 input)
+            call.S_next[slot].copy_(st.S)
         if st.read is not None:  # None: the read is exactly zero, and so are both corrections
             dq, call.reads[slot] = fastpath.corrections(fw, st.read)
             out = _add(out, dq, False)

@@ -1,0 +1,181 @@
+"""A compiled decode step: one δ-mem layer, one token of one conversation on the CPU, in one native call.
+
+At one token the δ-mem step is ~20 tiny tensor ops per layer, each costing more dispatch than arithmetic; this
+module runs the same math (`kernels/decode_step.c`, the eager version being `fastpath._decode_host`) as one C
+function called through ctypes. The library is compiled on first use with the system's C compiler (`$CC`, else
+`cc`) into a per-user cache (`$DELTAMEM_CACHE`, else `$XDG_CACHE_HOME/deltamem_agents`, else
+`~/.cache/deltamem_agents`), keyed by the source's hash; it takes well under a second. Without a compiler,
+or with `DELTAMEM_NATIVE=0`, `available()` is False and the eager fast path runs instead (same results up to
+float rounding; tests/core/test_native.py checks the two agree).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .fastpath import FusedWeights
+    from .memory import DeltaMemLayer
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels") / "decode_step.c"
+_MODES = {"standard": 0, "lambda_outside": 1, "no_lambda": 2}
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+_ENABLED = os.environ.get("DELTAMEM_NATIVE", "1") not in ("0", "false", "no", "off")
+
+_c_void_p, _c_int = ctypes.c_void_p, ctypes.c_int
+_ARGTYPES = [_c_void_p] * 6 + [_c_int]  # layer, x, S, S_new, q_proj output, δo; flags
+_WRITE, _STATE_ZERO = 1, 2
+
+
+class _Layer(ctypes.Structure):
+    """A layer's constant arguments, as `dm_layer` in kernels/decode_step.c."""
+
+    _fields_ = [("proj", _c_void_p), ("bias", _c_void_p), ("corr_t", _c_void_p)] + \
+        [(n, _c_int) for n in ("d", "H", "r", "G", "normalize", "mode", "q_rows", "o_rows")] + \
+        [("threshold", ctypes.c_float)]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DELTAMEM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deltamem_agents")
+    return Path(root) / "kernels"
+
+
+def set_enabled(flag: bool) -> bool:
+    """Use the compiled step when it is available (False: the eager fast path); returns the old value."""
+    global _ENABLED
+    old, _ENABLED = _ENABLED, bool(flag)
+    return old
+
+
+def available() -> bool:
+    """Enabled and the library is built and loaded (built on the first call)."""
+    return _ENABLED and _load() is not None
+
+
+def _load() -> ctypes.CDLL | None:
+    global _LIB, _TRIED
+    if _TRIED:
+        return _LIB
+    with _LOCK:
+        if not _TRIED:
+            try:
+                _LIB = _open(_build())
+            except (OSError, subprocess.SubprocessError) as e:
+                log.info("δ-mem native decode step unavailable (%s); using the eager fast path", e)
+                _LIB = None
+            _TRIED = True
+    return _LIB
+
+
+def _build() -> Path:
+    """The compiled library for this source, compiled if it is not cached yet (atomic: concurrent builds are safe)."""
+    src = _SOURCE.read_bytes()
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise OSError("no C compiler found (set CC)")
+    base = ["-O3", "-std=c99", "-fopenmp-simd", "-fPIC", "-shared"]
+    errors = []
+    for flags in (base + ["-march=native"], base):  # a compiler without -march=native gets the portable build
+        key = hashlib.sha256(src + " ".join([cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+        out = cache_dir() / f"decode_step-{key}.so"
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            tmp_out = Path(tmp) / out.name
+            proc = subprocess.run([cc, *flags, str(_SOURCE), "-o", str(tmp_out), "-lm"], capture_output=True,
+                                  text=True, timeout=120)
+            if proc.returncode == 0:
+                os.replace(tmp_out, out)
+                return out
+            errors.append(proc.stderr.strip()[:300])
+    raise OSError(f"{cc} failed: {' | '.join(errors)}")
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags (Linux), so that a cache shared between machines never loads a library built for
+    instructions this one lacks (the library is built with -march=native)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        import platform
+
+        return platform.processor() + platform.machine()
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.dm_decode_step.argtypes = _ARGTYPES
+    lib.dm_decode_step.restype = _c_int
+    return lib
+
+
+def usable(x: Tensor, out: Tensor) -> bool:
+    """This layer's call can take the compiled step: fp32 and contiguous input and q_proj output (the caller
+    checked the rest once per call: one token of one conversation on the CPU, an fp32 contiguous state)."""
+    return x.dtype is torch.float32 and out.dtype is torch.float32 and x.is_contiguous() and out.is_contiguous()
+
+
+def state_usable(S: Tensor) -> bool:
+    """The carried state S[n,B,H,r,r] can be read and written by pointer."""
+    return S.dtype is torch.float32 and S.is_contiguous() and S.device.type == "cpu"
+
+
+def _layer(layer: DeltaMemLayer, fw: FusedWeights) -> tuple[int, int]:
+    """(address of the layer's `dm_layer`, δo rows), cached with the fused weights it points into."""
+    cfg = layer.cfg
+    cached = fw.native
+    if cached is not None and cached[0] is cfg:
+        return cached[1], cached[2]
+    corr_t = None if fw.corr is None else fw.corr.t().contiguous()
+    o_rows = 0 if fw.corr is None else fw.corr.shape[0] - fw.q_out
+    st = _Layer(proj=fw.proj.data_ptr(), bias=fw.bias.data_ptr(), corr_t=None if corr_t is None else corr_t.data_ptr(),
+                d=fw.proj.shape[1], H=cfg.num_state_heads, r=cfg.rank, G=fw.proj.shape[0] - 3 * cfg.read_dim,
+                normalize=int(cfg.normalize_qk), mode=_MODES[cfg.state_update_mode],
+                q_rows=fw.q_out if corr_t is not None else 0, o_rows=o_rows, threshold=float(cfg.write_threshold))
+    fw.native = (cfg, ctypes.addressof(st), o_rows, st, corr_t)  # the struct and corr_t kept alive beside pointers
+    return fw.native[1], o_rows
+
+
+def step_ptr(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, out: Tensor, S_ptr: int, S_new_ptr: int,
+             write: bool, state_zero: bool) -> Tensor | None:
+    """The compiled step on raw state pointers (S[H,r,r] fp32 at S_ptr; the new state, always filled, at
+    S_new_ptr, which must not alias S_ptr when `write`). δq is added to `out` in place; returns δo [1,1,o_out]
+    or None (no o head, or the read is exactly zero)."""
+    lib = _LIB if _LIB is not None else _load()
+    assert lib is not None, "native step without the library (check available())"
+    addr, o_rows = _layer(layer, fw)
+    do = torch.empty(1, 1, o_rows) if o_rows and not state_zero else None
+    flags = lib.dm_decode_step(addr, x.data_ptr(), S_ptr, S_new_ptr, out.data_ptr(),
+                               None if do is None else do.data_ptr(),
+                               (_WRITE if write else 0) | (_STATE_ZERO if state_zero else 0))
+    return do if flags & 2 else None
+
+
+def decode_step(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, S: Tensor, out: Tensor, write: bool,
+                state_zero: bool) -> tuple[Tensor, Tensor | None]:
+    """x[1,1,d] (fp32), S[1,H,r,r] -> (new S, δo [1,1,o_out] or None); δq is added to `out` (q_proj's output) in
+    place (the tensor form of `step_ptr`)."""
+    if not (usable(x, out) and state_usable(S) and x.numel() == fw.proj.shape[1]):
+        raise ValueError("the native step takes one fp32 contiguous token, q_proj output and state on the CPU")
+    S_new = torch.empty_like(S)
+    do = step_ptr(layer, fw, x, out, S.data_ptr(), S_new.data_ptr(), bool(write), bool(state_zero))
+    return S_new, do
