@@ -3,8 +3,8 @@
 At one token the δ-mem step is ~20 tiny tensor ops per layer, each costing more dispatch than arithmetic; this
 module runs the same math (`kernels/decode_step.c`, the eager version being `fastpath._decode_host`) as one C
 function called through ctypes. The library is compiled on first use with the system's C compiler (`$CC`, else
-`cc`) into a per-user cache (`$DELTAMEM_CACHE`, else `$XDG_CACHE_HOME/deltamem_agents`, else
-`~/.cache/deltamem_agents`), keyed by the source's hash; it takes well under a second. Without a compiler,
+`cc`) into the project's cache (`$DELTAMEM_CACHE/kernels`, by default `~/.cache/deltamem-agents/kernels`), keyed by
+the source, the flags and the CPU's features; it takes well under a second. Without a compiler,
 or with `DELTAMEM_NATIVE=0`, `available()` is False and the eager fast path runs instead (same results up to
 float rounding; tests/core/test_native.py checks the two agree).
 """
@@ -52,9 +52,8 @@ class _Layer(ctypes.Structure):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DELTAMEM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deltamem_agents")
-    return Path(root) / "kernels"
+    """Where built libraries go: `kernels/` under the project's cache root (the same as backbone.cache_dir)."""
+    return Path(os.environ.get("DELTAMEM_CACHE", Path.home() / ".cache" / "deltamem-agents")) / "kernels"
 
 
 def set_enabled(flag: bool) -> bool:
