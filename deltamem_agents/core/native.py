@@ -1,4 +1,4 @@
-"""A compiled decode step: one δ-mem layer, one token of one conversation on the CPU, in one native call.
+"""A compiled decode step: one δ-mem layer, one token per conversation on the CPU, in one native call.
 
 At one token the δ-mem step is ~20 tiny tensor ops per layer, each costing more dispatch than arithmetic; this
 module runs the same math (`kernels/decode_step.c`, the eager version being `fastpath._decode_host`) as one C
@@ -39,8 +39,9 @@ _TRIED = False
 _ENABLED = os.environ.get("DELTAMEM_NATIVE", "1") not in ("0", "false", "no", "off")
 
 _c_void_p, _c_int = ctypes.c_void_p, ctypes.c_int
-_ARGTYPES = [_c_void_p] * 6 + [_c_int]  # layer, x, S, S_new, q_proj output, δo; flags
-_WRITE, _STATE_ZERO = 1, 2
+# layer, rows, x, S, S_new, q_proj output, its row stride, δo, row flags, all states zero
+_ARGTYPES = [_c_void_p, _c_int, _c_void_p, _c_void_p, _c_void_p, _c_void_p, _c_int, _c_void_p, _c_void_p, _c_int]
+ROW_WRITE, ROW_VALID = 1, 2  # row flags (uint8): a write candidate; not a padding row
 
 
 class _Layer(ctypes.Structure):
@@ -122,20 +123,26 @@ def _cpu_flags() -> str:
 
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    lib.dm_decode_step.argtypes = _ARGTYPES
-    lib.dm_decode_step.restype = _c_int
+    lib.dm_decode_rows.argtypes = _ARGTYPES
+    lib.dm_decode_rows.restype = _c_int
     return lib
 
 
 def usable(x: Tensor, out: Tensor) -> bool:
     """This layer's call can take the compiled step: fp32 and contiguous input and q_proj output (the caller
-    checked the rest once per call: one token of one conversation on the CPU, an fp32 contiguous state)."""
+    checked the rest once per call: one token per row on the CPU, an fp32 contiguous state, the row flags)."""
     return x.dtype is torch.float32 and out.dtype is torch.float32 and x.is_contiguous() and out.is_contiguous()
 
 
 def state_usable(S: Tensor) -> bool:
     """The carried state S[n,B,H,r,r] can be read and written by pointer."""
     return S.dtype is torch.float32 and S.is_contiguous() and S.device.type == "cpu"
+
+
+def row_flags(valid: Tensor, written: Tensor | None) -> Tensor:
+    """valid[B], written[B] (None: nothing written) -> the kernel's per-row flags (uint8)."""
+    flags = valid.to(torch.uint8) * ROW_VALID
+    return flags if written is None else flags | (written & valid).to(torch.uint8)
 
 
 def _layer(layer: DeltaMemLayer, fw: FusedWeights) -> tuple[int, int]:
@@ -155,26 +162,32 @@ def _layer(layer: DeltaMemLayer, fw: FusedWeights) -> tuple[int, int]:
 
 
 def step_ptr(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, out: Tensor, S_ptr: int, S_new_ptr: int,
-             write: bool, state_zero: bool) -> Tensor | None:
-    """The compiled step on raw state pointers (S[H,r,r] fp32 at S_ptr; the new state, always filled, at
-    S_new_ptr, which must not alias S_ptr when `write`). δq is added to `out` in place; returns δo [1,1,o_out]
-    or None (no o head, or the read is exactly zero)."""
+             flags_ptr: int, state_zero: bool) -> Tensor | None:
+    """The compiled step on raw pointers, for x[B,1,d]: the rows' states S[B,H,r,r] (fp32) at S_ptr, the new ones
+    (always filled) at S_new_ptr, which must not alias S_ptr; the rows' flags (uint8, `row_flags`) at flags_ptr.
+    δq is added to `out` in place; returns δo [B,1,o_out], or None (no o head, or every read exactly zero)."""
     lib = _LIB if _LIB is not None else _load()
     assert lib is not None, "native step without the library (check available())"
     addr, o_rows = _layer(layer, fw)
-    do = torch.empty(1, 1, o_rows) if o_rows and not state_zero else None
-    flags = lib.dm_decode_step(addr, x.data_ptr(), S_ptr, S_new_ptr, out.data_ptr(),
-                               None if do is None else do.data_ptr(),
-                               (_WRITE if write else 0) | (_STATE_ZERO if state_zero else 0))
-    return do if flags & 2 else None
+    B = x.shape[0]
+    do = torch.empty(B, 1, o_rows) if o_rows and not state_zero else None
+    bits = lib.dm_decode_rows(addr, B, x.data_ptr(), S_ptr, S_new_ptr, out.data_ptr(), out.shape[-1],
+                              None if do is None else do.data_ptr(), flags_ptr, state_zero)
+    return do if bits & 2 else None
 
 
-def decode_step(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, S: Tensor, out: Tensor, write: bool,
-                state_zero: bool) -> tuple[Tensor, Tensor | None]:
-    """x[1,1,d] (fp32), S[1,H,r,r] -> (new S, δo [1,1,o_out] or None); δq is added to `out` (q_proj's output) in
-    place (the tensor form of `step_ptr`)."""
-    if not (usable(x, out) and state_usable(S) and x.numel() == fw.proj.shape[1]):
-        raise ValueError("the native step takes one fp32 contiguous token, q_proj output and state on the CPU")
+def decode_step(layer: DeltaMemLayer, fw: FusedWeights, x: Tensor, S: Tensor, out: Tensor, write: bool | Tensor,
+                state_zero: bool, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """x[B,1,d] (fp32), S[B,H,r,r] -> (new S, δo [B,1,o_out] or None); δq is added to `out` (q_proj's output) in
+    place (the tensor form of `step_ptr`). `write`: every row a write candidate or none, or a bool per row;
+    `valid`: the rows that are not padding (default all)."""
+    B = x.shape[0]
+    if not (usable(x, out) and state_usable(S) and x.shape == (B, 1, fw.proj.shape[1]) and S.shape[0] == B
+            and out.shape[:2] == (B, 1)):
+        raise ValueError("the native step takes one fp32 contiguous token per row, q_proj output and state on the CPU")
+    valid = torch.ones(B, dtype=torch.bool) if valid is None else valid
+    written = write if isinstance(write, Tensor) else (torch.full((B,), True) if write else None)
+    flags = row_flags(valid, written)
     S_new = torch.empty_like(S)
-    do = step_ptr(layer, fw, x, out, S.data_ptr(), S_new.data_ptr(), bool(write), bool(state_zero))
+    do = step_ptr(layer, fw, x, out, S.data_ptr(), S_new.data_ptr(), flags.data_ptr(), bool(state_zero))
     return S_new, do

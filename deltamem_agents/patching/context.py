@@ -39,10 +39,10 @@ class CallContext:
     fast: bool = False  # inference fast path (core/fastpath.py); `reads` then holds each layer's δo
     zero_slots: list[bool] | None = None  # per wrapped layer: the carried S is all zeros (known on the host)
     copy: Any = None  # the copy channel's part of this call (patching/copy_hooks.CopyCall), None without one
-    # one token of one conversation on the CPU with token writes: the compiled step (core/native.py), which reads
-    # each layer's S by pointer and writes the new one into S_next (the next state's S, allocated once per call)
+    # one token per row on the CPU with token writes: the compiled step (core/native.py), which reads each layer's
+    # S by pointer and writes the new one into S_next (the next state's S, allocated once per call)
     native: bool = False
-    native_write: bool = False  # this token is a write candidate (written if its gates pass)
+    native_rows: Tensor | None = None  # per row: valid, write candidate (native.row_flags)
     S_next: Tensor | None = None
     native_S: int = 0  # data pointers of state.S and S_next, and one layer's stride in bytes
     native_S_next: int = 0

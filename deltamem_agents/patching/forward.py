@@ -63,9 +63,9 @@ def forward_with_state(model: nn.Module, input_ids: Tensor, state: DeltaState | 
     call = CallContext(adapter=adapter, state=state, seg=seg, write=write, capture_inputs=capture_inputs,
                        detach_inputs=detach_inputs, capture_gates=capture_gates, fast=fast,
                        zero_slots=zero_slots(state) if fast and T == 1 else None)
-    if (fast and B == 1 and T == 1 and not message_mode and native.state_usable(state.S) and native.available()):
-        call.native, call.native_write = True, write and bool(seg.written[0, 0])
-        call.S_next = torch.empty_like(state.S)
+    if fast and T == 1 and not message_mode and native.state_usable(state.S) and native.available():
+        call.native, call.S_next = True, torch.empty_like(state.S)
+        call.native_rows = native.row_flags(seg.valid[:, 0], seg.written[:, 0] if write else None)
         call.native_S, call.native_S_next = state.S.data_ptr(), call.S_next.data_ptr()
         call.native_stride = state.S[0].numel() * state.S.element_size()
     if adapter.copy is not None:

@@ -76,7 +76,7 @@ class DeltaQProj(_Wrapped):
         if call.native and native.usable(x, out):  # one compiled call; the new S goes straight into call.S_next
             off = slot * call.native_stride
             call.reads[slot] = native.step_ptr(layer, fw, x, out, call.native_S + off, call.native_S_next + off,
-                                               call.native_write, zero)
+                                               call.native_rows.data_ptr(), zero)
             call.S_out[slot] = None
             return _add(out, layer.task_q(x), False)
         st = fastpath.step(layer, x, call.state.S[slot], call.state.pend_sum[slot], call.seg, call.write, zero, fw)

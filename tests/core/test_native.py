@@ -77,6 +77,38 @@ def test_compiled_step_matches_eager_and_reference(shape, mode, heads):
                 torch.testing.assert_close(S_new, eager.S, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_side_by_side_match_the_eager_batch(mode):
+    """Several conversations in one call (batched decoding): a padding row, a row that is not a write candidate and
+    written rows, with zero and non-zero states: the same reads, corrections and states as the eager batch."""
+    cfg = DeltaMemConfig(num_state_heads=2, rank=3, state_update_mode=mode, write_threshold=0.3, center_inputs=True)
+    layer = _layer(cfg, seed=11)
+    fw = fastpath.fused_weights(layer)
+    B = 5
+    g = torch.Generator().manual_seed(2)
+    valid = torch.tensor([True, True, False, True, True])
+    written = torch.tensor([True, False, True, True, True])
+    with torch.no_grad():
+        for zero in (False, True):
+            x = torch.randn(B, 1, D, generator=g)
+            S = torch.zeros(B, 2, 3, 3) if zero else torch.randn(B, 2, 3, 3, generator=g) * 0.5
+            base = torch.randn(B, 1, QO, generator=g)
+            out = base.clone()
+            S_new, do = native.decode_step(layer, fw, x, S, out, written, zero, valid)
+            ids = torch.where(written, 0, -1)[:, None]
+            seg = Segments.build(valid[:, None], ids, message_mode=False)
+            eager = fastpath.step(layer, x, S, torch.zeros(B, D), seg, True, zero, fw)
+            torch.testing.assert_close(S_new, eager.S, atol=1e-5, rtol=1e-5)
+            assert torch.equal(S_new[2], S[2]) and torch.equal(S_new[1], S[1])  # padding / not a candidate
+            if zero:
+                assert do is None and torch.equal(out, base)
+                continue
+            dq, do_ref = fastpath.corrections(fw, eager.read)
+            torch.testing.assert_close(out, base + dq, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(do, do_ref, atol=1e-5, rtol=1e-5)
+            assert torch.equal(out[2], base[2]) and not do[2].any()  # the padding row reads nothing
+
+
 def test_the_threshold_decides_writes_as_the_eager_path():
     """Gates around the threshold: the compiled step writes exactly the tokens the eager path writes."""
     probe = _layer(DeltaMemConfig(rank=8, state_update_mode="no_lambda", center_inputs=True), seed=3)
@@ -121,7 +153,8 @@ def test_bad_inputs_are_refused_not_read():
     S = torch.zeros(1, 1, 4, 4)
     for x, out in ((torch.randn(1, 1, D).double(), torch.zeros(1, 1, QO)),
                    (torch.randn(1, 1, 2 * D)[..., ::2], torch.zeros(1, 1, QO)),
-                   (torch.randn(1, 1, D + 1), torch.zeros(1, 1, QO))):
+                   (torch.randn(1, 1, D + 1), torch.zeros(1, 1, QO)),
+                   (torch.randn(2, 1, D), torch.zeros(2, 1, QO))):  # two rows, one state
         with pytest.raises(ValueError, match="native step"):
             native.decode_step(layer, fw, x, S, out, True, False)
 
@@ -136,27 +169,33 @@ def _model(cfg: DeltaMemConfig, seed: int):
     return model
 
 
-@pytest.mark.parametrize("cfg", [
-    DeltaMemConfig(rank=8, state_update_mode="no_lambda", write_threshold=0.45, center_inputs=True),
-    DeltaMemConfig(rank=3, num_state_heads=2, rankwise_gates=False, state_update_mode="lambda_outside"),
-    DeltaMemConfig(rank=5, task_rank=3, delta_heads=("o",)),
-], ids=["shipped-mode", "H2-lambda-outside", "o-only-task-path"])
-def test_model_decode_compiled_equals_eager(cfg, one_thread):
-    """Prefill, then token-by-token decoding (written and unwritten tokens) with the compiled step and without."""
+@pytest.mark.parametrize("cfg,B", [
+    (DeltaMemConfig(rank=8, state_update_mode="no_lambda", write_threshold=0.45, center_inputs=True), 1),
+    (DeltaMemConfig(rank=8, state_update_mode="no_lambda", write_threshold=0.45, center_inputs=True), 3),
+    (DeltaMemConfig(rank=3, num_state_heads=2, rankwise_gates=False, state_update_mode="lambda_outside"), 2),
+    (DeltaMemConfig(rank=5, task_rank=3, delta_heads=("o",)), 1),
+], ids=["shipped-mode", "shipped-mode-B3-padded", "H2-lambda-outside-B2", "o-only-task-path"])
+def test_model_decode_compiled_equals_eager(cfg, B, one_thread):
+    """Prefill, then token-by-token decoding (written and unwritten tokens; with B > 1 a left-padded row and rows
+    written at different steps) with the compiled step and without."""
     from transformers import DynamicCache
 
     model = _model(cfg, seed=5)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 97, (1, 9), generator=g)
-    mids = torch.tensor([[-1] * 2 + [0] * 7])
+    ids = torch.randint(0, 97, (B, 9), generator=g)
+    mids = torch.tensor([[-1] * 2 + [0] * 7] * B)
+    att = torch.ones(B, 9, dtype=torch.long)
+    att[-1, :3] = 0 if B > 1 else 1
 
     def run():
-        out = forward_with_state(model, ids, None, message_ids=mids,
+        out = forward_with_state(model, ids, None, message_ids=mids, attention_mask=att,
                                  **cache_kwargs(model, DynamicCache(config=model.config)))
-        logits, state = [], out.state
+        logits, state, mask = [], out.state, att
         for step in range(7):
-            nxt = torch.randint(0, 97, (1, 1), generator=torch.Generator().manual_seed(step))
-            out = forward_with_state(model, nxt, state, message_ids=torch.full((1, 1), 1 if step % 3 else -1),
+            nxt = torch.randint(0, 97, (B, 1), generator=torch.Generator().manual_seed(step))
+            step_ids = torch.tensor([[1 if (step + b) % 3 else -1] for b in range(B)])
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+            out = forward_with_state(model, nxt, state, message_ids=step_ids, attention_mask=mask,
                                      **cache_kwargs(model, output_cache(out.outputs)))
             logits.append(out.outputs.logits)
             state = out.state

@@ -1,4 +1,4 @@
-/* One δ-mem layer's decode step for one token of one conversation, in one call (see core/native.py).
+/* One δ-mem layer's decode step for one token per conversation, in one call (see core/native.py).
  *
  * The same math as core/fastpath.py's `_decode_host`:
  *   p = W x + b                      (W = [W_q; W_k; W_v; W_β], b with the input centring folded in)
@@ -8,12 +8,12 @@
  *   δ = C read  (C = the pre-scaled correction matrices stacked: δq rows, then δo rows; passed transposed, Cᵀ[R, rows])
  * δq is added in place to `q_out_buf` (q_proj's output) and δo written to `o_buf`. S_new always receives the new
  * state (S itself when the token is not written; S_new may then alias S).
- * Returns a bit set: 1 = the state was written, 2 = a read was made (corrections filled). */
+ * `step_row` returns a bit set: 1 = the state was written, 2 = a read was made (corrections filled). */
 #include <string.h>
 #include <math.h>
 
 enum { MODE_STANDARD = 0, MODE_LAMBDA_OUTSIDE = 1, MODE_NO_LAMBDA = 2 };
-enum { IN_WRITE = 1, IN_STATE_ZERO = 2 };
+enum { ROW_WRITE = 1, ROW_VALID = 2 };
 
 /* A layer's constant arguments (core/native.py's `_Layer` mirrors this layout). */
 typedef struct {
@@ -29,13 +29,12 @@ static float dot(const float *restrict a, const float *restrict b, int n) {
     return s;
 }
 
-int dm_decode_step(const dm_layer *L, const float *restrict x, const float *S, float *S_new,
-                   float *restrict q_out_buf, float *restrict o_buf, int in_flags) {
+static int step_row(const dm_layer *L, const float *restrict x, const float *S, float *S_new,
+                    float *restrict q_out_buf, float *restrict o_buf, int write, int state_zero) {
     const float *restrict proj = L->proj, *restrict bias = L->bias, *restrict corr_t = L->corr_t;
     const int d = L->d, H = L->H, r = L->r, G = L->G, normalize = L->normalize, mode = L->mode;
     const int q_rows = L->q_rows, o_rows = L->o_rows;
     const float threshold = L->threshold;
-    int write = in_flags & IN_WRITE, state_zero = in_flags & IN_STATE_ZERO;
     const int R = H * r, P = 3 * R + G;
     float p[P];
     for (int i = 0; i < P; i++) p[i] = dot(proj + (long)i * d, x, d) + bias[i];
@@ -107,4 +106,28 @@ int dm_decode_step(const dm_layer *L, const float *restrict x, const float *S, f
         }
     }
     return flags;
+}
+
+/* B rows (one token each, conversations side by side): x[B,d], S and S_new [B,H,r,r], q_out_buf [B,q_stride],
+ * o_buf [B,o_rows]; row_flags[b]: ROW_VALID (a padding row only reads nothing) | ROW_WRITE (a write candidate).
+ * `state_zero`: every row's S is zero. A row that makes no read gets a zero δo row (its δq is left as it is).
+ * Returns the bits of all rows or-ed together. */
+int dm_decode_rows(const dm_layer *L, int B, const float *x, const float *S, float *S_new, float *q_out_buf,
+                   int q_stride, float *o_buf, const unsigned char *row_flags, int state_zero) {
+    const long sz = (long)L->H * L->r * L->r;
+    int all = 0;
+    for (int b = 0; b < B; b++) {
+        const float *Sb = S + b * sz;
+        float *Sn = S_new + b * sz, *ob = o_buf ? o_buf + (long)b * L->o_rows : 0;
+        int f = 0;
+        if (row_flags[b] & ROW_VALID)
+            f = step_row(L, x + (long)b * L->d, Sb, Sn, q_out_buf + (long)b * q_stride, ob,
+                         row_flags[b] & ROW_WRITE, state_zero);
+        else if (Sn != Sb)
+            memcpy(Sn, Sb, sizeof(float) * (size_t)sz);
+        if (!(f & 2) && ob)
+            for (int i = 0; i < L->o_rows; i++) ob[i] = 0.0f;
+        all |= f;
+    }
+    return all;
 }
