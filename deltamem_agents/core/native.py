@@ -77,7 +77,7 @@ def _load() -> ctypes.CDLL | None:
         if not _TRIED:
             try:
                 _LIB = _open(_build())
-            except (OSError, subprocess.SubprocessError) as e:
+            except (OSError, AttributeError, subprocess.SubprocessError) as e:  # no compiler, build or symbol
                 log.info("δ-mem native decode step unavailable (%s); using the eager fast path", e)
                 _LIB = None
             _TRIED = True
