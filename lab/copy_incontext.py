@@ -16,7 +16,9 @@ copy channel's writes and reads are the product's functions (`core.copy`), diffe
 - loss: CE on the answer's tokens (logits = lm_head(h) + g·Ê o, reads after the write of the same position) plus
   `--gate-weight` × the gate's BCE (1 on the value's tokens of the fact message, 0 on every other written token);
   with `--p-neg`, that share of examples instead holds another history's state (all its passes, then this
-  history's read pass) and pays `--neg-weight` × KL(backbone ‖ backbone + read) at the answer positions.
+  history's read pass) and pays `--neg-weight` × KL(backbone ‖ backbone + read) at the answer positions;
+  with `--p-distract`, that share of the other examples holds a second history's fact too (its write passes before
+  or after this history's, a fact of the same kind when the pool has one): the read must pick the asked fact.
 
 The starting point is an adapter with a copy channel (`--init`, e.g. one made by `lab import-copy-head`); the
 result is the same adapter with the trained channel (`<out>/adapter`). Features are computed once (`<out>/pool.pt`)
@@ -138,6 +140,16 @@ def episode_loss(channel: cp.CopyChannel, E: torch.Tensor, norms: torch.Tensor, 
     return ce, bce
 
 
+def with_distractor(rng: random.Random, data: list[dict], i: int) -> dict:
+    """Example `i` with another history's write passes before or after its own (same kind when possible): the
+    state then holds two facts and the answer is still example i's."""
+    same = [j for j in range(len(data)) if j != i and data[j]["kind"] == data[i]["kind"]]
+    j = rng.choice(same or [j for j in range(len(data)) if j != i])
+    own, other = data[i]["passes"], data[j]["passes"][:-1]  # the other history's read pass is not replayed
+    passes = other + own if rng.random() < 0.5 else own[:-1] + other + own[-1:]
+    return {**data[i], "passes": passes}
+
+
 def negative_loss(channel: cp.CopyChannel, E: torch.Tensor, norms: torch.Tensor, lm_head, other: dict, ex: dict
                   ) -> torch.Tensor:
     """KL(backbone ‖ backbone + read) at `ex`'s answer positions when the state holds `other`'s history (all its
@@ -188,6 +200,8 @@ def main() -> None:
     ap.add_argument("--p-neg", type=float, default=0.0,
                     help="share of examples whose state holds another history only (KL to the backbone)")
     ap.add_argument("--neg-weight", type=float, default=1.0)
+    ap.add_argument("--p-distract", type=float, default=0.0,
+                    help="share of the other examples whose state also holds a second history's fact")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -238,7 +252,8 @@ def main() -> None:
             pick = rng.sample(range(len(data)), args.batch)
             neg = [i for i in pick if rng.random() < args.p_neg]
             pos = [i for i in pick if i not in neg] or pick[:1]
-            ces, bces = zip(*(episode_loss(ch, E, norms, lm_head, data[i]) for i in pos))
+            exs = [with_distractor(rng, data, i) if rng.random() < args.p_distract else data[i] for i in pos]
+            ces, bces = zip(*(episode_loss(ch, E, norms, lm_head, ex) for ex in exs))
             ce, bce = torch.stack(ces).mean(), torch.stack(bces).mean()
             kl = torch.stack([negative_loss(ch, E, norms, lm_head, data[(i + 1) % len(data)], data[i])
                               for i in neg]).mean() if neg else torch.zeros(())

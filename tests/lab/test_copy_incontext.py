@@ -3,13 +3,15 @@ passes they give the product's logits and state (a tiny random Llama, message ga
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
 from deltamem_agents.core import copy as cp
 from deltamem_agents.core.config import DeltaMemConfig
 from deltamem_agents.patching import attach, forward_with_state
-from lab.copy_incontext import episode_loss, negative_loss, run_passes
+from lab.copy_incontext import episode_loss, negative_loss, run_passes, with_distractor
 from tests.conftest import randomize_adapter
 from tests.patching.test_copy_channel import _model
 
@@ -57,3 +59,15 @@ def test_run_passes_equals_the_product_over_a_session(one_thread):
     last = dict(passes[-1], written=torch.zeros_like(passes[-1]["written"]))
     with torch.no_grad():
         assert float(negative_loss(adapter.copy, E, cp.embedding_norms(E), head, silent, {"passes": [last]})) < 1e-6
+
+
+def test_a_distractor_adds_another_facts_write_passes_and_keeps_the_read_pass():
+    data = [{"kind": k, "passes": [f"{i}w0", f"{i}w1", f"{i}read"]} for i, k in enumerate("abab")]
+    seen = set()
+    for seed in range(20):
+        ex = with_distractor(random.Random(seed), data, 0)
+        assert ex["passes"][-1] == "0read" and ex["kind"] == "a"
+        assert sorted(ex["passes"]) == sorted(["0w0", "0w1", "0read", "2w0", "2w1"])  # the other "a", not its read
+        seen.add(ex["passes"][0])
+    assert seen == {"0w0", "2w0"}  # before and after
+    assert data[0]["passes"] == ["0w0", "0w1", "0read"]  # the pool is not changed
