@@ -42,6 +42,7 @@ _c_void_p, _c_int = ctypes.c_void_p, ctypes.c_int
 # layer, rows, x, S, S_new, q_proj output, its row stride, δo, row flags, all states zero
 _ARGTYPES = [_c_void_p, _c_int, _c_void_p, _c_void_p, _c_void_p, _c_void_p, _c_int, _c_void_p, _c_void_p, _c_int]
 ROW_WRITE, ROW_VALID = 1, 2  # row flags (uint8): a write candidate; not a padding row
+MAX_READ_DIM = 1024  # the kernel keeps a layer's projections on the stack: larger states take the eager path
 
 
 class _Layer(ctypes.Structure):
@@ -135,8 +136,9 @@ def usable(x: Tensor, out: Tensor) -> bool:
 
 
 def state_usable(S: Tensor) -> bool:
-    """The carried state S[n,B,H,r,r] can be read and written by pointer."""
-    return S.dtype is torch.float32 and S.is_contiguous() and S.device.type == "cpu"
+    """The carried state S[n,B,H,r,r] can be read and written by pointer (and is small enough for the kernel)."""
+    return (S.dtype is torch.float32 and S.is_contiguous() and S.device.type == "cpu"
+            and S.shape[-3] * S.shape[-1] <= MAX_READ_DIM)
 
 
 def row_flags(valid: Tensor, written: Tensor | None) -> Tensor:
