@@ -5,7 +5,8 @@ Arms, all on the same SmolLM2-135M weights and thread count:
   plain       the runtime's `Engine` without δ-mem (growing KV cache)
   plain-ref   the same with transformers' plain DynamicCache (the unoptimised loop)
   tsw, ssw    the runtime with randomly initialised TSW / SSW adapters (every token / message written)
-  shipped     the runtime with the shipped adapter (TSW, write threshold 0.8), fast path
+  shipped     the runtime with the shipped adapter (TSW, write threshold 0.8), fast path with the compiled step
+  shipped-eager  the same with the fast path's eager ops (no compiled step, core/native.py)
   shipped-ref the shipped adapter through the reference δ-mem step and a plain DynamicCache (unoptimised)
 Prefill = feeding the prompt (the history write, for δ-mem arms); decode = one greedy token fed back.
 Engine arms decode round-robin, one token each in turn, so load on the machine hits them alike; HF runs in
@@ -30,7 +31,7 @@ from deltamem_agents.patching import attach
 from deltamem_agents.runtime.decode import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_ARMS = ("plain", "plain-ref", "tsw", "ssw", "shipped", "shipped-ref")
+ENGINE_ARMS = ("plain", "plain-ref", "tsw", "ssw", "shipped", "shipped-eager", "shipped-ref")
 
 
 def copy_bandwidth(threads: int) -> float:
@@ -151,6 +152,8 @@ def run(threads: list[int], prompts: list[int], new: int, repeats: int, log: Any
                 "tsw": EngineArm(Engine(models["tsw"], tok), lambda: models["tsw"].deltamem.zero_state(1), False),
                 "ssw": EngineArm(Engine(models["ssw"], tok), lambda: models["ssw"].deltamem.zero_state(1), False),
                 "shipped": EngineArm(Engine(shipped, tok), lambda: shipped.deltamem.zero_state(1), False),
+                "shipped-eager": EngineArm(Engine(shipped, tok), lambda: shipped.deltamem.zero_state(1), False,
+                                           compiled=False),
                 "shipped-ref": EngineArm(Engine(shipped, tok, growing_kv=False),
                                          lambda: shipped.deltamem.zero_state(1), True),
             }
@@ -168,9 +171,9 @@ def run(threads: list[int], prompts: list[int], new: int, repeats: int, log: Any
                 p, ts = hf_arm(plain, ids, new, eos[0])
                 hf_pre.append(p)
                 hf_tok += ts
-                same = arms["shipped"].tokens == arms["shipped-ref"].tokens
-                notes.append(f"{th} thread(s), prompt {n}, repeat {rep + 1}: shipped fast vs reference greedy "
-                             f"tokens identical: {same}")
+                same = arms["shipped"].tokens == arms["shipped-ref"].tokens == arms["shipped-eager"].tokens
+                notes.append(f"{th} thread(s), prompt {n}, repeat {rep + 1}: shipped compiled vs eager vs reference "
+                             f"greedy tokens identical: {same}")
             hf_ms = statistics.median(hf_tok)
             log(notes[-1])
             md.append(f"| {th} | {n} | hf generate | {n / statistics.median(hf_pre):.0f} | {1 / hf_ms:.2f} | "
