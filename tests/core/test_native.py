@@ -12,32 +12,19 @@ import torch
 
 from deltamem_agents.core import fastpath, native
 from deltamem_agents.core.config import DeltaMemConfig
-from deltamem_agents.core.memory import DeltaMemLayer
 from deltamem_agents.core.segments import Segments
 from deltamem_agents.patching import attach
 from deltamem_agents.patching.forward import forward_with_state
 from deltamem_agents.patching.hf_cache import cache_kwargs, output_cache
 
 from tests.conftest import randomize_adapter, tiny_llama
-
-D, QO, OO = 37, 29, 31  # odd hidden / q_proj / o_proj widths
+from tests.patching.test_fastpath import D, QO, _layer  # odd sizes; a layer with random parameters
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the compiled step is not built")
 
 
 def _one_token() -> Segments:
     return Segments.build(torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long), message_mode=False)
-
-
-def _layer(cfg: DeltaMemConfig, seed: int) -> DeltaMemLayer:
-    torch.manual_seed(seed)
-    layer = DeltaMemLayer(cfg, D, QO, OO)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.6 if name != "beta_bias" else 1.0))
-        if layer.input_center is not None:
-            layer.input_center.copy_(torch.randn(D) * 0.3)
-    return layer
 
 
 SHAPES = [(1, 8, True), (2, 3, False), (3, 5, True), (4, 1, False)]  # (heads, rank, rank-wise gates)
