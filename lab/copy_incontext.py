@@ -56,23 +56,42 @@ def value_positions(rend: ChatRenderer, msg: dict, value: str) -> list[int]:
     return _overlap(spans, a, a + len(value))
 
 
+def training_items(tok, args) -> list[tuple]:
+    """(messages, fact index, value, question, answer, kind) of each training history: `lab.wide_facts`' mixed
+    open-set histories (answer None: drawn from `--answers` when the pool is built)."""
+    hs = mixed_histories(tok, args.seed, args.pool, args.bank, args.lo, args.hi)
+    return [(tuple(h.messages), h.fact_index, h.fact.value, h.fact.question, None, h.fact.kind) for h in hs]
+
+
+def closed_items(args) -> list[tuple]:
+    """`--closed` histories of the product generator's closed kinds (favourite colour, food, sport, drink: the
+    shipped adapter's δ layers recall them), training split and templates, answered as the probe's gold ("Coral.")."""
+    from deltamem_agents.datasets.synthetic import first_of_kinds
+
+    rng = random.Random(args.seed * 7_919 + 29)
+    kinds = ("colour", "food", "sport", "drink")
+    out = []
+    for _ in range(args.closed):
+        ep = first_of_kinds(rng.getrandbits(31), "train", kinds, mix={"fact": 1.0}, distance_range=(args.lo, args.hi))
+        out.append((ep.messages, ep.fact_index, ep.meta["value"], ep.question, ep.answer, "closed"))
+    return out
+
+
 @torch.no_grad()
-def pool(model, tok, rend: ChatRenderer, args) -> list[dict]:
+def pool(model, tok, rend: ChatRenderer, args, items: list[tuple], seed: int) -> list[dict]:
     """Per training history: its passes' hidden states (bf16), ids, message ids, what the runtime writes, the gate
     targets and the answer's labels (read pass)."""
     from deltamem_agents.patching import forward_with_state
 
-    hs = mixed_histories(tok, args.seed, args.pool, args.bank, args.lo, args.hi)
-    rng = random.Random(args.seed * 7_919 + 13)
+    rng = random.Random(seed)
     adapter = model.deltamem
     out = []
-    for h in tqdm(hs, desc="in-context features"):
-        answer = rng.choice(ANSWERS[args.answers]).format(v=h.fact.value)
-        ep = Episode(messages=tuple(h.messages), question=h.fact.question, answer=answer, aliases=(),
-                     fact_index=h.fact_index, kind=h.fact.kind)
+    for messages, fact_index, value, question, answer, kind in tqdm(items, desc="in-context features"):
+        answer = answer if answer is not None else rng.choice(ANSWERS[args.answers]).format(v=value)
+        ep = Episode(messages=messages, question=question, answer=answer, aliases=(), fact_index=fact_index, kind=kind)
         p = build_passes(ep, rend, WindowPolicy(budget=rng.choice(args.budgets), reserve=48))
-        vpos = value_positions(rend, h.messages[h.fact_index], h.fact.value)
-        answer_mid = len(h.messages) + 1
+        vpos = value_positions(rend, messages[fact_index], value)
+        answer_mid = len(messages) + 1
         st = adapter.zero_state(1)
         passes = []
         for ids, mids in p.write_passes + [(p.read_ids, p.read_mids)]:
@@ -82,7 +101,7 @@ def pool(model, tok, rend: ChatRenderer, args) -> list[dict]:
             m = torch.tensor(mids)
             written = (m >= 0) & (m != answer_mid)
             target = torch.zeros(len(ids))
-            where = (m == h.fact_index).nonzero().flatten().tolist()
+            where = (m == fact_index).nonzero().flatten().tolist()
             if where:  # the fact message is new in this pass: its value's tokens are the gate's positives
                 start = where[0]
                 for j in vpos:
@@ -91,7 +110,7 @@ def pool(model, tok, rend: ChatRenderer, args) -> list[dict]:
                            "target": target})
         labels = torch.tensor(p.labels)
         passes[-1]["labels"] = labels
-        out.append({"passes": passes, "fact_in_window": bool(p.fact_in_window), "kind": h.fact.kind,
+        out.append({"passes": passes, "fact_in_window": bool(p.fact_in_window), "kind": kind,
                     "n_target": int(sum(float(q["target"].sum()) for q in passes))})
     return out
 
@@ -192,6 +211,8 @@ def main() -> None:
     ap.add_argument("--lo", type=int, default=40)
     ap.add_argument("--hi", type=int, default=400)
     ap.add_argument("--budgets", default="192,256,384", help="window budgets the passes are planned with")
+    ap.add_argument("--closed", type=int, default=0,
+                    help="add this many histories of the closed kinds (colour, food, sport, drink) to the pool")
     ap.add_argument("--answers", choices=sorted(ANSWERS), default="sentence")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
@@ -224,8 +245,16 @@ def main() -> None:
     if pool_path.exists():
         data = torch.load(pool_path, weights_only=False)
     else:
-        data = pool(model, tok, rend, args)
+        data = pool(model, tok, rend, args, training_items(tok, args), args.seed * 7_919 + 13)
         torch.save(data, pool_path)
+    if args.closed:  # closed-kind histories beside the open-set pool (their own cache file)
+        closed_path = out / f"closed_pool_{args.closed}.pt"
+        if closed_path.exists():
+            closed = torch.load(closed_path, weights_only=False)
+        else:
+            closed = pool(model, tok, rend, args, closed_items(args), args.seed * 7_919 + 31)
+            torch.save(closed, closed_path)
+        data = data + closed
     E = model.get_input_embeddings().weight.detach()
     norms = cp.embedding_norms(E)
     W = model.lm_head.weight.detach()

@@ -71,3 +71,15 @@ def test_a_distractor_adds_another_facts_write_passes_and_keeps_the_read_pass():
         seen.add(ex["passes"][0])
     assert seen == {"0w0", "2w0"}  # before and after
     assert data[0]["passes"] == ["0w0", "0w1", "0read"]  # the pool is not changed
+
+
+def test_closed_kind_histories_hold_their_value_verbatim_and_answer_as_the_probe():
+    import argparse
+
+    from lab.copy_incontext import closed_items
+
+    items = closed_items(argparse.Namespace(seed=3, closed=6, lo=40, hi=120))
+    assert len(items) == 6
+    for messages, fact_index, value, question, answer, kind in items:
+        assert value in messages[fact_index]["content"] and kind == "closed"
+        assert answer.rstrip(".").lower() == value.lower() and question
