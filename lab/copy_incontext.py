@@ -18,7 +18,10 @@ copy channel's writes and reads are the product's functions (`core.copy`), diffe
   with `--p-neg`, that share of examples instead holds another history's state (all its passes, then this
   history's read pass) and pays `--neg-weight` × KL(backbone ‖ backbone + read) at the answer positions;
   with `--p-distract`, that share of the other examples holds a second history's fact too (its write passes before
-  or after this history's, a fact of the same kind when the pool has one): the read must pick the asked fact.
+  or after this history's, a fact of the same kind when the pool has one): the read must pick the asked fact;
+  with `--closed N`, N histories of the shipped adapter's closed kinds (favourite colour, food, sport, drink; the
+  product generator's training split) join the pool, answered as the closed-set probe expects ("Coral."), so that
+  the read learns to complete (or leave alone) the values the δ layers already recall.
 
 The starting point is an adapter with a copy channel (`--init`, e.g. one made by `lab import-copy-head`); the
 result is the same adapter with the trained channel (`<out>/adapter`). Features are computed once (`<out>/pool.pt`)
