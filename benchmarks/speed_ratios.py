@@ -84,8 +84,8 @@ def hf_arm(model: Any, ids: list[int], new: int, eos: int) -> tuple[float, list[
 
 class EngineArm:
     def __init__(self, engine: Engine, state_fn: Any, reference: bool, compiled: bool | None = None) -> None:
-        """`reference`: the reference δ-mem step; `compiled=False`: the eager fast path instead of the compiled
-        decode step (core/native.py)."""
+        """`reference`: the reference δ-mem step; `compiled`: the compiled decode step (core/native.py) on or off
+        (None: as configured)."""
         self.engine, self.state_fn, self.reference, self.compiled = engine, state_fn, reference, compiled
         self.prefill: list[float] = []
         self.per_token: list[float] = []  # wall seconds per decoded token
